@@ -1,0 +1,23 @@
+"""A thread-safe database layer for a hash-chained block store on SQLite or PostgreSQL."""
+
+from . import errors
+from .blocks import BlockRecord, BlockStore, ChainHead, ScoredBlock
+from .database import Database, Stats
+from .settings import Settings
+from .short_term import MemoryRecord, ShortTermMemories
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockRecord",
+    "BlockStore",
+    "ChainHead",
+    "Database",
+    "MemoryRecord",
+    "ScoredBlock",
+    "Settings",
+    "ShortTermMemories",
+    "Stats",
+    "__version__",
+    "errors",
+]

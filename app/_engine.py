@@ -1,0 +1,285 @@
+"""The engine factory: pool choice, per-connection pragmas, BEGIN control, error translation.
+
+Everything that must hold for *every* connection is set in pool and connection events here,
+so connections made by the ORM, by Alembic and by the legacy ``conn`` attribute all behave
+the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool, StaticPool
+
+from . import errors
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Execution option naming the kind of unit a connection's transaction serves.
+UNIT_OPTION = "app_unit"
+#: Execution option lowering ``busy_timeout`` (ms) for one transaction (deadline-bound retries).
+BUSY_OPTION = "app_busy_timeout_ms"
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: Key of the transaction-level advisory lock that makes PostgreSQL write units take turns,
+#: as SQLite's single write lock does. Derived from a fixed name, so every process agrees.
+PG_WRITE_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"app.write-unit").digest()[:8], "big", signed=True
+)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """Create the engine for ``settings``, with every hook installed.
+
+    Raises:
+        ConfigurationError, ReadOnlyDatabaseError, NotADatabaseError: before anything is
+            created, when the path cannot hold a database.
+    """
+    if settings.is_sqlite:
+        engine = _sqlite_engine(settings)
+        _install_sqlite_hooks(engine, settings)
+    else:
+        engine = _server_engine(settings)
+        _install_postgres_hooks(engine)
+    _install_common_hooks(engine, settings)
+    return engine
+
+
+def _sqlite_engine(settings: Settings) -> Engine:
+    connect_args: dict[str, Any] = {
+        "timeout": settings.busy_timeout,
+        # Connections move between threads through the pool (never while in use); the
+        # single-connection legacy mode keeps sqlite3's same-thread check on purpose.
+        "check_same_thread": settings.single_connection,
+    }
+    if settings.is_memory:
+        # Each sqlite3 connection to :memory: is its own empty database, so sharing one
+        # in-memory database between threads means sharing one connection (StaticPool).
+        # The Database object then lets one unit at a time use it, reads included.
+        return create_engine(
+            "sqlite://", poolclass=StaticPool, connect_args=connect_args, echo=settings.echo
+        )
+    path = settings.sqlite_path
+    assert path is not None
+    prepare_sqlite_file(path, settings.file_mode)
+    if settings.single_connection:
+        return create_engine(
+            settings.parsed_url,
+            poolclass=StaticPool,
+            connect_args=connect_args,
+            echo=settings.echo,
+        )
+    return create_engine(
+        settings.parsed_url,
+        poolclass=QueuePool,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        connect_args=connect_args,
+        echo=settings.echo,
+    )
+
+
+def _server_engine(settings: Settings) -> Engine:
+    return create_engine(
+        settings.parsed_url,
+        poolclass=QueuePool,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_recycle=settings.pool_recycle,
+        pool_pre_ping=settings.pool_pre_ping,
+        echo=settings.echo,
+    )
+
+
+def prepare_sqlite_file(path: str, file_mode: int) -> None:
+    """Check (and create, owner-only) the database file before SQLite touches it.
+
+    Nothing is created when the check fails: a missing directory that cannot be made, a
+    path that is a directory, a file that is not a database, a read-only file.
+    """
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise errors.ConfigurationError(f"database path {target} is a directory; give a file path")
+    if not os.path.isdir(directory):
+        ancestor = directory
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise errors.ConfigurationError(
+                f"cannot create directory {directory} for the database: {ancestor} is not a "
+                "writable directory; create it or choose another path"
+            )
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise errors.ConfigurationError(
+                f"cannot create directory {directory} for the database ({exc.strerror}); "
+                "create it or choose another path"
+            ) from exc
+    if os.path.exists(target):
+        _check_existing_file(target)
+        return
+    try:
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode)
+    except FileExistsError:
+        return  # another process created it first
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"cannot create database file {target} ({exc.strerror}); check the directory's "
+            "permissions or choose another path"
+        ) from exc
+    try:
+        os.fchmod(fd, file_mode)  # exact bits, whatever the umask
+    finally:
+        os.close(fd)
+
+
+def _check_existing_file(target: str) -> None:
+    try:
+        with open(target, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise errors.DatabaseUnavailableError(
+            f"cannot read database file {target} ({exc.strerror}); check its permissions"
+        ) from exc
+    if header and header != _SQLITE_HEADER:
+        raise errors.NotADatabaseError(
+            f"{target} is not a SQLite database (its header is not 'SQLite format 3'); "
+            "check the path, or restore the file from a backup"
+        )
+    if not os.access(target, os.W_OK):
+        raise errors.ReadOnlyDatabaseError(
+            f"database file {target} is read-only: make it writable by this user "
+            "(for example chmod u+w) or point the URL at a writable copy"
+        )
+
+
+def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
+    pragmas = _sqlite_pragmas(settings)
+    file_database = not settings.is_memory
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
+        # Hand BEGIN over to the layer: sqlite3's implicit transactions would start a
+        # DEFERRED transaction behind our back and break the write-unit guarantees.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
+            if file_database and not settings.single_connection:
+                mode = cursor.execute(f"PRAGMA journal_mode = {settings.journal_mode}").fetchone()
+                answered = str(mode[0]).lower() if mode else ""
+                # SQLite reports a failed switch by answering the old mode, not by raising.
+                if settings.journal_mode == "wal" and answered != "wal":
+                    raise errors.ConfigurationError(
+                        f"{settings.safe_url()} could not switch to WAL (journal_mode is "
+                        f"{answered!r}); WAL needs a local file system with shared memory. "
+                        "Use another path, or set journal_mode explicitly"
+                    )
+            for statement in pragmas:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        busy_ms = options.get(BUSY_OPTION)
+        if busy_ms is not None:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            _record_info(conn)["busy_override"] = True
+        unit = options.get(UNIT_OPTION)
+        if unit == "write":
+            # Take the write lock now: a DEFERRED transaction that reads and then writes
+            # can fail with SQLITE_BUSY at once, without waiting (see architecture notes).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif unit == "read":
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("PRAGMA query_only = ON")
+            _record_info(conn)["query_only"] = True
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is None:
+            return
+        if record.info.pop("query_only", False):
+            dbapi_connection.execute("PRAGMA query_only = OFF")
+        if record.info.pop("busy_override", False):
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
+
+
+def _sqlite_pragmas(settings: Settings) -> list[str]:
+    # Every value here was validated by Settings (numbers or a fixed choice), never user text.
+    statements = [
+        "PRAGMA foreign_keys = ON",
+        f"PRAGMA synchronous = {settings.synchronous.upper()}",
+        # Schema objects may not call application-defined functions (defence in depth).
+        "PRAGMA trusted_schema = OFF",
+    ]
+    if settings.cache_size is not None:
+        statements.append(f"PRAGMA cache_size = {int(settings.cache_size)}")
+    if settings.mmap_size is not None:
+        statements.append(f"PRAGMA mmap_size = {int(settings.mmap_size)}")
+    if settings.journal_size_limit is not None:
+        statements.append(f"PRAGMA journal_size_limit = {int(settings.journal_size_limit)}")
+    if settings.temp_store is not None:
+        statements.append(f"PRAGMA temp_store = {settings.temp_store.upper()}")
+    return statements
+
+
+def _install_postgres_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        unit = conn.get_execution_options().get(UNIT_OPTION)
+        if unit == "write":
+            # One write unit at a time across every process, like SQLite's write lock;
+            # released by COMMIT/ROLLBACK or when the session ends, so a crash cannot leak it.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK_KEY,))
+        elif unit == "read":
+            # One stable snapshot for the whole unit, and writes refused by the server.
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
+def _install_common_hooks(engine: Engine, settings: Settings) -> None:
+    database = settings.safe_url()
+
+    @event.listens_for(engine, "connect")
+    def _remember_pid(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["pid"] = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def _refuse_foreign_pid(
+        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        # A connection inherited through fork() belongs to the parent: drop our reference
+        # without closing it (closing could disturb the parent's locks) and make a new one.
+        if record.info.get("pid") != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
+            raise DisconnectionError("connection was created by another process")
+
+    @event.listens_for(engine, "handle_error")
+    def _translate(context: ExceptionContext) -> BaseException | None:
+        conn = context.connection
+        read_unit = False
+        if conn is not None and not conn.closed:
+            read_unit = conn.get_execution_options().get(UNIT_OPTION) == "read"
+        return errors.translate(context.original_exception, database=database, read_unit=read_unit)
+
+
+def _record_info(conn: Connection) -> dict[Any, Any]:
+    return conn.connection.info

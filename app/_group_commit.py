@@ -1,0 +1,162 @@
+"""Group commit for chain appends: many callers, one transaction.
+
+Handing a lock from thread to thread costs a context switch per append in CPython, and each
+append would pay for its own BEGIN/COMMIT. Instead, callers put their append in a queue and
+one of them (the *leader*, whoever finds the role free) writes everything queued in a single
+write unit: the chain head is read once, hashes are chained in queue order, rows go in with
+multi-row inserts, and every caller in the batch is woken once the commit returns. The
+leader stops leading as soon as its own append is done and wakes the oldest waiter to take
+over, so no caller works for others indefinitely.
+
+A failed batch is retried one append at a time, so a database error fails only the append
+that caused it. Appends from other processes take turns through the database's write lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy.orm import Session
+
+from . import errors
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Request(Generic[Item, Result]):
+    __slots__ = ("done", "error", "gate", "items", "results", "woken")
+
+    def __init__(self, items: Sequence[Item]) -> None:
+        self.items = items
+        self.results: list[Result] = []
+        self.error: BaseException | None = None
+        self.done = False
+        self.woken = False  # gate released for this wait (guarded by the writer's mutex)
+        self.gate = threading.Lock()
+        self.gate.acquire()
+
+
+class GroupCommitter(Generic[Item, Result]):
+    """Batches requests from many threads into write units.
+
+    Args:
+        run_unit: runs ``fn(session, ...)`` in a write unit with busy retries
+            (``Database.run``).
+        write: writes a batch of items inside a unit, returning one result per item in order.
+        max_batch: most items per transaction.
+    """
+
+    def __init__(
+        self,
+        run_unit: Callable[..., list[Result]],
+        write: Callable[[Session, list[Item]], list[Result]],
+        max_batch: int,
+    ) -> None:
+        self._run_unit = run_unit
+        self._write = write
+        self._max_batch = max_batch
+        self._mutex = threading.Lock()
+        self._leader = threading.Lock()
+        self._queue: deque[_Request[Item, Result]] = deque()
+
+    def submit(self, items: Sequence[Item]) -> list[Result]:
+        """Queue ``items`` (written contiguously, in order) and wait until they are committed."""
+        request: _Request[Item, Result] = _Request(items)
+        with self._mutex:
+            self._queue.append(request)
+        while not request.done:
+            if self._leader.acquire(blocking=False):
+                try:
+                    self._lead(request)
+                finally:
+                    self._leader.release()
+                    self._wake_head()
+            else:
+                request.gate.acquire()
+                with self._mutex:
+                    request.woken = False
+        if request.error is not None:
+            raise request.error
+        return request.results
+
+    def _lead(self, own: _Request[Item, Result]) -> None:
+        while not own.done:
+            batch = self._take_batch()
+            try:
+                self._commit(batch)
+            except BaseException:
+                # Interrupted while writing (KeyboardInterrupt): the unit was rolled back.
+                # Give the other callers' appends back to the queue for the next leader.
+                with self._mutex:
+                    self._queue.extendleft(r for r in reversed(batch) if r is not own)
+                raise
+
+    def _take_batch(self) -> list[_Request[Item, Result]]:
+        batch: list[_Request[Item, Result]] = []
+        size = 0
+        with self._mutex:
+            while self._queue and (
+                not batch or size + len(self._queue[0].items) <= self._max_batch
+            ):
+                request = self._queue.popleft()
+                batch.append(request)
+                size += len(request.items)
+        return batch
+
+    def _commit(self, batch: list[_Request[Item, Result]]) -> None:
+        items = [item for request in batch for item in request.items]
+        try:
+            results = self._run_unit(self._write, items)
+        except (errors.DatabaseBusyError, errors.ClosedError, errors.PoolExhaustedError) as exc:
+            # Nobody's input is to blame: every append of the batch fails the same way.
+            for request in batch:
+                self._finish(request, error=exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._finish(batch[0], error=exc)
+            else:
+                for request in batch:
+                    self._commit_alone(request)
+            return
+        position = 0
+        for request in batch:
+            count = len(request.items)
+            self._finish(request, results=results[position : position + count])
+            position += count
+
+    def _commit_alone(self, request: _Request[Item, Result]) -> None:
+        try:
+            results = self._run_unit(self._write, list(request.items))
+        except Exception as exc:
+            self._finish(request, error=exc)
+        else:
+            self._finish(request, results=results)
+
+    def _finish(
+        self,
+        request: _Request[Item, Result],
+        *,
+        results: list[Result] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        request.results = results or []
+        request.error = error
+        with self._mutex:
+            request.done = True
+            if not request.woken:
+                request.woken = True
+                request.gate.release()
+
+    def _wake_head(self) -> None:
+        """Let the oldest waiting caller try to lead, so queued appends never stall."""
+        with self._mutex:
+            if self._queue:
+                head = self._queue[0]
+                if not head.woken:
+                    head.woken = True
+                    head.gate.release()

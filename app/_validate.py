@@ -1,0 +1,202 @@
+"""Input checks and the block hash. Everything here runs before a write is queued, so a bad
+argument is refused with :class:`~app.errors.InvalidInputError` and nothing is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+#: Largest accepted text (context, keyword, ...): SQLite's default string limit is 1e9 bytes;
+#: far below it, a 64 MiB block is already a mistake rather than a memory.
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBlock:
+    """A validated block, ready to be chained and written."""
+
+    context: str
+    timestamp: str
+    importance: float
+    keywords: tuple[str, ...]
+    tags: tuple[str, ...]
+    metadata_json: str | None
+    embedding: bytes | None
+    embedding_dim: int | None
+    embedding_model: str | None
+
+
+def block_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:
+    """The legacy block hash: sha256 of the sorted-key JSON of five fields."""
+    payload = {
+        "block_index": index,
+        "timestamp": timestamp,
+        "context": context,
+        "importance": importance,
+        "prev_hash": prev_hash,
+    }
+    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:
+    """A str that every backend can store and give back exactly."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value:
+        raise InvalidInputError(f"{what} must not be empty")
+    if "\x00" in value:
+        # SQLite truncates some functions at NUL and PostgreSQL refuses it in text.
+        raise InvalidInputError(f"{what} contains a NUL character (\\x00), which cannot be stored")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode (lone surrogate at position {exc.start})"
+        ) from None
+    if size > MAX_TEXT_BYTES:
+        raise InvalidInputError(f"{what} is {size} bytes; the limit is {MAX_TEXT_BYTES}")
+    return value
+
+
+def check_timestamp(value: Any, what: str = "timestamp") -> str:
+    """An ISO-8601 string (a datetime is converted with ``isoformat()``)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = check_text(value, what, allow_empty=False)
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(f"{what} {text[:40]!r} is not an ISO-8601 date and time") from None
+    return text
+
+
+def check_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise InvalidInputError(f"{what} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{what} must be finite, got {number}")
+    return number
+
+
+def check_limit(value: Any, what: str = "limit") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise InvalidInputError(f"{what} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_index(value: Any, what: str = "block_index") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InvalidInputError(f"{what} must be an integer, got {type(value).__name__}")
+    if not 0 <= int(value) < 2**63:
+        raise InvalidInputError(f"{what} must be between 0 and 2**63-1, got {value}")
+    return int(value)
+
+
+def check_words(values: Any, what: str) -> tuple[str, ...]:
+    """Keywords or tags: an iterable of strings, duplicates dropped, order kept."""
+    if values is None:
+        return ()
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what} must be a list of strings, got {type(values).__name__}")
+    words: dict[str, None] = {}
+    for position, word in enumerate(values):
+        words[check_text(word, f"{what}[{position}]")] = None
+    return tuple(words)
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Strict JSON text (no NaN/Infinity) of a mapping."""
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        text = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
+    return check_text(text, what)
+
+
+def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
+    """float32 bytes (native order, as the legacy class wrote them) and the dimension."""
+    if isinstance(value, str | bytes | Mapping):
+        raise InvalidInputError(f"{what} must be a list, tuple or numpy array of numbers")
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"{what} must be a flat list of numbers (ragged or non-numeric values given)"
+        ) from None
+    if array.ndim != 1:
+        raise InvalidInputError(f"{what} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise InvalidInputError(f"{what} must not be empty")
+    if not np.all(np.isfinite(array)):
+        raise InvalidInputError(f"{what} contains NaN or infinite values")
+    as_float32 = array.astype(np.float32)
+    if not np.all(np.isfinite(as_float32)):
+        raise InvalidInputError(f"{what} has values too large for float32")
+    return as_float32.tobytes(), int(array.size)
+
+
+def prepare_block(
+    context: Any,
+    *,
+    keywords: Any = (),
+    tags: Any = (),
+    importance: Any = 0.0,
+    metadata: Any = None,
+    embedding: Any = None,
+    embedding_model: Any = "default",
+    timestamp: Any = None,
+) -> PreparedBlock:
+    """Check every argument of an append and encode it for storage."""
+    embedding_bytes: bytes | None = None
+    dimension: int | None = None
+    model: str | None = None
+    if embedding is not None:
+        embedding_bytes, dimension = encode_embedding(embedding)
+        model = None if embedding_model is None else check_text(embedding_model, "embedding_model")
+    return PreparedBlock(
+        context=check_text(context, "context"),
+        timestamp=check_timestamp(datetime.now() if timestamp is None else timestamp),
+        importance=check_number(importance, "importance"),
+        keywords=check_words(keywords, "keywords"),
+        tags=check_words(tags, "tags"),
+        metadata_json=_metadata_json(metadata),
+        embedding=embedding_bytes,
+        embedding_dim=dimension,
+        embedding_model=model,
+    )
+
+
+def _metadata_json(metadata: Any) -> str | None:
+    # The legacy class stored metadata only when it was truthy; {} reads back as {} anyway.
+    if metadata is None:
+        return None
+    text = encode_json(metadata, "metadata")
+    return None if text == "{}" else text
+
+
+def decode_json_object(text: str | None) -> dict[str, Any]:
+    """Stored JSON metadata as a dict; missing or unreadable metadata reads as {}."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        log.warning("unreadable JSON metadata %r read as {}", text[:80])
+        return {}
+    return value if isinstance(value, dict) else {}

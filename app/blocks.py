@@ -1,0 +1,574 @@
+"""`BlockStore`: the hash chain (atomic appends with group commit), its searches, and the
+short-term memories.
+
+Results are plain frozen records, not ORM objects: they can cross threads and outlive the
+unit that read them without lazy loads opening transactions behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+from sqlalchemy import Select, func, insert, select, union
+from sqlalchemy.orm import Session
+
+from . import errors
+from ._group_commit import GroupCommitter
+from ._validate import (
+    PreparedBlock,
+    block_hash,
+    check_index,
+    check_limit,
+    check_number,
+    check_text,
+    check_timestamp,
+    check_words,
+    decode_json_object,
+    encode_embedding,
+    prepare_block,
+)
+from .database import Database
+from .models import (
+    Block,
+    blocks_table,
+    embeddings_table,
+    keywords_table,
+    metadata_table,
+    tags_table,
+)
+from .short_term import ShortTermMemories
+
+log = logging.getLogger(__name__)
+
+#: Columns a page of blocks may be sorted by (never taken from the caller as SQL).
+SORT_COLUMNS = {
+    "block_index": blocks_table.c.block_index,
+    "timestamp": blocks_table.c.timestamp,
+    "importance": blocks_table.c.importance,
+}
+_ORDERS = ("asc", "desc")
+_STREAM_CHUNK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRecord:
+    """A stored block with its keywords, tags, metadata and embedding."""
+
+    block_index: int
+    timestamp: str
+    context: str
+    importance: float
+    hash: str
+    prev_hash: str
+    keywords: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    embedding: tuple[float, ...] | None = None
+    embedding_model: str | None = None
+
+
+class ScoredBlock(NamedTuple):
+    block: BlockRecord
+    similarity: float
+
+
+class ChainHead(NamedTuple):
+    block_index: int
+    hash: str
+
+
+class BlockStore:
+    """The block chain of one :class:`~app.Database`.
+
+    Every method is safe to call from any thread. Writes made while the calling thread is
+    inside ``db.unit_of_work()`` join that unit; otherwise each call is its own unit.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.short_term = ShortTermMemories(db)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        context: str,
+        *,
+        keywords: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        importance: float = 0.0,
+        metadata: Mapping[str, Any] | None = None,
+        embedding: Any = None,
+        embedding_model: str = "default",
+        timestamp: str | datetime | None = None,
+    ) -> BlockRecord:
+        """Append the next block of the chain and return it once committed.
+
+        The index is the head's plus one (0 for the first block), ``prev_hash`` the head's
+        hash ('' for the first) and ``hash`` the legacy formula; reading the head and writing
+        the block are one atomic step, whatever other threads and processes do.
+
+        Raises:
+            InvalidInputError: a bad argument (nothing is written).
+            DatabaseBusyError: another process kept the database locked past the deadline.
+        """
+        prepared = prepare_block(
+            context,
+            keywords=keywords,
+            tags=tags,
+            importance=importance,
+            metadata=metadata,
+            embedding=embedding,
+            embedding_model=embedding_model,
+            timestamp=timestamp,
+        )
+        return self._append_prepared([prepared])[0]
+
+    def append_many(self, blocks: Iterable[Mapping[str, Any]]) -> list[BlockRecord]:
+        """Append many blocks (each a mapping of :meth:`append`'s arguments), in order.
+
+        Every block is checked before any is written. The blocks are written in batches of
+        ``max_batch``; each batch is contiguous, and appends of other threads may fall
+        between batches.
+        """
+        prepared = []
+        for position, block in enumerate(blocks):
+            if not isinstance(block, Mapping):
+                raise errors.InvalidInputError(
+                    f"blocks[{position}] must be a mapping, got {type(block).__name__}"
+                )
+            arguments = dict(block)
+            try:
+                context = arguments.pop("context")
+            except KeyError:
+                raise errors.InvalidInputError(f"blocks[{position}] has no 'context'") from None
+            try:
+                prepared.append(prepare_block(context, **arguments))
+            except TypeError as exc:
+                raise errors.InvalidInputError(f"blocks[{position}]: {exc}") from None
+            except errors.InvalidInputError as exc:
+                raise errors.InvalidInputError(f"blocks[{position}]: {exc}") from None
+        records: list[BlockRecord] = []
+        size = self.db.settings.max_batch
+        for start in range(0, len(prepared), size):
+            records.extend(self._append_prepared(prepared[start : start + size]))
+        return records
+
+    def _append_prepared(self, blocks: Sequence[PreparedBlock]) -> list[BlockRecord]:
+        mode = getattr(self.db._local, "mode", None)
+        if mode == "write":
+            # Inside the caller's own unit: write directly (the queue's leader would wait
+            # for the lock this thread holds).
+            with self.db.unit_of_work() as session:
+                return write_chain(session, list(blocks))
+        if mode == "read":
+            raise errors.TransactionStateError("cannot append inside a read unit")
+        return self._committer().submit(blocks)
+
+    def _committer(self) -> GroupCommitter[PreparedBlock, BlockRecord]:
+        per_process = self.db._per_process
+        committer = per_process.get("chain")
+        if committer is None:
+            committer = per_process.setdefault(
+                "chain", GroupCommitter(self.db.run, write_chain, self.db.settings.max_batch)
+            )
+        return committer  # type: ignore[no-any-return]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def head(self) -> ChainHead | None:
+        """Index and hash of the last block, or None for an empty chain."""
+        with self.db.read() as session:
+            row = session.execute(_HEAD).first()
+        return None if row is None else ChainHead(row[0], row[1])
+
+    def count(self) -> int:
+        with self.db.read() as session:
+            return int(session.execute(select(func.count()).select_from(blocks_table)).scalar_one())
+
+    def get(self, block_index: int) -> BlockRecord | None:
+        """The block at ``block_index``, or None."""
+        index = check_index(block_index)
+        found = self._load(
+            select(blocks_table.c.block_index).where(blocks_table.c.block_index == index)
+        )
+        return found[0] if found else None
+
+    def page(
+        self,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        sort_by: str = "block_index",
+        order: str = "asc",
+    ) -> list[BlockRecord]:
+        """Blocks with ``start <= index <= end``, sorted by ``sort_by`` (a column name from
+        :data:`SORT_COLUMNS`) in ``order`` ('asc' or 'desc')."""
+        column = _sort_column(sort_by)
+        direction = _order(order)
+        query = select(blocks_table.c.block_index)
+        if start is not None:
+            query = query.where(blocks_table.c.block_index >= check_index(start, "start"))
+        if end is not None:
+            query = query.where(blocks_table.c.block_index <= check_index(end, "end"))
+        query = query.order_by(getattr(column, direction)(), blocks_table.c.block_index)
+        return self._load(query.limit(check_limit(limit)).offset(check_limit(offset, "offset")))
+
+    def recent(self, limit: int = 10) -> list[BlockRecord]:
+        """The newest blocks (highest index first)."""
+        return self.page(limit=limit, order="desc")
+
+    def search_keywords(self, keywords: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
+        """Blocks whose keywords or context contain any of ``keywords`` (case-insensitive
+        substring match, ``%`` and ``_`` taken literally), lowest index first."""
+        words = [w for w in check_words(keywords, "keywords") if w]
+        if not words:
+            return []
+        matches: list[Select[Any]] = []
+        for word in words:
+            pattern = "%" + _escape_like(word.lower()) + "%"
+            matches.append(
+                select(keywords_table.c.block_index).where(
+                    func.lower(keywords_table.c.keyword).like(pattern, escape="\\")
+                )
+            )
+            matches.append(
+                select(blocks_table.c.block_index).where(
+                    func.lower(blocks_table.c.context).like(pattern, escape="\\")
+                )
+            )
+        found = union(*matches).subquery()
+        query = select(found.c.block_index).order_by(found.c.block_index)
+        return self._load(query.limit(check_limit(limit)))
+
+    def search_tags(self, tags: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
+        """Blocks carrying any of ``tags`` (exact match), lowest index first."""
+        wanted = check_words(tags, "tags")
+        if not wanted:
+            return []
+        query = (
+            select(tags_table.c.block_index)
+            .where(tags_table.c.tag.in_(wanted))
+            .distinct()
+            .order_by(tags_table.c.block_index)
+        )
+        return self._load(query.limit(check_limit(limit)))
+
+    def date_range(
+        self, start: str | datetime, end: str | datetime, *, limit: int = 100
+    ) -> list[BlockRecord]:
+        """Blocks with ``start <= timestamp <= end`` (ISO strings or datetimes), newest first."""
+        low, high = check_timestamp(start, "start"), check_timestamp(end, "end")
+        query = (
+            select(blocks_table.c.block_index)
+            .where(blocks_table.c.timestamp >= low, blocks_table.c.timestamp <= high)
+            .order_by(blocks_table.c.timestamp.desc(), blocks_table.c.block_index.desc())
+        )
+        return self._load(query.limit(check_limit(limit)))
+
+    def since(self, timestamp: str | datetime, *, limit: int = 100) -> list[BlockRecord]:
+        """Blocks stamped at or after ``timestamp``, newest first."""
+        low = check_timestamp(timestamp)
+        query = (
+            select(blocks_table.c.block_index)
+            .where(blocks_table.c.timestamp >= low)
+            .order_by(blocks_table.c.timestamp.desc(), blocks_table.c.block_index.desc())
+        )
+        return self._load(query.limit(check_limit(limit)))
+
+    def by_importance(
+        self,
+        threshold: float,
+        *,
+        limit: int = 100,
+        sort_by: str = "importance",
+        order: str = "desc",
+    ) -> list[BlockRecord]:
+        """Blocks with ``importance >= threshold``."""
+        column = _sort_column(sort_by)
+        query = (
+            select(blocks_table.c.block_index)
+            .where(blocks_table.c.importance >= check_number(threshold, "threshold"))
+            .order_by(getattr(column, _order(order))(), blocks_table.c.block_index)
+        )
+        return self._load(query.limit(check_limit(limit)))
+
+    def similar(
+        self,
+        query_embedding: Any,
+        top_k: int = 5,
+        *,
+        min_similarity: float | None = None,
+        model: str | None = None,
+    ) -> list[ScoredBlock]:
+        """The ``top_k`` blocks whose embeddings are most cosine-similar to the query.
+
+        Embeddings are streamed in chunks, so memory stays bounded for any chain length.
+
+        Args:
+            model: compare only with embeddings of this ``embedding_model``.
+
+        Raises:
+            InvalidInputError: the query is not a finite, non-zero vector, or its dimension
+                differs from a stored embedding's (a ``ValueError`` as in the legacy class).
+        """
+        raw, dimension = encode_embedding(query_embedding, "query embedding")
+        vector = np.frombuffer(raw, dtype=np.float32).astype(np.float64)
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise errors.InvalidInputError("query embedding has length zero")
+        k = check_limit(top_k, "top_k")
+        floor = None if min_similarity is None else check_number(min_similarity, "min_similarity")
+        columns = (
+            embeddings_table.c.block_index,
+            embeddings_table.c.embedding,
+            embeddings_table.c.embedding_dim,
+            embeddings_table.c.embedding_model,
+        )
+        stmt = select(*columns)
+        if model is not None:
+            stmt = stmt.where(embeddings_table.c.embedding_model == check_text(model, "model"))
+        best_index = np.empty(0, dtype=np.int64)
+        best_score = np.empty(0, dtype=np.float64)
+        with self.db.read() as session:
+            result = session.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
+            for chunk in result.partitions():
+                indices, matrix = _decode_embeddings(chunk, dimension)
+                norms = np.linalg.norm(matrix, axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    scores = matrix @ vector / (norms * norm)
+                keep = norms > 0
+                if floor is not None:
+                    keep &= scores >= floor
+                best_index = np.concatenate([best_index, indices[keep]])
+                best_score = np.concatenate([best_score, scores[keep]])
+                if best_score.size > k:
+                    top = np.argpartition(-best_score, k)[:k]
+                    best_index, best_score = best_index[top], best_score[top]
+            order = np.lexsort((best_index, -best_score))[:k]
+            chosen = [(int(best_index[i]), float(best_score[i])) for i in order]
+            records = {r.block_index: r for r in _load_records(session, [i for i, _ in chosen])}
+        return [ScoredBlock(records[i], score) for i, score in chosen if i in records]
+
+    def verify_chain(self, progress: Callable[[int], None] | None = None) -> int | None:
+        """Recompute every hash and link; return the first index where the chain is wrong.
+
+        Streams the chain in index order inside one read snapshot, so memory stays bounded.
+
+        Args:
+            progress: called with the number of blocks checked so far, every few thousand.
+
+        Returns:
+            None when every block's hash is right, links to its predecessor's hash and the
+            indices run 0, 1, 2, ... without gaps; otherwise the first index that does not.
+        """
+        stmt = select(
+            blocks_table.c.block_index,
+            blocks_table.c.timestamp,
+            blocks_table.c.context,
+            blocks_table.c.importance,
+            blocks_table.c.hash,
+            blocks_table.c.prev_hash,
+        ).order_by(blocks_table.c.block_index)
+        expected_index, previous = 0, ""
+        with self.db.read() as session:
+            result = session.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
+            for chunk in result.partitions():
+                for index, timestamp, context, importance, digest, prev_hash in chunk:
+                    if index != expected_index or prev_hash != previous:
+                        return expected_index
+                    if not _hash_matches(digest, index, timestamp, context, importance, prev_hash):
+                        return index
+                    expected_index, previous = index + 1, digest
+                if progress is not None:
+                    progress(expected_index)
+        return None
+
+    def _load(self, query: Select[Any]) -> list[BlockRecord]:
+        with self.db.read() as session:
+            indices = list(session.execute(query).scalars())
+            return _load_records(session, indices)
+
+
+# -- writing helpers -------------------------------------------------------------------------
+
+_HEAD = (
+    select(blocks_table.c.block_index, blocks_table.c.hash)
+    .order_by(blocks_table.c.block_index.desc())
+    .limit(1)
+)
+
+
+def write_chain(session: Session, blocks: list[PreparedBlock]) -> list[BlockRecord]:
+    """Chain ``blocks`` onto the current head and insert them (inside a write unit)."""
+    head = session.execute(_HEAD).first()
+    index, previous = (head[0] + 1, head[1]) if head is not None else (0, "")
+    rows = []
+    for block in blocks:
+        digest = block_hash(index, block.timestamp, block.context, block.importance, previous)
+        rows.append((index, digest, previous, block))
+        previous = digest
+        index += 1
+    return insert_blocks(session, rows)
+
+
+def insert_blocks(
+    session: Session, rows: Sequence[tuple[int, str, str, PreparedBlock]]
+) -> list[BlockRecord]:
+    """Insert complete blocks, each ``(index, hash, prev_hash, block)``, with multi-row inserts."""
+    block_rows, keyword_rows, tag_rows, metadata_rows, embedding_rows = [], [], [], [], []
+    records = []
+    for index, digest, previous, block in rows:
+        block_rows.append(
+            {
+                "block_index": index,
+                "timestamp": block.timestamp,
+                "context": block.context,
+                "importance": block.importance,
+                "hash": digest,
+                "prev_hash": previous,
+            }
+        )
+        keyword_rows.extend({"block_index": index, "keyword": k} for k in block.keywords)
+        tag_rows.extend({"block_index": index, "tag": t} for t in block.tags)
+        if block.metadata_json is not None:
+            metadata_rows.append({"block_index": index, "metadata": block.metadata_json})
+        if block.embedding is not None:
+            embedding_rows.append(
+                {
+                    "block_index": index,
+                    "embedding": block.embedding,
+                    "embedding_model": block.embedding_model,
+                    "embedding_dim": block.embedding_dim,
+                }
+            )
+        records.append(_prepared_record(index, digest, previous, block))
+    for table, values in (
+        (blocks_table, block_rows),
+        (keywords_table, keyword_rows),
+        (tags_table, tag_rows),
+        (metadata_table, metadata_rows),
+        (embeddings_table, embedding_rows),
+    ):
+        if values:
+            session.execute(insert(table), values)
+    return records
+
+
+def _prepared_record(index: int, digest: str, previous: str, block: PreparedBlock) -> BlockRecord:
+    vector = None
+    if block.embedding is not None:
+        vector = tuple(np.frombuffer(block.embedding, dtype=np.float32).tolist())
+    return BlockRecord(
+        block_index=index,
+        timestamp=block.timestamp,
+        context=block.context,
+        importance=block.importance,
+        hash=digest,
+        prev_hash=previous,
+        keywords=tuple(sorted(block.keywords)),
+        tags=tuple(sorted(block.tags)),
+        metadata=json.loads(block.metadata_json) if block.metadata_json else {},
+        embedding=vector,
+        embedding_model=block.embedding_model if block.embedding is not None else None,
+    )
+
+
+# -- reading helpers -------------------------------------------------------------------------
+
+
+def _load_records(session: Session, indices: Sequence[int]) -> list[BlockRecord]:
+    """Blocks in the order of ``indices``, children loaded in four queries (no N+1)."""
+    if not indices:
+        return []
+    loaded: dict[int, BlockRecord] = {}
+    # Bound the IN list: SQLite allows 32766 parameters, PostgreSQL 65535.
+    for start in range(0, len(indices), 10000):
+        wanted = indices[start : start + 10000]
+        for block in session.scalars(select(Block).where(Block.block_index.in_(wanted))):
+            loaded[block.block_index] = _record(block)
+    return [loaded[i] for i in indices if i in loaded]
+
+
+def _record(block: Block) -> BlockRecord:
+    stored = block.embedding
+    vector = None
+    if stored is not None:
+        vector = tuple(_decode_vector(stored.embedding, stored.embedding_dim).tolist())
+    return BlockRecord(
+        block_index=block.block_index,
+        timestamp=block.timestamp,
+        context=block.context,
+        importance=block.importance,
+        hash=block.hash,
+        prev_hash=block.prev_hash,
+        # Sorted in Python (code-point order, as the legacy class returned them on SQLite),
+        # so every backend agrees whatever its collation.
+        keywords=tuple(sorted(k.keyword for k in block.keywords)),
+        tags=tuple(sorted(t.tag for t in block.tags)),
+        metadata=decode_json_object(block.meta.json if block.meta is not None else None),
+        embedding=vector,
+        embedding_model=stored.embedding_model if stored is not None else None,
+    )
+
+
+def _decode_vector(blob: bytes, dimension: int | None) -> np.ndarray[Any, Any]:
+    vector = np.frombuffer(blob, dtype=np.float32)
+    return vector[:dimension] if dimension else vector
+
+
+def _decode_embeddings(
+    chunk: Sequence[Any], dimension: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    indices = np.empty(len(chunk), dtype=np.int64)
+    matrix = np.empty((len(chunk), dimension), dtype=np.float64)
+    for row, (index, blob, stored_dim, model) in enumerate(chunk):
+        vector = _decode_vector(blob, stored_dim)
+        if vector.size != dimension:
+            raise errors.InvalidInputError(
+                f"query embedding has dimension {dimension} but block {index}'s embedding "
+                f"(model {model!r}) has {vector.size}; pass model= to compare within one model"
+            )
+        indices[row] = index
+        matrix[row] = vector
+    return indices, matrix
+
+
+def _hash_matches(
+    digest: str, index: int, timestamp: str, context: str, importance: float, prev_hash: str
+) -> bool:
+    if block_hash(index, timestamp, context, importance, prev_hash) == digest:
+        return True
+    # A caller of the legacy class may have hashed an integral importance as an int (1)
+    # although the REAL column gives it back as 1.0.
+    return (
+        float(importance).is_integer()
+        and block_hash(index, timestamp, context, int(importance), prev_hash) == digest
+    )
+
+
+def _sort_column(sort_by: str) -> Any:
+    try:
+        return SORT_COLUMNS[sort_by]
+    except (KeyError, TypeError):
+        raise errors.InvalidInputError(
+            f"sort_by must be one of {', '.join(SORT_COLUMNS)}; got {sort_by!r}"
+        ) from None
+
+
+def _order(order: str) -> str:
+    if not isinstance(order, str) or order.lower() not in _ORDERS:
+        raise errors.InvalidInputError(f"order must be 'asc' or 'desc'; got {order!r}")
+    return order.lower()
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

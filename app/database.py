@@ -1,0 +1,419 @@
+"""`Database`: the engine, one Session per thread, and write/read units of work."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.util import ThreadLocalRegistry
+
+from . import errors
+from ._engine import BUSY_OPTION, UNIT_OPTION, build_engine
+from ._fairlock import WRITE_LOCKS
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_WRITE = "write"
+_READ = "read"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of a Database's counters (see :meth:`Database.stats`)."""
+
+    units_committed: int
+    units_rolled_back: int
+    busy_retries: int
+    write_waits: int
+    write_wait_total: float
+    write_wait_max: float
+    writers_queued: int
+    connections_checked_out: int
+    connections_open: int
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.committed = self.rolled_back = self.retries = self.waits = 0
+        self.wait_total = self.wait_max = 0.0
+
+    def record_wait(self, seconds: float) -> None:
+        with self.lock:
+            self.waits += 1
+            self.wait_total += seconds
+            if seconds > self.wait_max:
+                self.wait_max = seconds
+
+    def add(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+
+class _SessionCloser:
+    """Closes a thread's Session when the thread ends without calling ``remove()``.
+
+    It lives in the same ``threading.local`` as the Session, so when the thread exits and
+    its locals are dropped, this runs in that thread and hands the connection back to the
+    pool instead of leaving it to the garbage collector.
+    """
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __del__(self) -> None:
+        try:
+            self.session.close()
+        except Exception:  # noqa: BLE001 - nothing useful can be done at thread exit
+            pass
+
+
+class _ThreadSessions(ThreadLocalRegistry[Session]):
+    def __call__(self) -> Session:
+        try:
+            return self.registry.value  # type: ignore[no-any-return]
+        except AttributeError:
+            session = self.registry.value = self.createfunc()
+            self.registry.closer = _SessionCloser(session)
+            return session
+
+    def clear(self) -> None:
+        super().clear()
+        try:
+            del self.registry.closer
+        except AttributeError:
+            pass
+
+
+class Database:
+    """A database shared safely by every thread of a process.
+
+    Args:
+        url: SQLAlchemy URL; defaults to ``$APP_DATABASE_URL``, then
+            ``sqlite:///data/memory.db`` (its directory is created).
+        **settings: any field of :class:`app.Settings`.
+
+    Attributes:
+        settings: the resolved :class:`app.Settings`.
+        engine: the SQLAlchemy engine (pool and hooks installed).
+        session: a ``scoped_session``; ``db.session()`` is this thread's Session.
+
+    Raises:
+        ConfigurationError: bad URL or setting, or a directory that cannot be created.
+        NotADatabaseError, ReadOnlyDatabaseError: the file cannot hold the database.
+        SchemaOutOfDateError: the schema is behind the code and ``auto_upgrade`` is off.
+    """
+
+    def __init__(self, url: str | None = None, /, **settings: Any) -> None:
+        self.settings = Settings.resolve(url, **settings)
+        self.url = self.settings.safe_url()
+        self.engine = build_engine(self.settings)
+        self._closed = False
+        # An in-memory or single-connection database has one connection: units take turns
+        # on it, reads included.
+        self._exclusive = self.settings.is_memory or self.settings.single_connection
+        self._counters = _Counters()
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._factory, "before_flush", _refuse_flush_in_read_unit)
+        self.session = scoped_session(self._factory)
+        self._reset_thread_state()
+        _LIVE.add(self)
+        try:
+            if self.settings.check_schema:
+                from .schema import ensure_schema
+
+                ensure_schema(self)
+        except BaseException:
+            self.dispose()
+            raise
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url!r})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def dispose(self) -> None:
+        """Close this thread's Session and every pooled connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE.discard(self)
+        try:
+            self.session.remove()
+        finally:
+            self.engine.dispose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ClosedError(f"{self.url} was disposed; create a new Database")
+
+    def _lock_key(self) -> str:
+        path = self.settings.sqlite_path
+        if path is not None:
+            return "sqlite:" + os.path.realpath(path)
+        if self.settings.is_memory:
+            return f"memory:{id(self)}"
+        return self.url
+
+    def _reset_thread_state(self) -> None:
+        self._write_lock = WRITE_LOCKS.get(self._lock_key())
+        self._local = threading.local()
+        # Per-process helpers of other modules (the chain's group committer), rebuilt after fork.
+        self._per_process: dict[str, Any] = {}
+        self.session.registry = _ThreadSessions(self._factory)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections must be neither used nor closed here: forget them.
+        self.engine.dispose(close=False)
+        _FORK_LEFTOVERS.append(self.session.registry)
+        self._reset_thread_state()
+
+    # -- units of work ------------------------------------------------------------------
+
+    def in_write_unit(self) -> bool:
+        """True when this thread is inside a write unit of this database."""
+        return getattr(self._local, "mode", None) == _WRITE
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """One write unit: ``BEGIN IMMEDIATE``, commit on success, rollback on any exception.
+
+        Writers of this process take turns first come, first served. A unit opened inside
+        another becomes a SAVEPOINT that rolls back alone.
+
+        Raises:
+            DatabaseBusyError: another process kept the write lock past ``busy_timeout``, or
+                this process's writers kept it past ``retry_deadline``.
+            TransactionStateError: opened inside a read unit.
+        """
+        with self._write_unit(None) as session:
+            yield session
+
+    @contextmanager
+    def _write_unit(self, deadline: float | None) -> Iterator[Session]:
+        self._check_open()
+        mode = getattr(self._local, "mode", None)
+        session = self.session()
+        if mode == _WRITE:
+            with session.begin_nested():
+                yield session
+            return
+        if mode == _READ:
+            raise errors.TransactionStateError(
+                "cannot open a write unit inside a read unit: open the write unit first"
+            )
+        self._end_stray_transaction(session)
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.retry_deadline
+        self._take_turn(deadline)
+        self._local.mode = _WRITE
+        try:
+            try:
+                options: dict[str, Any] = {UNIT_OPTION: _WRITE}
+                remaining = deadline - time.monotonic()
+                if self.settings.is_sqlite and remaining < self.settings.busy_timeout:
+                    options[BUSY_OPTION] = max(1, int(remaining * 1000))
+                session.begin()
+                session.connection(execution_options=options)
+                yield session
+                session.commit()
+            except BaseException as exc:
+                _rollback_quietly(session)
+                self._counters.add("rolled_back")
+                if isinstance(exc, PoolTimeout):
+                    raise self._pool_exhausted() from exc
+                raise
+            self._counters.add("committed")
+        finally:
+            self._local.mode = None
+            self._write_lock.release()
+
+    def _pool_exhausted(self) -> errors.PoolExhaustedError:
+        return errors.PoolExhaustedError(
+            f"no connection to {self.url} became free within {self.settings.pool_timeout}s "
+            "(pool_size + max_overflow are all in use); raise pool_size or max_overflow"
+        )
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read unit: a snapshot that never takes or waits for the write lock.
+
+        Inside, any write is refused with :class:`~app.errors.ReadOnlyUnitError`. A read
+        unit opened inside a write unit joins it (and sees its uncommitted changes).
+        """
+        self._check_open()
+        mode = getattr(self._local, "mode", None)
+        session = self.session()
+        if mode is not None:
+            yield session
+            return
+        self._end_stray_transaction(session)
+        if self._exclusive:
+            self._take_turn(time.monotonic() + self.settings.retry_deadline)
+        self._local.mode = _READ
+        session.info["read_unit"] = True
+        try:
+            try:
+                session.begin()
+                session.connection(execution_options={UNIT_OPTION: _READ})
+                yield session
+                if session.new or session.dirty or session.deleted:
+                    raise errors.ReadOnlyUnitError(
+                        "objects were added, changed or deleted inside a read unit; "
+                        "use Database.unit_of_work() or Database.run() for writes"
+                    )
+                session.commit()  # nothing to write: ends the snapshot, keeps objects loaded
+            except BaseException as exc:
+                _rollback_quietly(session)
+                if isinstance(exc, PoolTimeout):
+                    raise self._pool_exhausted() from exc
+                raise
+        finally:
+            session.info["read_unit"] = False
+            self._local.mode = None
+            if self._exclusive:
+                self._write_lock.release()
+
+    def run(
+        self, fn: Callable[Concatenate[Session, P], R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Run ``fn(session, *args, **kwargs)`` in a write unit, re-running it while busy.
+
+        When another process holds the write lock (or a server aborts the unit to avoid a
+        conflict), the unit is rolled back and ``fn`` runs again from scratch after a
+        jittered, growing pause, until ``retry_deadline`` seconds have passed. Inside an
+        open write unit, ``fn`` runs once in a SAVEPOINT.
+
+        Raises:
+            DatabaseBusyError: still busy at the deadline; names the database and the wait.
+        """
+        if self.in_write_unit():
+            with self.unit_of_work() as session:
+                return fn(session, *args, **kwargs)
+        started = time.monotonic()
+        deadline = started + self.settings.retry_deadline
+        attempt = 0
+        while True:
+            try:
+                with self._write_unit(deadline) as session:
+                    return fn(session, *args, **kwargs)
+            except errors.DatabaseBusyError as exc:
+                now = time.monotonic()
+                if now >= deadline - 0.001:
+                    waited = now - started
+                    raise errors.DatabaseBusyError(
+                        f"{self.url} stayed busy for {waited:.2f}s (retry_deadline is "
+                        f"{self.settings.retry_deadline}s, {attempt + 1} attempts): another "
+                        "writer holds the write lock; retry later or raise retry_deadline",
+                        database=self.url,
+                        waited=waited,
+                    ) from exc
+                attempt += 1
+                self._counters.add("retries")
+                pause = min(deadline - now, random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+                log.info("%s busy, retry %d in %.3fs: %s", self.url, attempt, pause, exc)
+                time.sleep(pause)
+
+    def _take_turn(self, deadline: float) -> None:
+        started = time.monotonic()
+        if not self._write_lock.acquire(timeout=max(0.0, deadline - started)):
+            waited = time.monotonic() - started
+            raise errors.DatabaseBusyError(
+                f"waited {waited:.2f}s for a turn to write to {self.url}: other threads of "
+                "this process kept the write lock; shorten their units or raise retry_deadline",
+                database=self.url,
+                waited=waited,
+            )
+        waited = time.monotonic() - started
+        self._counters.record_wait(waited)
+        if waited > self.settings.slow_wait_threshold:
+            log.warning("writer waited %.3fs for its turn on %s", waited, self.url)
+
+    def _end_stray_transaction(self, session: Session) -> None:
+        """Close a transaction the thread's Session began outside any unit (e.g. a lazy load)."""
+        if not session.in_transaction():
+            return
+        if session.new or session.dirty or session.deleted:
+            raise errors.TransactionStateError(
+                "this thread's Session holds changes made outside a unit of work; "
+                "make changes inside Database.unit_of_work() or Database.run()"
+            )
+        session.commit()
+
+    # -- observability --------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """Units committed and rolled back, busy retries, writer waits, connections."""
+        pool: Any = self.engine.pool
+        checked_out = pool.checkedout() if hasattr(pool, "checkedout") else 0
+        checked_in = pool.checkedin() if hasattr(pool, "checkedin") else 0
+        c = self._counters
+        with c.lock:
+            return Stats(
+                units_committed=c.committed,
+                units_rolled_back=c.rolled_back,
+                busy_retries=c.retries,
+                write_waits=c.waits,
+                write_wait_total=c.wait_total,
+                write_wait_max=c.wait_max,
+                writers_queued=self._write_lock.queued(),
+                connections_checked_out=checked_out,
+                connections_open=checked_out + checked_in if hasattr(pool, "checkedin") else 1,
+            )
+
+
+def _rollback_quietly(session: Session) -> None:
+    # The error that brought us here matters more than a failed rollback (for example on a
+    # connection the error already broke); the pool discards such a connection.
+    try:
+        session.rollback()
+    except Exception:
+        log.debug("rollback after error failed", exc_info=True)
+
+
+def _refuse_flush_in_read_unit(session: Session, *args: Any) -> None:
+    if session.info.get("read_unit"):
+        raise errors.ReadOnlyUnitError(
+            "objects were added, changed or deleted inside a read unit; "
+            "use Database.unit_of_work() or Database.run() for writes"
+        )
+
+
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+_FORK_LEFTOVERS: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    WRITE_LOCKS.reset_after_fork()
+    for database in list(_LIVE):
+        database._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,198 @@
+"""The layer's exceptions, and the one place where driver errors are translated into them.
+
+Every error raised on purpose is an :class:`AppError`. Driver exceptions (``sqlite3``,
+``psycopg``) reach callers only as the ``__cause__`` of one of these, except where the
+legacy contract promises a driver type: :class:`IntegrityViolationError` is also a
+``sqlite3.IntegrityError``, so ``except sqlite3.IntegrityError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+
+class AppError(Exception):
+    """Base of every error this layer raises."""
+
+
+class ConfigurationError(AppError, ValueError):
+    """A setting, URL or environment value is wrong, or the database cannot be set up as asked."""
+
+
+class InvalidInputError(AppError, ValueError):
+    """A caller's argument was refused before anything was written."""
+
+
+class DatabaseBusyError(AppError):
+    """The database stayed locked by another writer past the deadline.
+
+    Attributes:
+        database: the database URL (password hidden).
+        waited: seconds spent waiting, when known.
+    """
+
+    def __init__(self, message: str, *, database: str = "", waited: float | None = None):
+        super().__init__(message)
+        self.database = database
+        self.waited = waited
+
+
+class ConflictError(DatabaseBusyError):
+    """A server database aborted the unit to keep it serializable (SQLSTATE 40001, 40P01).
+
+    :meth:`app.Database.run` re-runs such units from scratch.
+    """
+
+
+class PoolExhaustedError(AppError):
+    """No pooled connection became free within ``pool_timeout``."""
+
+
+class ReadOnlyUnitError(AppError):
+    """A write was attempted inside a read unit (``Database.read()``)."""
+
+
+class ReadOnlyDatabaseError(AppError):
+    """The database file (or its directory) cannot be written."""
+
+
+class StorageFullError(AppError):
+    """The disk, or the database's ``max_page_count``, is full. Earlier data is intact."""
+
+
+class DatabaseUnavailableError(AppError):
+    """The database cannot be opened or reached (missing file or directory, I/O error, server down)."""
+
+
+class CorruptDatabaseError(AppError):
+    """The file is damaged: SQLite reports corruption or a malformed image."""
+
+
+class NotADatabaseError(CorruptDatabaseError):
+    """The file exists but is not a SQLite database."""
+
+
+class SchemaOutOfDateError(AppError):
+    """The database schema is older (or newer) than this code expects."""
+
+
+class SchemaMismatchError(AppError):
+    """An existing database's tables do not match the legacy schema, so it cannot be adopted."""
+
+
+class IntegrityViolationError(AppError, sqlite3.IntegrityError):
+    """A constraint refused the write (duplicate block index, missing parent row, ...)."""
+
+
+class ClosedError(AppError):
+    """The object was used after ``close()`` / ``dispose()``."""
+
+
+class TransactionStateError(AppError):
+    """A unit was opened or ended in a state that does not allow it."""
+
+
+# SQLite primary result codes (https://sqlite.org/rescode.html).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_CONSTRAINT = 11, 13, 14, 19
+_SQLITE_NOTADB = 26
+
+
+def translate(exc: BaseException, *, database: str, read_unit: bool = False) -> AppError | None:
+    """Map a driver exception to the layer's exception, or None when it has no mapping.
+
+    Args:
+        exc: the DB-API exception (``sqlite3.Error`` or ``psycopg.Error``), possibly
+            wrapped by SQLAlchemy.
+        database: the URL to name in the message (password hidden).
+        read_unit: the statement ran inside a read unit, so a refused write is the caller's
+            mistake rather than a read-only file.
+    """
+    orig: Any = getattr(exc, "orig", None) or exc
+    if isinstance(orig, AppError):
+        return orig
+    if isinstance(orig, sqlite3.Error):
+        return _translate_sqlite(orig, database, read_unit)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None or type(orig).__module__.startswith("psycopg"):
+        return _translate_postgres(orig, sqlstate, database)
+    return None
+
+
+def _translate_sqlite(orig: sqlite3.Error, database: str, read_unit: bool) -> AppError | None:
+    code = getattr(orig, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(orig)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
+        return DatabaseBusyError(
+            f"{database} is locked by another writer ({text}); retry later or raise "
+            "busy_timeout / retry_deadline",
+            database=database,
+        )
+    if primary == _SQLITE_READONLY:
+        if read_unit:
+            return ReadOnlyUnitError(
+                f"write refused inside a read unit on {database}: use Database.unit_of_work() "
+                "or Database.run() for writes"
+            )
+        return ReadOnlyDatabaseError(
+            f"{database} is read-only ({text}): make the file, its -wal/-shm files and "
+            "their directory writable by this user"
+        )
+    if primary == _SQLITE_FULL:
+        return StorageFullError(
+            f"{database} is full ({text}): free disk space or raise max_page_count; "
+            "the failed unit was rolled back and earlier data is intact"
+        )
+    if primary == _SQLITE_NOTADB or "file is not a database" in text:
+        return NotADatabaseError(
+            f"{database} is not a SQLite database ({text}): check the path, or restore "
+            "the file from a backup"
+        )
+    if primary == _SQLITE_CORRUPT or "malformed" in text:
+        return CorruptDatabaseError(
+            f"{database} is corrupt ({text}): stop writers, run `python -m app doctor`, "
+            "and restore from a backup"
+        )
+    if primary == _SQLITE_CANTOPEN or "unable to open database" in text:
+        return DatabaseUnavailableError(
+            f"cannot open {database} ({text}): check that the file and its directory "
+            "exist and are accessible"
+        )
+    if primary == _SQLITE_IOERR or "disk I/O error" in text:
+        return DatabaseUnavailableError(
+            f"I/O error on {database} ({text}): the file may have been removed, truncated "
+            "or its disk failed; run `python -m app doctor`"
+        )
+    if primary == _SQLITE_CONSTRAINT or isinstance(orig, sqlite3.IntegrityError):
+        return IntegrityViolationError(f"constraint failed on {database}: {text}")
+    return None
+
+
+def _translate_postgres(orig: Any, sqlstate: str | None, database: str) -> AppError | None:
+    text = str(orig).strip()
+    state = sqlstate or ""
+    if state in ("40001", "40P01"):
+        return ConflictError(
+            f"{database} aborted the unit to avoid a conflict ({text}); it can be re-run",
+            database=database,
+        )
+    if state == "55P03":
+        return DatabaseBusyError(f"{database} lock not available ({text})", database=database)
+    if state == "25006":
+        return ReadOnlyUnitError(
+            f"write refused inside a read unit on {database}: use Database.unit_of_work() "
+            "or Database.run() for writes"
+        )
+    if state == "53100":
+        return StorageFullError(f"{database} is out of disk space ({text})")
+    if state.startswith("23"):
+        return IntegrityViolationError(f"constraint failed on {database}: {text}")
+    if state.startswith("28") or state == "3D000":
+        return ConfigurationError(f"cannot use {database}: {text}")
+    if state.startswith("08") or (not state and "connect" in text.lower()):
+        return DatabaseUnavailableError(
+            f"cannot reach {database} ({text}): check that the server runs and the URL is right"
+        )
+    return None

@@ -1,0 +1,229 @@
+"""Schema revisions: where the migrations live, which revision a database is at, upgrades.
+
+Alembic owns the schema. These functions run it through the application's engine, and
+:func:`ensure_schema` is what :class:`~app.Database` calls when it opens a database.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from . import errors
+from ._engine import UNIT_OPTION
+from .models import LEGACY_TABLES, Base
+
+if TYPE_CHECKING:
+    from .database import Database
+
+log = logging.getLogger(__name__)
+
+_LEGACY_INDEXES = {
+    "idx_blocks_timestamp",
+    "idx_block_keywords",
+    "idx_block_tags",
+    "idx_stm_timestamp",
+}
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory: inside the installed package, or beside it in a checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise errors.ConfigurationError(
+        f"the migrations directory was not found next to {package}; reinstall the package"
+    )
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """An Alembic Config for the bundled migrations, optionally bound to ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
+    config.attributes["configure_logger"] = False
+    return config
+
+
+@functools.cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The revision this code expects."""
+    head = _script().get_current_head()
+    assert head is not None
+    return head
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    down_revision: str | None
+    doc: str
+    is_head: bool
+
+
+def history() -> list[Revision]:
+    """Every revision, oldest first."""
+    revisions = list(_script().walk_revisions())
+    revisions.reverse()
+    return [
+        Revision(
+            r.revision,
+            r.down_revision if isinstance(r.down_revision, str) else None,
+            r.doc,
+            r.is_head,
+        )
+        for r in revisions
+    ]
+
+
+@contextmanager
+def migration_database(url: str | None) -> Iterator[Database]:
+    """A Database for running migrations (no schema check: that is what they fix)."""
+    from .database import Database
+
+    database = Database(url, check_schema=False)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@contextmanager
+def write_connection(database: Database) -> Iterator[Connection]:
+    """A connection whose transaction is a write unit, taken in this process's turn order."""
+    database._take_turn(time.monotonic() + database.settings.retry_deadline)
+    try:
+        with database.engine.connect() as connection:
+            yield connection.execution_options(**{UNIT_OPTION: "write"})
+    finally:
+        database._write_lock.release()
+
+
+def current_revision(database: Database) -> str | None:
+    """The revision recorded in the database, or None (empty or legacy database)."""
+    with database.engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(database: Database, revision: str = "head") -> None:
+    """Upgrade (adopting a legacy database first when there is one)."""
+    _run(database, command.upgrade, revision)
+
+
+def downgrade(database: Database, revision: str) -> None:
+    _run(database, command.downgrade, revision)
+
+
+def stamp(database: Database, revision: str) -> None:
+    """Record ``revision`` without running migrations."""
+    _run(database, command.stamp, revision)
+
+
+def _run(database: Database, action: object, revision: str) -> None:
+    with write_connection(database) as connection:
+        action(alembic_config(connection), revision)  # type: ignore[operator]
+
+
+def ensure_schema(database: Database) -> None:
+    """Make sure the schema is the one this code expects.
+
+    Raises:
+        SchemaOutOfDateError: the database is behind and ``auto_upgrade`` is off, or it is at
+            a revision this code does not know (migrated by newer code).
+    """
+    current = current_revision(database)
+    expected = head_revision()
+    if current == expected:
+        return
+    known = {r.revision for r in history()}
+    if current is not None and current not in known:
+        raise errors.SchemaOutOfDateError(
+            f"{database.url} is at schema revision {current!r}, which this code does not know "
+            f"(it expects {expected!r}): it was migrated by a newer version; upgrade the package"
+        )
+    if database.settings.should_auto_upgrade:
+        log.info("upgrading %s from %s to %s", database.url, current or "nothing", expected)
+        upgrade(database)
+        return
+    raise errors.SchemaOutOfDateError(
+        f"{database.url} is at schema revision {current or 'none'} but this code expects "
+        f"{expected}: run `python -m app db upgrade` (or `alembic -x url=... upgrade head`)"
+    )
+
+
+def legacy_schema_differences(connection: Connection) -> list[str]:
+    """How the existing tables differ from the legacy layout ([] when they match)."""
+    inspector = inspect(connection)
+    present = set(inspector.get_table_names())
+    problems = [f"table {name} is missing" for name in LEGACY_TABLES if name not in present]
+    dialect = connection.dialect
+    for name in LEGACY_TABLES:
+        if name not in present:
+            continue
+        table = Base.metadata.tables[name]
+        found = {c["name"]: c for c in inspector.get_columns(name)}
+        primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
+        for column in table.columns:
+            actual = found.pop(column.name, None)
+            if actual is None:
+                problems.append(f"column {name}.{column.name} is missing")
+                continue
+            expected_type = column.type.compile(dialect=dialect)
+            actual_type = actual["type"].compile(dialect=dialect)
+            if expected_type != actual_type:
+                problems.append(
+                    f"column {name}.{column.name} is {actual_type}, expected {expected_type}"
+                )
+            if not column.primary_key and bool(actual["nullable"]) != bool(column.nullable):
+                expected_null = "NULL" if column.nullable else "NOT NULL"
+                problems.append(f"column {name}.{column.name} should be {expected_null}")
+        problems.extend(f"unexpected column {name}.{extra}" for extra in sorted(found))
+        expected_pk = {c.name for c in table.primary_key.columns}
+        if primary_key != expected_pk:
+            problems.append(
+                f"table {name} has primary key {sorted(primary_key)}, expected {sorted(expected_pk)}"
+            )
+    return problems
+
+
+def adopt_legacy_schema(connection: Connection) -> bool:
+    """Adopt tables made by the legacy class. Returns False when there are none.
+
+    Raises:
+        SchemaMismatchError: some legacy tables exist but differ from the legacy layout.
+    """
+    present = set(inspect(connection).get_table_names())
+    if not present.intersection(LEGACY_TABLES):
+        return False
+    problems = legacy_schema_differences(connection)
+    if problems:
+        raise errors.SchemaMismatchError(
+            "the existing tables do not match the legacy schema, so the database was not "
+            "adopted (nothing was changed): " + "; ".join(problems)
+        )
+    for name in LEGACY_TABLES:
+        for index in Base.metadata.tables[name].indexes:
+            if index.name in _LEGACY_INDEXES:
+                index.create(connection, checkfirst=True)
+    log.info("adopted an existing legacy database at revision 0001")
+    return True

@@ -1,0 +1,239 @@
+"""One typed settings object for everything the layer builds.
+
+Values come from keyword arguments first, then from ``APP_<NAME>`` environment variables,
+then from the defaults below. Bad values raise :class:`~app.errors.ConfigurationError` at
+construction, with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigurationError
+
+DEFAULT_URL = "sqlite:///data/memory.db"
+URL_ENV = "APP_DATABASE_URL"
+
+_JOURNAL_MODES = ("wal", "delete", "truncate", "persist", "memory", "off")
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+_TEMP_STORE = ("default", "file", "memory")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Settings of one :class:`~app.Database`.
+
+    Attributes:
+        url: SQLAlchemy URL. ``sqlite:///path`` (file), ``sqlite://`` (in memory) or
+            ``postgresql+psycopg://user@host/db``.
+        pool_size: connections kept open by the pool.
+        max_overflow: extra connections opened under load (0 turns overflow off).
+        pool_timeout: seconds a caller waits for a free connection before
+            :class:`~app.errors.PoolExhaustedError`.
+        pool_recycle: seconds after which a server connection is replaced (PostgreSQL).
+        pool_pre_ping: test a server connection before handing it out (PostgreSQL).
+        busy_timeout: seconds SQLite waits for another process's write lock before
+            reporting busy (the ``busy_timeout`` pragma).
+        retry_deadline: seconds :meth:`~app.Database.run` keeps retrying a busy unit, and
+            the longest a unit waits for this process's write lock.
+        journal_mode: SQLite journal mode. ``wal`` lets readers and the writer proceed at
+            the same time; any other value is applied as asked and not verified.
+        synchronous: ``normal`` (the default with WAL: a commit survives a crash of the
+            application; a power loss may undo the last commits) or ``full`` (a commit
+            survives power loss, at the cost of one fsync per commit).
+        cache_size, mmap_size, journal_size_limit, temp_store: optional SQLite pragmas;
+            ``None`` leaves SQLite's default. ``journal_size_limit`` (bytes) is what the WAL
+            file is truncated to after a checkpoint.
+        file_mode: permission bits of a database file this layer creates (owner only).
+        auto_upgrade: bring the schema to the current revision when the database is
+            opened. ``None`` means yes for SQLite and no for server databases, where
+            migrations are a deployment step (``python -m app db upgrade``).
+        check_schema: refuse to run on a schema older than the code (on by default).
+        slow_wait_threshold: a writer that waits longer than this (seconds) for its turn
+            is logged as a warning.
+        max_batch: most appends the group commit writes in one transaction.
+        single_connection: one connection owned by the thread that opened the database,
+            as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
+        echo: log every SQL statement.
+    """
+
+    url: str = DEFAULT_URL
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    pool_recycle: float = 1800.0
+    pool_pre_ping: bool = True
+    busy_timeout: float = 5.0
+    retry_deadline: float = 30.0
+    journal_mode: str = "wal"
+    synchronous: str = "normal"
+    cache_size: int | None = None
+    mmap_size: int | None = None
+    journal_size_limit: int | None = 64 * 1024 * 1024
+    temp_store: str | None = None
+    file_mode: int = 0o600
+    auto_upgrade: bool | None = None
+    check_schema: bool = True
+    slow_wait_threshold: float = 1.0
+    max_batch: int = 512
+    single_connection: bool = False
+    echo: bool = False
+    parsed_url: URL = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parsed_url", _parse_url(self.url))
+        _positive(self, "pool_size", self.pool_size, minimum=1)
+        _positive(self, "max_overflow", self.max_overflow, minimum=0)
+        for name in (
+            "pool_timeout",
+            "pool_recycle",
+            "busy_timeout",
+            "retry_deadline",
+            "slow_wait_threshold",
+        ):
+            _positive(self, name, getattr(self, name), minimum=0)
+        _positive(self, "max_batch", self.max_batch, minimum=1)
+        for name in ("mmap_size", "journal_size_limit"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(self, name, value, minimum=0)
+        if self.cache_size is not None and not isinstance(self.cache_size, int):
+            raise ConfigurationError(f"cache_size must be an integer, got {self.cache_size!r}")
+        _choice("journal_mode", self.journal_mode, _JOURNAL_MODES)
+        _choice("synchronous", self.synchronous, _SYNCHRONOUS)
+        if self.temp_store is not None:
+            _choice("temp_store", self.temp_store, _TEMP_STORE)
+            object.__setattr__(self, "temp_store", self.temp_store.lower())
+        object.__setattr__(self, "journal_mode", self.journal_mode.lower())
+        object.__setattr__(self, "synchronous", self.synchronous.lower())
+        if not isinstance(self.file_mode, int) or not 0 <= self.file_mode <= 0o777:
+            raise ConfigurationError(
+                f"file_mode must be permission bits such as 0o600, got {self.file_mode!r}"
+            )
+
+    @classmethod
+    def resolve(cls, url: str | None = None, **overrides: Any) -> Settings:
+        """Build settings from arguments, then ``APP_*`` environment variables, then defaults.
+
+        Raises:
+            ConfigurationError: an unknown setting or a value that is not valid.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) {', '.join(unknown)}; known settings are "
+                f"{', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, spec in known.items():
+            if name == "url":
+                continue
+            if name in overrides:
+                values[name] = overrides[name]
+                continue
+            env_name = f"APP_{name.upper()}"
+            raw = os.environ.get(env_name)
+            if raw is not None:
+                values[name] = _from_env(env_name, raw, spec)
+        values["url"] = url or overrides.get("url") or os.environ.get(URL_ENV) or DEFAULT_URL
+        return cls(**values)
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.parsed_url.get_backend_name()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @property
+    def is_memory(self) -> bool:
+        """True for an in-memory SQLite database."""
+        return self.is_sqlite and self.parsed_url.database in (None, "", ":memory:")
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a SQLite file URL, else None."""
+        if not self.is_sqlite or self.is_memory:
+            return None
+        return self.parsed_url.database
+
+    @property
+    def should_auto_upgrade(self) -> bool:
+        return self.is_sqlite if self.auto_upgrade is None else self.auto_upgrade
+
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return self.parsed_url.render_as_string(hide_password=True)
+
+
+def _parse_url(raw: Any) -> URL:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigurationError(f"url must be a non-empty string, got {raw!r}")
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"cannot parse database URL {raw!r}: expected sqlite:///path/to/file.db, "
+            "sqlite:// (in memory) or postgresql+psycopg://user@host/dbname"
+        ) from exc
+    backend = url.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        if url.get_driver_name() not in ("psycopg", "postgresql"):
+            # Only psycopg 3 is a dependency; a bare postgresql:// would pick psycopg2.
+            url = url.set(drivername="postgresql+psycopg")
+        return url
+    if backend == "sqlite":
+        if url.get_driver_name() not in ("pysqlite", "sqlite"):
+            raise ConfigurationError(
+                f"SQLite driver {url.get_driver_name()!r} is not supported; use sqlite:///path"
+            )
+        return url
+    raise ConfigurationError(
+        f"unsupported database URL scheme {url.drivername!r} in "
+        f"{url.render_as_string(hide_password=True)!r}: use sqlite:///path/to/file.db, "
+        "sqlite:// or postgresql+psycopg://user@host/dbname"
+    )
+
+
+def _positive(settings: Settings, name: str, value: Any, *, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigurationError(f"{name} must be a number >= {minimum}, got {value!r}")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise ConfigurationError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _from_env(env_name: str, raw: str, spec: dataclasses.Field[Any]) -> Any:
+    kind = str(spec.type)
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            if raw.strip().lower() == "none" and "None" in kind:
+                return None
+            return int(raw, 0)
+        if kind.startswith("float"):
+            return float(raw)
+        if "None" in kind and raw.strip().lower() == "none":
+            return None
+        return raw
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"environment variable {env_name}={raw!r} is not a valid {kind}"
+        ) from exc

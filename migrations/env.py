@@ -1,0 +1,71 @@
+"""Alembic environment (from the generic template).
+
+Migrations run through the application's own engine factory, so they get the same pragmas
+and the same write unit (``BEGIN IMMEDIATE`` on SQLite, the write lock on PostgreSQL) as the
+application: two processes upgrading at once take turns, and the second finds nothing to do.
+A connection handed in ``config.attributes["connection"]`` is used as is.
+"""
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from app.models import Base
+from app.schema import migration_database, write_connection
+
+config = context.config
+
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _url() -> str | None:
+    return context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+
+
+def run_migrations_offline() -> None:
+    """Emit the migration SQL instead of running it (``alembic upgrade --sql``)."""
+    url = _url() or "sqlite:///data/memory.db"
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=url.startswith("sqlite"),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_with(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        # The layer issues BEGIN itself, so DDL on SQLite is transactional too: a failed
+        # upgrade leaves the schema as it was.
+        transactional_ddl=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run_with(connection)
+        return
+    with migration_database(_url()) as database, write_connection(database) as connection:
+        _run_with(connection)
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
