@@ -1,0 +1,565 @@
+"""The legacy ``conn`` attribute as a connection that every thread can use.
+
+Old call sites do ``db.conn.cursor()``, ``db.conn.execute(...)`` and ``db.conn.commit()``
+from whatever thread they run on, often through a reference kept since start-up. So there
+is one :class:`ThreadConnection` object per manager, and everything it tracks (the open
+write unit, above all) is kept per thread. The rules are in its docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import errors
+from .database import Database
+
+log = logging.getLogger(__name__)
+
+#: One lexical piece of SQL: a quoted literal or identifier, a comment, or plain code.
+_PIECES = re.compile(
+    r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|--[^\n]*|/\*.*?(?:\*/|\Z)|[^'\"/-]+|.", re.S
+)
+_TOKENS = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*|[()=]")
+_QMARK = re.compile(r"\?")
+_NAMED = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
+_READ_VERBS = {"SELECT", "VALUES", "EXPLAIN", "SHOW"}
+_MAIN_VERBS = {"SELECT", "VALUES", "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE"}
+_PG_STATEMENT_SAVEPOINT = "app_conn_statement"
+
+
+class UseTracker:
+    """Counts the calls and units in progress on a manager, so that closing it waits for them.
+
+    Used as ``with tracker:`` around every call. After :meth:`close`, a thread may still
+    finish the write unit it has open; any other call raises :class:`~app.errors.ClosedError`.
+    ``on_last`` (disposing the pool) runs once, when the manager is closed and nothing is
+    in progress.
+
+    Args:
+        db: the database whose units count as "in progress".
+        name: how messages name the manager.
+        on_last: called once after close, when the last user is done.
+        owner: in the single-connection mode, the only thread allowed to call.
+    """
+
+    def __init__(
+        self, db: Database, name: str, on_last: Callable[[], None], owner: int | None = None
+    ) -> None:
+        self._db = db
+        self._name = name
+        self._on_last = on_last
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._count = 0
+        self._closed = False
+        self._finished = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_thread(self) -> None:
+        """Raise sqlite3's own error when a thread other than the owner calls (legacy mode)."""
+        me = threading.get_ident()
+        if self.owner is not None and me != self.owner:
+            raise sqlite3.ProgrammingError(
+                "SQLite objects created in a thread can only be used in that same thread. "
+                f"The object was created in thread id {self.owner} and this is thread id {me}."
+            )
+
+    def check_open(self) -> None:
+        """Raise ClosedError after close, unless this thread is finishing its write unit."""
+        if self._closed and not self._db.in_write_unit():
+            raise errors.ClosedError(
+                f"this DatabaseManager for {self._name} was closed; create a new "
+                "DatabaseManager to use the database again"
+            )
+
+    def acquire(self) -> None:
+        with self._lock:
+            self.check_open()
+            self.check_thread()
+            self._count += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._count -= 1
+            last = self._closed and self._count == 0 and not self._finished
+            self._finished = self._finished or last
+        if last:
+            self._on_last()
+
+    def close(self) -> None:
+        """Refuse new calls; run ``on_last`` now if nothing is in progress."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            last = self._count == 0
+            self._finished = last
+        if last:
+            self._on_last()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def statement_kind(sql: str) -> str:
+    """What a statement does to the connection's transaction.
+
+    Returns:
+        ``"read"``, ``"write"`` (anything that may change the database, and anything not
+        recognised), ``"begin"``, ``"commit"`` or ``"rollback"`` (of the whole transaction).
+    """
+    tokens = [t.upper() for p in _PIECES.findall(sql) if _is_code(p) for t in _TOKENS.findall(p)]
+    if not tokens:
+        return "read"
+    first = tokens[0]
+    if first in _READ_VERBS:
+        return "read"
+    if first == "PRAGMA":
+        # ``PRAGMA name`` and ``PRAGMA name(arg)`` read; ``PRAGMA name = value`` may write.
+        return "write" if "=" in tokens else "read"
+    if first == "WITH":
+        depth = 0
+        for token in tokens[1:]:
+            if token == "(":
+                depth += 1
+            elif token == ")":
+                depth -= 1
+            elif depth == 0 and token in _MAIN_VERBS:
+                return "read" if token in ("SELECT", "VALUES") else "write"
+        return "write"
+    if first in ("BEGIN", "START"):
+        return "begin"
+    if first in ("COMMIT", "END"):
+        return "commit"
+    if first == "ROLLBACK" and "TO" not in tokens:
+        return "rollback"
+    return "write"
+
+
+def _is_code(piece: str) -> bool:
+    return piece[:1] not in ("'", '"') and not piece.startswith(("--", "/*"))
+
+
+def to_pyformat(sql: str, parameters: Any) -> str:
+    """Rewrite sqlite3's ``?`` / ``:name`` placeholders for psycopg (``%s`` / ``%(name)s``).
+
+    Placeholders are replaced only outside quoted literals, identifiers and comments; every
+    ``%`` is doubled because psycopg reads ``%`` as a placeholder everywhere.
+    """
+    named = isinstance(parameters, Mapping)
+    out = []
+    for piece in _PIECES.findall(sql):
+        code = _is_code(piece)
+        piece = piece.replace("%", "%%")
+        if code:
+            piece = _NAMED.sub(r"%(\1)s", piece) if named else _QMARK.sub("%s", piece)
+        out.append(piece)
+    return "".join(out)
+
+
+class Row:
+    """A result row with sqlite3.Row's access: by position, by column name
+    (case-insensitive), ``keys()``, so ``dict(row)`` and ``tuple(row)`` work."""
+
+    __slots__ = ("_columns", "_values")
+
+    def __init__(self, columns: _Columns, values: Sequence[Any]) -> None:
+        self._columns = columns
+        self._values = tuple(values)
+
+    def keys(self) -> list[str]:
+        return list(self._columns.names)
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._columns.position(key)]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Row):
+            return NotImplemented
+        return self._columns.names == other._columns.names and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash((self._columns.names, self._values))
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._columns.names, self._values, strict=True))!r})"
+
+
+class _Columns:
+    __slots__ = ("_positions", "names")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._positions: dict[str, int] = {}
+        for position, name in enumerate(self.names):
+            self._positions.setdefault(name.lower(), position)
+
+    def position(self, name: str) -> int:
+        try:
+            return self._positions[name.lower()]
+        except KeyError:
+            raise IndexError("No item with that key") from None
+
+
+class LegacyCursor:
+    """A DB-API cursor over :class:`ThreadConnection` whose results are fetched at once.
+
+    Rows are buffered when the statement runs, so the cursor holds no connection and may be
+    read at leisure, from any thread.
+    """
+
+    arraysize = 1
+
+    def __init__(self, connection: ThreadConnection) -> None:
+        self.connection = connection
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: list[Any] = []
+        self._position = 0
+
+    def execute(self, sql: str, parameters: Any = ()) -> LegacyCursor:
+        self.connection._execute(self, sql, parameters, many=False)
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Any) -> LegacyCursor:
+        self.connection._execute(self, sql, seq_of_parameters, many=True)
+        return self
+
+    def fetchone(self) -> Any:
+        if self._position >= len(self._rows):
+            return None
+        row = self._rows[self._position]
+        self._position += 1
+        return row
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = self.arraysize if size is None else size
+        rows = self._rows[self._position : self._position + count]
+        self._position += len(rows)
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        rows = self._rows[self._position :]
+        self._position = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def close(self) -> None:
+        self._rows, self._position = [], 0
+
+    def _load(
+        self,
+        rows: list[Any],
+        description: tuple[tuple[Any, ...], ...] | None,
+        rowcount: int,
+        lastrowid: int | None,
+    ) -> None:
+        self._rows, self._position = rows, 0
+        self.description, self.rowcount, self.lastrowid = description, rowcount, lastrowid
+
+
+class _Rollback(Exception):
+    """Thrown into a unit to roll it back."""
+
+
+class _ImplicitUnit:
+    """The write unit that a thread's first raw write opened (pysqlite's implicit BEGIN)."""
+
+    def __init__(self, db: Database, users: UseTracker) -> None:
+        users.acquire()
+        self._users = users
+        try:
+            self._unit: Any = db.unit_of_work()
+            self._unit.__enter__()
+        except BaseException:
+            users.release()
+            raise
+
+    def end(self, *, commit: bool) -> None:
+        unit, self._unit = self._unit, None
+        if unit is None:
+            return
+        try:
+            if commit:
+                unit.__exit__(None, None, None)
+            else:
+                unit.__exit__(_Rollback, _Rollback(), None)
+        finally:
+            self._users.release()
+
+    def __del__(self) -> None:
+        # Runs in the thread that is ending (its thread-local state is dropped there), like
+        # a sqlite3 connection closed with a pending transaction: the writes are discarded
+        # and, above all, the write lock is handed on.
+        if getattr(self, "_unit", None) is not None:
+            log.warning("a thread ended with uncommitted writes made through conn; rolled back")
+            try:
+                self.end(commit=False)
+            except Exception:
+                log.debug("rollback at thread end failed", exc_info=True)
+
+
+class ThreadConnection:
+    """``DatabaseManager.conn``: a DB-API-like connection that works from every thread.
+
+    Rules:
+
+    * Rows are ``sqlite3.Row`` by default (``row_factory`` can be set to ``None`` or a
+      ``(cursor, row)`` factory; it applies to every thread). On PostgreSQL, rows are
+      :class:`Row`, with the same index and key access, and ``?`` / ``:name`` placeholders
+      are rewritten for psycopg outside quoted text. Driver errors reach the caller as the
+      driver raised them (``sqlite3.IntegrityError``, ...).
+    * Inside ``DatabaseManager.transaction()`` (or ``run_serialized``), statements run on
+      that unit's own connection, so they are part of it. ``commit()`` there is deferred to
+      the end of the unit; ``rollback()`` raises :class:`~app.errors.TransactionStateError`
+      (let the exception leave the ``with`` block to roll the unit back).
+    * Outside, a read runs on a pooled connection checked out for that statement only, and
+      its rows are fetched at once (cursors never hold a connection).
+    * Outside, the first write (INSERT, UPDATE, DELETE, REPLACE, DDL, ``WITH ... INSERT``,
+      ``PRAGMA x = y``) or an explicit ``BEGIN`` opens a write unit for the calling thread,
+      as sqlite3's implicit transactions did: it waits its turn behind this process's
+      other writers and takes the database's write lock, and lasts until ``commit()``,
+      ``rollback()``, ``close()``, a write call of the manager (which committed the shared
+      connection in the old class too) or the end of the thread (rolled back). Until then
+      the thread's statements and the manager's calls see the pending writes; other
+      writers wait, so commit promptly.
+    * ``close()`` only rolls back the calling thread's pending writes; the manager stays
+      open. Rows of large SELECTs are held in memory: page big reads with LIMIT.
+    """
+
+    def __init__(self, db: Database, users: UseTracker) -> None:
+        self._db = db
+        self._users = users
+        self._sqlite = db.settings.is_sqlite
+        self._local = threading.local()
+        #: How rows are built; applies to every thread (it was one shared connection).
+        self.row_factory: Any = sqlite3.Row
+
+    # -- the DB-API surface ---------------------------------------------------------------
+
+    def cursor(self) -> LegacyCursor:
+        self._users.check_thread()
+        return LegacyCursor(self)
+
+    def execute(self, sql: str, parameters: Any = ()) -> LegacyCursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any) -> LegacyCursor:
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while this thread is inside a write unit of the manager."""
+        return self._db.in_write_unit()
+
+    def commit(self) -> None:
+        """Commit this thread's implicit write unit (deferred inside ``transaction()``)."""
+        self._users.check_thread()
+        if self._in_explicit_unit():
+            return
+        unit = self._take_unit()
+        if unit is not None:
+            unit.end(commit=True)
+
+    def rollback(self) -> None:
+        """Roll back this thread's implicit write unit.
+
+        Raises:
+            TransactionStateError: inside ``transaction()``, which only an exception leaving
+                its ``with`` block can roll back.
+        """
+        self._users.check_thread()
+        if self._in_explicit_unit():
+            raise errors.TransactionStateError(
+                "conn.rollback() inside DatabaseManager.transaction(): raise an exception out "
+                "of the with block to roll the whole transaction back"
+            )
+        unit = self._take_unit()
+        if unit is not None:
+            unit.end(commit=False)
+
+    def close(self) -> None:
+        """Roll back this thread's uncommitted writes. The manager stays usable."""
+        if not self._in_explicit_unit():
+            unit = self._take_unit()
+            if unit is not None:
+                unit.end(commit=False)
+
+    def __enter__(self) -> ThreadConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # sqlite3's connection context manager: commit on success, roll back on error.
+        if exc_type is None:
+            self.commit()
+        elif not self._in_explicit_unit():
+            self.rollback()
+
+    # -- for the manager --------------------------------------------------------------------
+
+    def commit_after_write(self) -> None:
+        """End this thread's implicit unit after a write call of the manager, unless that
+        call ran inside an explicit unit nested in it."""
+        unit = getattr(self._local, "unit", None)
+        if unit is not None and not self._db.session().in_nested_transaction():
+            self._take_unit()
+            unit.end(commit=True)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _take_unit(self) -> _ImplicitUnit | None:
+        unit: _ImplicitUnit | None = getattr(self._local, "unit", None)
+        self._local.unit = None
+        return unit
+
+    def _in_explicit_unit(self) -> bool:
+        if not self._db.in_write_unit():
+            return False
+        if getattr(self._local, "unit", None) is None:
+            return True
+        # A unit opened inside the implicit one is a SAVEPOINT of the same session.
+        return self._db.session().in_nested_transaction()
+
+    def _begin(self) -> None:
+        # A BEGIN inside a unit is a no-op: old code guarded it with ``in_transaction``.
+        if getattr(self._db._local, "mode", None) is None:
+            self._local.unit = _ImplicitUnit(self._db, self._users)
+
+    def _execute(self, cursor: LegacyCursor, sql: str, parameters: Any, *, many: bool) -> None:
+        kind = statement_kind(sql)
+        if kind in ("begin", "commit", "rollback"):
+            self._users.check_thread()
+            with self._users:
+                if kind == "begin":
+                    self._begin()
+            if kind == "commit":
+                self.commit()
+            elif kind == "rollback":
+                self.rollback()
+            cursor._load([], None, -1, None)
+            return
+        with self._users:
+            if kind == "write" and getattr(self._db._local, "mode", None) is None:
+                self._begin()
+            if getattr(self._db._local, "mode", None) is not None:
+                self._run(self._db.session(), cursor, sql, parameters, many, in_unit=True)
+                return
+            with self._db.read() as session:
+                self._run(session, cursor, sql, parameters, many, in_unit=False)
+
+    def _run(
+        self,
+        session: Session,
+        cursor: LegacyCursor,
+        sql: str,
+        parameters: Any,
+        many: bool,
+        *,
+        in_unit: bool,
+    ) -> None:
+        dbapi: Any = session.connection().connection.dbapi_connection
+        raw = dbapi.cursor()
+        try:
+            if self._sqlite:
+                # Per cursor, never on the pooled connection: SQLAlchemy shares it.
+                raw.row_factory = self.row_factory
+                (raw.executemany if many else raw.execute)(sql, parameters)
+                description = raw.description
+                rows = raw.fetchall() if description is not None else []
+                cursor._load(rows, description, raw.rowcount, raw.lastrowid)
+            else:
+                self._run_postgres(raw, cursor, sql, parameters, many, savepoint=in_unit)
+        finally:
+            raw.close()
+
+    def _run_postgres(
+        self,
+        raw: Any,
+        cursor: LegacyCursor,
+        sql: str,
+        parameters: Any,
+        many: bool,
+        *,
+        savepoint: bool,
+    ) -> None:
+        sequence: Any
+        if many:
+            sequence = list(parameters)
+            statement = to_pyformat(sql, sequence[0] if sequence else ())
+        else:
+            # No parameters: psycopg then leaves the text alone (no placeholders, no %%).
+            sequence = parameters if parameters else None
+            statement = to_pyformat(sql, parameters) if sequence is not None else sql
+        # A failed statement aborts a whole PostgreSQL transaction; in SQLite it fails alone.
+        # A savepoint around each statement keeps the unit usable, as in SQLite.
+        if savepoint:
+            raw.execute(f"SAVEPOINT {_PG_STATEMENT_SAVEPOINT}")
+        try:
+            if many:
+                raw.executemany(statement, sequence)
+            else:
+                raw.execute(statement, sequence)
+        except BaseException:
+            if savepoint:
+                raw.execute(f"ROLLBACK TO SAVEPOINT {_PG_STATEMENT_SAVEPOINT}")
+                raw.execute(f"RELEASE SAVEPOINT {_PG_STATEMENT_SAVEPOINT}")
+            raise
+        description = None
+        rows: list[Any] = []
+        if raw.description is not None:
+            description = tuple(
+                (c.name, None, None, None, None, None, None) for c in raw.description
+            )
+            values = raw.fetchall()
+            cursor.description = description  # a custom row factory may read it
+            rows = self._postgres_rows(cursor, description, values)
+        cursor._load(rows, description, raw.rowcount, None)
+        if savepoint:
+            raw.execute(f"RELEASE SAVEPOINT {_PG_STATEMENT_SAVEPOINT}")
+
+    def _postgres_rows(
+        self, cursor: LegacyCursor, description: tuple[tuple[Any, ...], ...], values: list[Any]
+    ) -> list[Any]:
+        factory = self.row_factory
+        if factory is None:
+            return [tuple(v) for v in values]
+        if factory is sqlite3.Row:
+            columns = _Columns([d[0] for d in description])
+            return [Row(columns, v) for v in values]
+        return [factory(cursor, tuple(v)) for v in values]
