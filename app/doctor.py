@@ -1,0 +1,346 @@
+"""Health checks of a configured database, for ``app doctor``.
+
+The file is looked at read-only first (header, ``quick_check``, schema revision, block
+count) so a damaged file is reported, not modified. Only a file that passes is opened the
+way the application opens it, to show the pragmas in force on a pooled connection.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy
+from sqlalchemy import text
+
+from . import __version__, errors
+from .blocks import BlockStore
+from .database import Database, Stats
+from .schema import current_revision, head_revision, history
+from .settings import Settings
+
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SYNCHRONOUS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+_TEMP_STORE = {0: "default", 1: "file", 2: "memory"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report. ``advice`` says what to do when the status is warn or fail."""
+
+    name: str
+    value: str
+    status: str = INFO
+    advice: str = ""
+
+
+@dataclass
+class Report:
+    url: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    @property
+    def problems(self) -> list[Check]:
+        return [c for c in self.checks if c.status in (WARN, FAIL)]
+
+    def add(self, name: str, value: Any, status: str = INFO, advice: str = "") -> None:
+        self.checks.append(Check(name, str(value), status, advice))
+
+
+Progress = Callable[[int, int], None]
+
+
+def diagnose(
+    url: str | None = None, *, verify_chain: bool = False, progress: Progress | None = None
+) -> Report:
+    """Check the database at ``url`` (default: the environment, then ``data/memory.db``).
+
+    Args:
+        verify_chain: also recompute every block hash and link.
+        progress: called with (blocks checked, total blocks) during the chain check.
+
+    Raises:
+        ConfigurationError: the URL or a setting is invalid.
+        NotADatabaseError: the file is not a SQLite database at all.
+    """
+    settings = Settings.resolve(url)
+    report = Report(settings.safe_url())
+    report.add("url", report.url)
+    report.add("versions", _versions(settings))
+    path = settings.sqlite_path
+    if path is not None and not _inspect_file(report, settings, path):
+        return report
+    try:
+        db = Database(settings.url, check_schema=False)
+    except errors.AppError as exc:
+        report.add("open", exc, FAIL, "fix what the message names, then run doctor again")
+        return report
+    try:
+        _inspect_live(report, db, verify_chain, progress)
+    finally:
+        db.dispose()
+    return report
+
+
+def _versions(settings: Settings) -> str:
+    parts = [f"app {__version__}", f"Python {platform.python_version()}"]
+    parts.append(f"SQLAlchemy {sqlalchemy.__version__}")
+    if settings.is_sqlite:
+        parts.append(f"sqlite3 driver, SQLite {sqlite3.sqlite_version}")
+    else:
+        try:
+            import psycopg
+
+            parts.append(f"psycopg {psycopg.__version__}")
+        except ImportError:
+            parts.append("psycopg not installed (pip install 'app[postgres]')")
+    return ", ".join(parts)
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _mib(size: int | None) -> str:
+    return "absent" if size is None else f"{size / 1024 / 1024:.2f} MiB ({size:,} bytes)"
+
+
+@contextmanager
+def _read_only(path: str) -> Iterator[sqlite3.Connection]:
+    # mode=ro: SQLite never writes the database file through this connection. (A WAL-mode
+    # file gets its -wal/-shm companions if absent, as for any reader.)
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as conn:
+        yield conn
+
+
+def _inspect_file(report: Report, settings: Settings, path: str) -> bool:
+    """Checks that need no write access. Returns False when there is nothing more to check."""
+    if not os.path.exists(path):
+        report.add(
+            "database file",
+            f"{os.path.abspath(path)} does not exist",
+            FAIL,
+            "run `app db upgrade` to create it, or point --url / APP_DATABASE_URL at the "
+            "right file",
+        )
+        return False
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise errors.DatabaseUnavailableError(
+            f"cannot read {path} ({exc.strerror}); check its permissions"
+        ) from exc
+    if header and header != _SQLITE_HEADER:
+        raise errors.NotADatabaseError(
+            f"{os.path.abspath(path)} is not a SQLite database (bad header); check the path, "
+            "or restore the file from a backup"
+        )
+    size, wal = _size(path), _size(path + "-wal")
+    report.add("database file", f"{os.path.abspath(path)}, {_mib(size)}")
+    limit = settings.journal_size_limit
+    if wal is not None and limit is not None and wal > 2 * limit:
+        report.add(
+            "WAL file",
+            _mib(wal),
+            WARN,
+            "the WAL is far above journal_size_limit: a long read transaction may block "
+            "checkpoints; run `app checkpoint --mode truncate`",
+        )
+    else:
+        report.add("WAL file", _mib(wal), OK)
+    if not header:
+        report.add("quick_check", "empty file (it is initialised on first use)", OK)
+        return True
+    try:
+        with _read_only(path) as conn:
+            return _inspect_read_only(report, settings, conn)
+    except sqlite3.DatabaseError as exc:
+        report.add(
+            "quick_check",
+            f"cannot read the file: {exc}",
+            FAIL,
+            "the file is damaged: stop writers and restore the latest backup (`app backup` "
+            "makes one), or salvage rows with `sqlite3 file .recover`",
+        )
+        return False
+
+
+def _inspect_read_only(report: Report, settings: Settings, conn: sqlite3.Connection) -> bool:
+    verdicts = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+    if verdicts != ["ok"]:
+        report.add(
+            "quick_check",
+            "; ".join(verdicts)[:500],
+            FAIL,
+            "the file is damaged: stop writers and restore the latest backup, or salvage "
+            "rows with `sqlite3 file .recover`",
+        )
+        return False
+    report.add("quick_check", "ok", OK)
+    report.add("journal mode (file)", conn.execute("PRAGMA journal_mode").fetchone()[0])
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    current = None
+    if "alembic_version" in tables:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        current = row[0] if row else None
+    _report_revision(report, settings, current, legacy="blocks" in tables)
+    if "blocks" in tables:
+        count = conn.execute("SELECT count(*) FROM blocks").fetchone()[0]
+        report.add("blocks", f"{count:,}")
+    return True
+
+
+def _report_revision(report: Report, settings: Settings, current: str | None, legacy: bool) -> None:
+    head = head_revision()
+    if current == head:
+        report.add("schema revision", f"{current} (head)", OK)
+        return
+    known = {r.revision for r in history()}
+    if current is not None and current not in known:
+        report.add(
+            "schema revision",
+            f"{current}, unknown to this code (head is {head})",
+            FAIL,
+            "a newer version of the package migrated this database: upgrade the package",
+        )
+        return
+    shown = current or ("none (a legacy database, not yet adopted)" if legacy else "none (empty)")
+    automatic = settings.should_auto_upgrade
+    report.add(
+        "schema revision",
+        f"{shown}; head is {head}",
+        WARN if automatic else FAIL,
+        "run `app db upgrade`"
+        + (" (the application also upgrades it when it opens it)" if automatic else ""),
+    )
+
+
+def _inspect_live(
+    report: Report, db: Database, verify_chain: bool, progress: Progress | None
+) -> None:
+    settings = db.settings
+    if settings.is_sqlite:
+        _report_pragmas(report, db)
+    else:
+        _report_server(report, db)
+        _report_revision(report, settings, current_revision(db), legacy=False)
+    store = BlockStore(db)
+    try:
+        total = store.count()
+    except errors.AppError as exc:
+        report.add("blocks", f"cannot count: {exc}", FAIL, "run `app db upgrade`")
+        return
+    if settings.sqlite_path is None:
+        report.add("blocks", f"{total:,}")
+    report.add("pool", _pool_status(db))
+    report.add("stats", format_stats(db.stats()))
+    if verify_chain:
+        bad = store.verify_chain(
+            progress=None if progress is None else (lambda done: progress(done, total))
+        )
+        if bad is None:
+            report.add("chain", f"intact ({total:,} blocks)", OK)
+        else:
+            report.add(
+                "chain",
+                f"broken at block {bad}",
+                FAIL,
+                f"block {bad} has a wrong hash, link or index: restore from a backup, or "
+                "investigate the writers that bypassed the layer",
+            )
+
+
+def _report_pragmas(report: Report, db: Database) -> None:
+    settings = db.settings
+    with db.engine.connect() as conn:
+        values = {
+            name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in (
+                "journal_mode",
+                "synchronous",
+                "foreign_keys",
+                "busy_timeout",
+                "journal_size_limit",
+                "cache_size",
+                "mmap_size",
+                "temp_store",
+            )
+        }
+        conn.rollback()
+    shown: dict[str, Any] = dict(values)
+    for name, names in (("synchronous", _SYNCHRONOUS), ("temp_store", _TEMP_STORE)):
+        shown[name] = names.get(int(values[name] or 0), values[name])
+    report.add("pragmas (pooled connection)", ", ".join(f"{k}={v}" for k, v in shown.items()))
+    expected: dict[str, Any] = {
+        "foreign_keys": 1,
+        "busy_timeout": int(settings.busy_timeout * 1000),
+        "synchronous": settings.synchronous,
+    }
+    if not settings.is_memory and not settings.single_connection:
+        expected["journal_mode"] = settings.journal_mode
+    wrong = [f"{k} is {shown[k]}, expected {v}" for k, v in expected.items() if shown[k] != v]
+    if wrong:
+        report.add(
+            "pragmas in force",
+            "; ".join(wrong),
+            FAIL,
+            "another tool changed the connection settings, or the file system cannot honour "
+            "them (WAL needs a local disk)",
+        )
+    else:
+        report.add("pragmas in force", "as configured", OK)
+
+
+def _report_server(report: Report, db: Database) -> None:
+    with db.engine.connect() as conn:
+        version = conn.execute(text("SHOW server_version")).scalar()
+        size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+        settings = {
+            name: conn.execute(text(f"SHOW {name}")).scalar()
+            for name in (
+                "default_transaction_isolation",
+                "lock_timeout",
+                "statement_timeout",
+                "idle_in_transaction_session_timeout",
+            )
+        }
+        conn.rollback()
+    report.add("server", f"PostgreSQL {version}, database {_mib(int(size or 0))}")
+    report.add("server settings", ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+
+def format_stats(stats: Stats) -> str:
+    """``db.stats()`` on one line."""
+    return (
+        f"units committed {stats.units_committed}, rolled back {stats.units_rolled_back}, "
+        f"busy retries {stats.busy_retries}, write waits {stats.write_waits} "
+        f"(total {stats.write_wait_total:.3f}s, max {stats.write_wait_max * 1000:.1f}ms), "
+        f"writers queued {stats.writers_queued}, connections "
+        f"{stats.connections_checked_out} checked out / {stats.connections_open} open"
+    )
+
+
+def _pool_status(db: Database) -> str:
+    stats = db.stats()
+    pool: Any = db.engine.pool
+    return (
+        f"{type(pool).__name__}: {stats.connections_open} open, "
+        f"{stats.connections_checked_out} checked out (pool_size={db.settings.pool_size}, "
+        f"max_overflow={db.settings.max_overflow})"
+    )

@@ -1,0 +1,346 @@
+"""Maintenance of a SQLite database: online backup, WAL checkpoint, and the legacy JSONL import.
+
+Each function takes an open :class:`~app.Database` and is safe while other threads and
+processes keep writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors
+from ._validate import PreparedBlock, prepare_block
+from .blocks import BlockStore, insert_blocks
+from .database import Database
+
+CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
+_IMPORT_BATCH = 500
+
+
+def _sqlite_file(db: Database, what: str) -> str:
+    path = db.settings.sqlite_path
+    if path is None:
+        raise errors.ConfigurationError(
+            f"{what} works on SQLite database files; {db.url} is not one"
+            + (" (use pg_dump and the server's own tools)" if not db.settings.is_sqlite else "")
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _raw_connection(db: Database) -> Iterator[sqlite3.Connection]:
+    """A pooled connection with the layer's pragmas, outside any transaction."""
+    proxy = db.engine.raw_connection()
+    try:
+        driver = proxy.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        yield driver
+    finally:
+        proxy.close()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+# -- backup ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """A finished backup: where it is, its size, how many blocks it holds, how long it took."""
+
+    path: str
+    size: int
+    blocks: int
+    seconds: float
+
+
+def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
+    """Copy the database to ``dest`` while writers keep running, as one consistent snapshot.
+
+    The copy is made with SQLite's online backup API in a single step (one read snapshot, so
+    writers in WAL mode are never blocked and never restart it), into a file created
+    owner-readable only (0600), checked with ``quick_check``, switched to a self-contained
+    rollback journal, and moved into place atomically: a failed backup leaves nothing at
+    ``dest``.
+
+    Raises:
+        ConfigurationError: not a SQLite file, ``dest`` exists (without ``overwrite``) or is
+            the database itself, or its directory cannot be written.
+        CorruptDatabaseError: the copy does not pass ``quick_check``.
+    """
+    source = _sqlite_file(db, "backup")
+    target = os.path.abspath(dest)
+    if os.path.exists(target) and os.path.samefile(target, source):
+        raise errors.ConfigurationError(f"{target} is the database itself; choose another path")
+    if os.path.isdir(target):
+        raise errors.ConfigurationError(f"{target} is a directory; give a file path")
+    if os.path.exists(target) and not overwrite:
+        raise errors.ConfigurationError(f"{target} already exists; choose another path or --force")
+    partial = f"{target}.partial-{os.getpid()}"
+    started = time.monotonic()
+    try:
+        fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"cannot create {partial} ({exc.strerror}); check that the directory exists and "
+            "is writable"
+        ) from exc
+    try:
+        os.fchmod(fd, 0o600)  # exact bits, whatever the umask
+        os.close(fd)
+        copy = sqlite3.connect(partial, isolation_level=None)
+        try:
+            with _raw_connection(db) as conn:
+                conn.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")
+            verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise errors.CorruptDatabaseError(
+                    f"the backup of {db.url} failed quick_check ({verdict}); the source may "
+                    "be damaged: run `app doctor`"
+                )
+            blocks = _count_blocks(copy)
+        finally:
+            copy.close()
+        os.replace(partial, target)
+    except BaseException:
+        for leftover in (partial, partial + "-journal", partial + "-wal", partial + "-shm"):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+        raise
+    return BackupResult(target, _size(target), blocks, time.monotonic() - started)
+
+
+def _count_blocks(conn: sqlite3.Connection) -> int:
+    try:
+        return int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # no blocks table yet
+
+
+# -- checkpoint ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """SQLite's answer to ``PRAGMA wal_checkpoint`` and the WAL file's size around it.
+
+    Attributes:
+        busy: the checkpoint could not finish (a reader or writer was in the way).
+        wal_frames: frames in the WAL (-1 when the database is not in WAL mode).
+        checkpointed: frames copied into the database file.
+    """
+
+    mode: str
+    busy: bool
+    wal_frames: int
+    checkpointed: int
+    wal_before: int
+    wal_after: int
+
+    @property
+    def in_wal_mode(self) -> bool:
+        return self.wal_frames >= 0
+
+
+def checkpoint(db: Database, mode: str = "passive") -> CheckpointResult:
+    """Copy the WAL's pages into the database file (``truncate`` also empties the WAL).
+
+    ``passive`` never waits; ``full``, ``restart`` and ``truncate`` wait (up to
+    ``busy_timeout``) for writers, and the last two for readers too.
+
+    Raises:
+        InvalidInputError: an unknown mode.
+        ConfigurationError: not a SQLite file.
+    """
+    if not isinstance(mode, str) or mode.lower() not in CHECKPOINT_MODES:
+        raise errors.InvalidInputError(
+            f"checkpoint mode must be one of {', '.join(CHECKPOINT_MODES)}; got {mode!r}"
+        )
+    wal = _sqlite_file(db, "checkpoint") + "-wal"
+    before = _size(wal)
+    with _raw_connection(db) as conn:
+        # The mode comes from the fixed list above, never from free text.
+        busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode.upper()})").fetchone()
+    return CheckpointResult(mode.lower(), bool(busy), frames, done, before, _size(wal))
+
+
+# -- JSONL import ----------------------------------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        imported: blocks written (``kept`` + ``appended``).
+        kept: lines that carried ``block_index`` and ``hash``, written as given.
+        appended: lines without them, appended to the chain (index and hashes computed).
+        skipped: lines not imported, counted by reason in ``reasons``.
+        examples: the first few skipped lines, as ``"line N: reason"``.
+    """
+
+    lines: int = 0
+    kept: int = 0
+    appended: int = 0
+    skipped: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def imported(self) -> int:
+        return self.kept + self.appended
+
+    def skip(self, number: int, reason: str, detail: str = "") -> None:
+        self.skipped += 1
+        self.reasons[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"line {number}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+_BLOCK_FIELDS = (
+    "keywords",
+    "tags",
+    "importance",
+    "metadata",
+    "embedding",
+    "embedding_model",
+    "timestamp",
+)
+
+
+def _arguments(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The append arguments a JSONL line carries (``None`` means absent)."""
+    arguments = {k: data[k] for k in _BLOCK_FIELDS if data.get(k) is not None}
+    if "metadata" in arguments and not arguments["metadata"]:
+        del arguments["metadata"]  # the legacy class stored metadata only when truthy
+    arguments["context"] = data.get("context")
+    return arguments
+
+
+class _Importer:
+    def __init__(self, db: Database, result: ImportResult) -> None:
+        self.db = db
+        self.store = BlockStore(db)
+        self.result = result
+        self.complete: list[tuple[int, int, str, str, PreparedBlock]] = []
+        self.loose: list[dict[str, Any]] = []
+
+    def add(self, number: int, data: Mapping[str, Any]) -> None:
+        try:
+            arguments = _arguments(data)
+            block = prepare_block(arguments.pop("context"), **arguments)
+            complete = "block_index" in data and "hash" in data
+            if complete:
+                index = data["block_index"]
+                if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                    raise errors.InvalidInputError(
+                        f"block_index must be an integer >= 0: {index!r}"
+                    )
+                digest, previous = data["hash"], data.get("prev_hash", "") or ""
+                if not isinstance(digest, str) or not isinstance(previous, str):
+                    raise errors.InvalidInputError("hash and prev_hash must be strings")
+        except errors.InvalidInputError as exc:
+            self.result.skip(number, "invalid block", str(exc))
+            return
+        if complete:
+            if self.loose:
+                self.flush()
+            self.complete.append((number, index, digest, previous, block))
+        else:
+            if self.complete:
+                self.flush()
+            self.loose.append(_arguments(data))
+        if len(self.complete) + len(self.loose) >= _IMPORT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.complete:
+            self._write_complete(self.complete)
+            self.complete = []
+        if self.loose:
+            self._append(self.loose)
+            self.loose = []
+
+    def _write_complete(self, batch: list[tuple[int, int, str, str, PreparedBlock]]) -> None:
+        rows = [(index, digest, previous, block) for _, index, digest, previous, block in batch]
+        try:
+            self.db.run(insert_blocks, rows)
+            self.result.kept += len(rows)
+            return
+        except errors.IntegrityViolationError:
+            pass  # some index is taken: write them one by one to skip just those
+        for number, index, digest, previous, block in batch:
+            try:
+                self.db.run(insert_blocks, [(index, digest, previous, block)])
+            except errors.IntegrityViolationError:
+                self.result.skip(number, "block index already present", str(index))
+            else:
+                self.result.kept += 1
+
+    def _append(self, batch: list[dict[str, Any]]) -> None:
+        # Already checked line by line, so append_many cannot refuse the batch.
+        self.result.appended += len(self.store.append_many(batch))
+
+
+def import_jsonl(
+    db: Database, path: str, *, progress: Callable[[int], None] | None = None
+) -> ImportResult:
+    """Import blocks from a JSONL file (one block dict per line), as the legacy
+    ``migrate_from_jsonl`` did.
+
+    A line with ``block_index`` and ``hash`` is written as given (a taken index is skipped);
+    a line without them is appended to the chain, which computes its index and hashes.
+    Blank lines are ignored; lines that are not JSON objects or not valid blocks are
+    skipped and counted. Lines are written in batches, in file order.
+
+    Args:
+        progress: called with the number of bytes read so far.
+
+    Raises:
+        InvalidInputError: the file cannot be read.
+    """
+    result = ImportResult()
+    importer = _Importer(db, result)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; bytes give exact progress
+    except OSError as exc:
+        raise errors.InvalidInputError(f"cannot read {path} ({exc.strerror})") from exc
+    done = 0
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            done += len(raw)
+            if progress is not None and number % 200 == 0:
+                progress(done)
+            if not raw.strip():
+                continue
+            result.lines += 1
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                result.skip(number, "not UTF-8")
+                continue
+            except ValueError:
+                result.skip(number, "not JSON")
+                continue
+            if not isinstance(data, dict):
+                result.skip(number, "not a JSON object")
+                continue
+            importer.add(number, data)
+    importer.flush()
+    if progress is not None:
+        progress(done)
+    return result

@@ -1,0 +1,373 @@
+"""The stress run behind ``app stress``: many threads (in one or more processes) append blocks
+through :meth:`BlockStore.append` while other threads search, then the chain is verified.
+
+It appends to the configured database (by default the embedded ``data/memory.db``), so it is
+also a quick end-to-end check of a deployment.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ._bench._workload import make_block, now, percentiles
+from .blocks import BlockStore
+from .database import Database, Stats
+
+DEFAULT_THREADS = 8
+DEFAULT_BLOCKS = 2000
+DEFAULT_READ_THREADS = 2
+DEFAULT_READ_PAUSE = 0.01
+_START_TIMEOUT = 60.0
+#: Stress blocks carry their own embedding model, so embedding searches compare only with
+#: them whatever else the database holds.
+EMBEDDING_MODEL = "stress"
+
+
+@dataclass
+class StressResult:
+    """What a stress run did. Latencies are in seconds; ``stats`` sums every process's
+    ``db.stats()`` (``write_wait_max`` is the largest)."""
+
+    url: str
+    threads: int
+    processes: int
+    read_threads: int
+    blocks: int
+    appended: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    throughput: float = 0.0
+    p50: float | None = None
+    p99: float | None = None
+    max: float | None = None
+    reads: int = 0
+    read_errors: int = 0
+    read_error_kinds: dict[str, str] = field(default_factory=dict)
+    read_p99: float | None = None
+    chain_intact: bool = False
+    first_bad_block: int | None = None
+    blocks_before: int = 0
+    blocks_after: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.read_errors == 0 and self.chain_intact
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+class _Tally:
+    """Latencies and error kinds of one group of appending threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+
+
+def _append_threads(
+    store: BlockStore, threads: int, blocks: int, first_worker: int, tick: Callable[[], None]
+) -> _Tally:
+    """Append ``blocks`` blocks from ``threads`` threads; return once all are done."""
+    tally = _Tally()
+    barrier = threading.Barrier(threads)
+
+    def work(worker: int, count: int) -> None:
+        mine: list[float] = []
+        failed: Counter[str] = Counter()
+        barrier.wait()
+        for seq in range(count):
+            block = make_block(worker, seq)
+            started = time.perf_counter()
+            try:
+                store.append(
+                    block.context,
+                    keywords=block.keywords,
+                    tags=block.tags,
+                    importance=block.importance,
+                    metadata=block.metadata,
+                    embedding=block.embedding,
+                    embedding_model=EMBEDDING_MODEL,
+                    timestamp=now(),
+                )
+            except Exception as exc:  # noqa: BLE001 - counted and reported, not raised
+                failed[type(exc).__name__] += 1
+            else:
+                mine.append(time.perf_counter() - started)
+            tick()
+        store.db.session.remove()
+        with tally.lock:
+            tally.latencies.extend(mine)
+            tally.errors.update(failed)
+
+    shares = [blocks // threads + (1 if i < blocks % threads else 0) for i in range(threads)]
+    workers = [
+        threading.Thread(target=work, args=(first_worker + i, shares[i]), name=f"append-{i}")
+        for i in range(threads)
+    ]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return tally
+
+
+def _process_main(
+    url: str,
+    threads: int,
+    blocks: int,
+    first_worker: int,
+    counter: Any,
+    ready: Any,
+    start: Any,
+    results: Any,
+) -> None:
+    """One appending process (started with ``spawn``: no connection crosses ``fork``)."""
+    with Database(url) as db:
+        store = BlockStore(db)
+        ready.put(True)
+        start.wait()
+
+        def tick() -> None:
+            with counter.get_lock():
+                counter.value += 1
+
+        tally = _append_threads(store, threads, blocks, first_worker, tick)
+        results.put((tally.latencies, dict(tally.errors), asdict(db.stats())))
+
+
+def _merge_stats(all_stats: list[dict[str, Any]]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for item in all_stats:
+        for name, value in item.items():
+            if name == "write_wait_max":
+                merged[name] = max(merged.get(name, 0.0), value)
+            else:
+                merged[name] = merged.get(name, 0) + value
+    return merged
+
+
+def _read_loop(store: BlockStore, stop: threading.Event, pause: float, out: list[Any]) -> None:
+    """Search, pause, repeat: mostly indexed look-ups, some scans, a few embedding searches
+    (which read every stored vector, so they are kept rare as in an application)."""
+    rng = random.Random()
+    latencies: list[float] = []
+    errors: dict[str, str] = {}
+    failed = 0
+    probe = make_block(0, 0).embedding
+    head = store.head()
+    while not stop.is_set():
+        choice = rng.random()
+        started = time.perf_counter()
+        try:
+            if choice < 0.4:
+                store.get(rng.randrange(head.block_index + 1) if head else 0)
+            elif choice < 0.6:
+                store.recent(10)
+            elif choice < 0.8:
+                store.search_tags(["odd"], limit=10)
+            elif choice < 0.95:
+                store.search_keywords([rng.choice(("weather", "budget", "n7"))], limit=10)
+            else:
+                store.similar(probe, top_k=5, model=EMBEDDING_MODEL)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            failed += 1
+            errors.setdefault(type(exc).__name__, " ".join(str(exc).split())[:200])
+        else:
+            latencies.append(time.perf_counter() - started)
+        # Without a pause, R readers are R busy CPU-bound threads competing for the GIL,
+        # which measures the interpreter more than the database.
+        stop.wait(pause)
+    store.db.session.remove()
+    out.append((latencies, failed, errors))
+
+
+def run_stress(
+    url: str | None = None,
+    *,
+    threads: int = DEFAULT_THREADS,
+    blocks: int = DEFAULT_BLOCKS,
+    processes: int = 1,
+    read_threads: int = DEFAULT_READ_THREADS,
+    read_pause: float = DEFAULT_READ_PAUSE,
+    progress: Callable[[int], None] | None = None,
+) -> StressResult:
+    """Append ``blocks`` blocks from ``threads`` threads in each of ``processes`` processes
+    while ``read_threads`` threads search, then verify the whole chain.
+
+    Args:
+        read_pause: seconds each reading thread waits between two searches.
+        progress: called about ten times a second with the number of appends finished.
+
+    Raises:
+        InvalidInputError: a count below its minimum.
+        AppError: the database cannot be opened (see :class:`app.Database`).
+    """
+    from .errors import InvalidInputError
+
+    for name, value, minimum in (
+        ("threads", threads, 1),
+        ("blocks", blocks, 1),
+        ("processes", processes, 1),
+        ("read_threads", read_threads, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(read_pause, int | float) or read_pause < 0:
+        raise InvalidInputError(f"read_pause must be a number >= 0, got {read_pause!r}")
+    with Database(url) as db:
+        store = BlockStore(db)
+        result = StressResult(db.url, threads, processes, read_threads, blocks)
+        result.blocks_before = store.count()
+        stop = threading.Event()
+        reads: list[Any] = []
+        readers = [
+            threading.Thread(
+                target=_read_loop, args=(store, stop, read_pause, reads), name=f"read-{i}"
+            )
+            for i in range(read_threads)
+        ]
+        try:
+            for reader in readers:
+                reader.start()
+            if processes == 1:
+                latencies, failures, stats, seconds = _in_process(store, threads, blocks, progress)
+            else:
+                latencies, failures, stats, seconds = _in_processes(
+                    db.settings.url, threads, blocks, processes, progress
+                )
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join()
+        result.seconds = seconds
+        result.appended = len(latencies)
+        result.errors = sum(failures.values())
+        result.error_kinds = dict(failures)
+        result.throughput = result.appended / seconds if seconds > 0 else 0.0
+        spread = percentiles(latencies)
+        result.p50, result.p99, result.max = spread["p50"], spread["p99"], spread["max"]
+        read_latencies = [x for chunk, _, _ in reads for x in chunk]
+        result.reads = len(read_latencies)
+        result.read_errors = sum(n for _, n, _ in reads)
+        for _, _, kinds in reads:
+            for kind, example in kinds.items():
+                result.read_error_kinds.setdefault(kind, example)
+        result.read_p99 = percentiles(read_latencies)["p99"]
+        result.first_bad_block = store.verify_chain()
+        result.blocks_after = store.count()
+        result.chain_intact = result.first_bad_block is None
+        result.stats = _merge_stats([*stats, asdict(db.stats())])
+    return result
+
+
+def _in_process(
+    store: BlockStore, threads: int, blocks: int, progress: Callable[[int], None] | None
+) -> tuple[list[float], Counter[str], list[dict[str, Any]], float]:
+    done = [0]
+    lock = threading.Lock()
+
+    def tick() -> None:
+        with lock:
+            done[0] += 1
+
+    finished = threading.Event()
+    if progress is not None:
+        threading.Thread(
+            target=_report, args=(lambda: done[0], progress, finished), daemon=True
+        ).start()
+    started = time.perf_counter()
+    try:
+        tally = _append_threads(store, threads, blocks, 0, tick)
+    finally:
+        finished.set()
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(done[0])
+    return tally.latencies, tally.errors, [], seconds
+
+
+def _report(
+    count: Callable[[], int], progress: Callable[[int], None], done: threading.Event
+) -> None:
+    while not done.wait(0.1):
+        progress(count())
+
+
+def _in_processes(
+    url: str, threads: int, blocks: int, processes: int, progress: Callable[[int], None] | None
+) -> tuple[list[float], Counter[str], list[dict[str, Any]], float]:
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    ready, results = context.Queue(), context.Queue()
+    start = context.Event()
+    shares = [blocks // processes + (1 if i < blocks % processes else 0) for i in range(processes)]
+    children = [
+        context.Process(
+            target=_process_main,
+            args=(url, threads, shares[i], i * threads, counter, ready, start, results),
+            name=f"stress-{i}",
+        )
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        _wait_ready(ready, children)
+        start.set()
+        started = time.perf_counter()
+        latencies: list[float] = []
+        failures: Counter[str] = Counter()
+        stats: list[dict[str, Any]] = []
+        while len(stats) < processes:
+            try:
+                chunk, failed, child_stats = results.get(timeout=0.1)
+            except queue.Empty:
+                if progress is not None:
+                    progress(counter.value)
+                if not any(c.is_alive() for c in children) and results.empty():
+                    raise RuntimeError("a stress process exited without reporting") from None
+                continue
+            latencies.extend(chunk)
+            failures.update(failed)
+            stats.append(child_stats)
+        seconds = time.perf_counter() - started
+        if progress is not None:
+            progress(counter.value)
+    finally:
+        for child in children:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+    return latencies, failures, stats, seconds
+
+
+def _wait_ready(ready: Any, children: list[Any]) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    waiting = len(children)
+    while waiting:
+        try:
+            ready.get(timeout=0.2)
+            waiting -= 1
+        except queue.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "a stress process failed to open the database (run `app doctor`)"
+                ) from None
+
+
+def stats_fields() -> list[str]:
+    """The names of :class:`~app.Stats`, in order (for display)."""
+    return [f.name for f in fields(Stats)]
