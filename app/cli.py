@@ -214,7 +214,8 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
     table.add_column("value", overflow="fold")
     for check in report.checks:
         style = _STATUS_STYLE.get(check.status, "")
-        table.add_row(check.name, Text(check.status, style=style), Text(check.value))
+        status = "" if check.status == "info" else check.status
+        table.add_row(check.name, Text(status, style=style), Text(check.value))
     console.print(table)
     for check in report.problems:
         style = _STATUS_STYLE[check.status]

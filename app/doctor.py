@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from . import __version__, errors
 from .blocks import BlockStore
@@ -235,21 +235,20 @@ def _inspect_live(
     report: Report, db: Database, verify_chain: bool, progress: Progress | None
 ) -> None:
     settings = db.settings
+    has_blocks = inspect(db.engine).has_table("blocks")
     if settings.is_sqlite:
         _report_pragmas(report, db)
     else:
         _report_server(report, db)
-        _report_revision(report, settings, current_revision(db), legacy=False)
+        _report_revision(report, settings, current_revision(db), legacy=has_blocks)
     store = BlockStore(db)
-    try:
-        total = store.count()
-    except errors.AppError as exc:
-        report.add("blocks", f"cannot count: {exc}", FAIL, "run `app db upgrade`")
-        return
+    total = store.count() if has_blocks else 0
     if settings.sqlite_path is None:
-        report.add("blocks", f"{total:,}")
+        report.add("blocks", f"{total:,}" if has_blocks else "no blocks table yet")
     report.add("pool", _pool_status(db))
     report.add("stats", format_stats(db.stats()))
+    if not has_blocks:
+        return
     if verify_chain:
         bad = store.verify_chain(
             progress=None if progress is None else (lambda done: progress(done, total))

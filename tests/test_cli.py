@@ -154,6 +154,16 @@ def test_doctor_healthy_database(url: str) -> None:
         assert expected in result.output
 
 
+def test_upgrade_stress_doctor_on_each_backend(db_url: str) -> None:
+    assert run("--url", db_url, "db", "upgrade").exit_code == 0
+    result = run("--url", db_url, "stress", "-t", "4", "-n", "40", "-r", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["chain_intact"] is True
+    result = run("--url", db_url, "doctor", "--verify-chain")
+    assert result.exit_code == 0, result.output
+    assert "intact (40 blocks)" in result.output and f"{head_revision()} (head)" in result.output
+
+
 def test_doctor_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "postgresql+psycopg://user:s3cret@127.0.0.1:1/none?connect_timeout=1"
     result = run("--url", url, "doctor")

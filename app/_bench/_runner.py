@@ -168,8 +168,11 @@ def _run_child(
     )
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
-    process.stdin.write(json.dumps(spec))
-    process.stdin.close()
+    try:
+        process.stdin.write(json.dumps(spec))
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died at once; its stderr, read below, says why
     lines: queue.Queue[str | None] = queue.Queue()
     # The last lines of stderr explain a crash; older ones are dropped so a chatty
     # strategy (one log line per failed append) cannot fill memory or block on the pipe.
