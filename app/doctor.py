@@ -78,11 +78,23 @@ def diagnose(
     report = Report(settings.safe_url())
     report.add("url", report.url)
     report.add("versions", _versions(settings))
+    overrides: dict[str, Any] = {}
     path = settings.sqlite_path
-    if path is not None and not _inspect_file(report, settings, path):
-        return report
+    if path is not None:
+        carry_on, file_mode = _inspect_file(report, settings, path)
+        if not carry_on:
+            return report
+        if file_mode is not None and file_mode != settings.journal_mode:
+            # Opening with the configured mode would switch the file's journal mode, a
+            # lasting change: the doctor only looks, so it keeps the file's mode.
+            overrides["journal_mode"] = file_mode
+            report.add(
+                "journal mode",
+                f"the file is in {file_mode} mode; the application switches it to "
+                f"{settings.journal_mode} when it opens it",
+            )
     try:
-        db = Database(settings.url, check_schema=False)
+        db = Database(settings.url, check_schema=False, **overrides)
     except errors.AppError as exc:
         report.add("open", exc, FAIL, "fix what the message names, then run doctor again")
         return report
@@ -128,8 +140,12 @@ def _read_only(path: str) -> Iterator[sqlite3.Connection]:
         yield conn
 
 
-def _inspect_file(report: Report, settings: Settings, path: str) -> bool:
-    """Checks that need no write access. Returns False when there is nothing more to check."""
+def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, str | None]:
+    """Checks that need no write access.
+
+    Returns:
+        Whether there is more to check, and the file's journal mode when it was read.
+    """
     if not os.path.exists(path):
         report.add(
             "database file",
@@ -138,7 +154,7 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> bool:
             "run `app db upgrade` to create it, or point --url / APP_DATABASE_URL at the "
             "right file",
         )
-        return False
+        return False, None
     try:
         with open(path, "rb") as handle:
             header = handle.read(len(_SQLITE_HEADER))
@@ -165,8 +181,13 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> bool:
     else:
         report.add("WAL file", _mib(wal), OK)
     if not header:
-        report.add("quick_check", "empty file (it is initialised on first use)", OK)
-        return True
+        report.add(
+            "quick_check",
+            "empty file",
+            WARN,
+            "the application initialises it when it first opens it; or run `app db upgrade`",
+        )
+        return False, None
     try:
         with _read_only(path) as conn:
             return _inspect_read_only(report, settings, conn)
@@ -178,10 +199,12 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> bool:
             "the file is damaged: stop writers and restore the latest backup (`app backup` "
             "makes one), or salvage rows with `sqlite3 file .recover`",
         )
-        return False
+        return False, None
 
 
-def _inspect_read_only(report: Report, settings: Settings, conn: sqlite3.Connection) -> bool:
+def _inspect_read_only(
+    report: Report, settings: Settings, conn: sqlite3.Connection
+) -> tuple[bool, str | None]:
     verdicts = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
     if verdicts != ["ok"]:
         report.add(
@@ -191,9 +214,9 @@ def _inspect_read_only(report: Report, settings: Settings, conn: sqlite3.Connect
             "the file is damaged: stop writers and restore the latest backup, or salvage "
             "rows with `sqlite3 file .recover`",
         )
-        return False
+        return False, None
     report.add("quick_check", "ok", OK)
-    report.add("journal mode (file)", conn.execute("PRAGMA journal_mode").fetchone()[0])
+    file_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     current = None
     if "alembic_version" in tables:
@@ -203,7 +226,7 @@ def _inspect_read_only(report: Report, settings: Settings, conn: sqlite3.Connect
     if "blocks" in tables:
         count = conn.execute("SELECT count(*) FROM blocks").fetchone()[0]
         report.add("blocks", f"{count:,}")
-    return True
+    return True, file_mode
 
 
 def _report_revision(report: Report, settings: Settings, current: str | None, legacy: bool) -> None:

@@ -173,11 +173,14 @@ def test_doctor_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_doctor_verify_chain_on_legacy_copy(legacy_copy: Path) -> None:
+    before = legacy_copy.read_bytes()
     result = run("--url", f"sqlite:///{legacy_copy}", "doctor", "--verify-chain")
     assert result.exit_code == 0, result.output
     assert "intact (240 blocks)" in result.output
     assert "legacy database" in result.output  # not yet adopted: a warning, with advice
     assert "app db upgrade" in result.output
+    assert "the file is in delete mode" in result.output
+    assert legacy_copy.read_bytes() == before  # looked at, not converted to WAL
 
 
 def test_doctor_reports_broken_chain(url: str, path: Path) -> None:
@@ -213,6 +216,14 @@ def test_doctor_truncated_file_reports_corruption(path: Path, url: str) -> None:
     assert "Traceback" not in result.output
     assert "damaged" in result.output
     assert path.read_bytes() == before
+
+
+def test_doctor_empty_file(path: Path, url: str) -> None:
+    path.touch()
+    result = run("--url", url, "doctor")
+    assert result.exit_code == 0, result.output
+    assert "empty file" in result.output
+    assert path.stat().st_size == 0
 
 
 def test_doctor_missing_file(path: Path, url: str) -> None:

@@ -162,19 +162,25 @@ def plot(path: str, results: Sequence[CaseResult], title: str = "") -> None:
     for r in results:
         if not r.skipped and r.ok:
             series.setdefault(r.label, []).append(r)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    counts = sorted({r.threads for rows in series.values() for r in rows})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 6.5))
     for label, rows in series.items():
         rows.sort(key=lambda r: r.threads)
         threads = [r.threads for r in rows]
+        # A strategy that lost appends or broke the chain says so in the legend.
+        if any(r.errors or not r.intact for r in rows):
+            label += "  [errors or broken chain]"
         left.plot(threads, [r.throughput for r in rows], marker="o", label=label)
-        right.plot(threads, [(r.p99 or 0) * 1000 for r in rows], marker="o", label=label)
+        right.plot(threads, [(r.p99 or 0) * 1000 for r in rows], marker="o")
     left.set(xscale="log", xlabel="threads", ylabel="units per second", title="throughput")
     right.set(xscale="log", yscale="log", xlabel="threads", ylabel="ms", title="p99 latency")
     for axis in (left, right):
         axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize="small")
+        axis.set_xticks(counts, [str(n) for n in counts])
+        axis.minorticks_off()
+    figure.legend(loc="lower center", ncol=2, fontsize="small", frameon=False)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.15, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
