@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LEGACY_DDL
-from legacy_helpers import chain_is_intact, legacy_hash, next_block, row_counts
 from sqlalchemy.engine import make_url
 
 from app import errors
 from app.legacy import DatabaseManager
 from app.schema import legacy_schema_differences
+
+from .conftest import LEGACY_DDL
+from .legacy_helpers import chain_is_intact, legacy_hash, next_block, row_counts
 
 BLOCK_KEYS = ["block_index", "timestamp", "context", "importance", "hash", "prev_hash"]
 ALL_KEYS = [*BLOCK_KEYS, "keywords", "tags", "metadata"]
