@@ -32,6 +32,8 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, errors
+from . import stress as stress_defaults
+from ._bench import _runner as bench_defaults
 
 URL_HELP = (
     "Database URL (sqlite:///path/to/file.db, postgresql+psycopg://user@host/db). "
@@ -56,20 +58,22 @@ class _AppGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except errors.AppError as exc:
-            raise click.ClickException(_one_line(exc)) from exc
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {_one_line(exc)}") from exc
         except Exception as exc:
             if ctx.params.get("verbose", 0) >= 2:
                 raise
-            raise click.ClickException(
-                f"unexpected {type(exc).__name__}: {_one_line(exc)} (run with -vv for details)"
-            ) from exc
+            raise click.ClickException(_one_line(exc)) from exc
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The error as one line: the layer's own message, else the driver's, else the type."""
+    if isinstance(exc, errors.AppError):
+        text = str(exc)
+    elif isinstance(exc, SQLAlchemyError | sqlite3.Error | OSError):
+        cause = getattr(exc, "orig", None) or exc
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc} (run with -vv for the traceback)"
+    return " ".join(text.split())
 
 
 def _console() -> Console:
@@ -233,7 +237,7 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
 @click.option(
     "-t",
     "--threads",
-    default=8,
+    default=stress_defaults.DEFAULT_THREADS,
     show_default=True,
     type=click.IntRange(1),
     help="Appending threads in each process.",
@@ -241,7 +245,7 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
 @click.option(
     "-n",
     "--blocks",
-    default=2000,
+    default=stress_defaults.DEFAULT_BLOCKS,
     show_default=True,
     type=click.IntRange(1),
     help="Blocks to append in all.",
@@ -257,14 +261,14 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
 @click.option(
     "-r",
     "--read-threads",
-    default=2,
+    default=stress_defaults.DEFAULT_READ_THREADS,
     show_default=True,
     type=click.IntRange(0),
     help="Threads searching while the appends run.",
 )
 @click.option(
     "--read-pause",
-    default=10.0,
+    default=stress_defaults.DEFAULT_READ_PAUSE * 1000,
     show_default=True,
     type=click.FloatRange(0),
     help="Milliseconds each searching thread waits between two searches.",
@@ -379,14 +383,14 @@ def _all_strategy_keys() -> list[str]:
 @cli.command()
 @click.option(
     "--threads",
-    default="1,10,100",
+    default=",".join(map(str, bench_defaults.DEFAULT_THREADS)),
     show_default=True,
     callback=_thread_counts,
     help="Thread counts to run each strategy at.",
 )
 @click.option(
     "--blocks",
-    default=2000,
+    default=bench_defaults.DEFAULT_UNITS,
     show_default=True,
     type=click.IntRange(1),
     help="Units of work per case, shared by its threads.",
@@ -416,14 +420,14 @@ def _all_strategy_keys() -> list[str]:
 @click.option("--markdown", is_flag=True, help="Also print the table as Markdown.")
 @click.option(
     "--max-seconds",
-    default=15.0,
+    default=bench_defaults.DEFAULT_MAX_SECONDS,
     show_default=True,
     type=click.FloatRange(0.1),
     help="Stop starting new units in a case after this many seconds (slow strategies).",
 )
 @click.option(
     "--timeout",
-    default=300.0,
+    default=bench_defaults.DEFAULT_TIMEOUT,
     show_default=True,
     type=click.FloatRange(1),
     help="Seconds a case may run before it is stopped.",

@@ -14,12 +14,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._bench._workload import make_block, now, percentiles
 from .blocks import BlockStore
-from .database import Database, Stats
+from .database import Database
+from .errors import DatabaseUnavailableError, InvalidInputError
 
 DEFAULT_THREADS = 8
 DEFAULT_BLOCKS = 2000
@@ -214,8 +215,6 @@ def run_stress(
         InvalidInputError: a count below its minimum.
         AppError: the database cannot be opened (see :class:`app.Database`).
     """
-    from .errors import InvalidInputError
-
     for name, value, minimum in (
         ("threads", threads, 1),
         ("blocks", blocks, 1),
@@ -337,7 +336,9 @@ def _in_processes(
                 if progress is not None:
                     progress(counter.value)
                 if not any(c.is_alive() for c in children) and results.empty():
-                    raise RuntimeError("a stress process exited without reporting") from None
+                    raise DatabaseUnavailableError(
+                        "a stress process exited without reporting (run `app doctor`)"
+                    ) from None
                 continue
             latencies.extend(chunk)
             failures.update(failed)
@@ -363,11 +364,6 @@ def _wait_ready(ready: Any, children: list[Any]) -> None:
         except queue.Empty:
             dead = [c for c in children if c.exitcode not in (None, 0)]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(
+                raise DatabaseUnavailableError(
                     "a stress process failed to open the database (run `app doctor`)"
                 ) from None
-
-
-def stats_fields() -> list[str]:
-    """The names of :class:`~app.Stats`, in order (for display)."""
-    return [f.name for f in fields(Stats)]
