@@ -322,12 +322,13 @@ class _ImplicitUnit:
         # Runs in the thread that is ending (its thread-local state is dropped there), like
         # a sqlite3 connection closed with a pending transaction: the writes are discarded
         # and, above all, the write lock is handed on.
-        if getattr(self, "_unit", None) is not None:
+        if getattr(self, "_unit", None) is None:
+            return
+        try:
             log.warning("a thread ended with uncommitted writes made through conn; rolled back")
-            try:
-                self.end(commit=False)
-            except Exception:
-                log.debug("rollback at thread end failed", exc_info=True)
+            self.end(commit=False)
+        except Exception:  # noqa: BLE001 - nothing can report it (this may run at shutdown)
+            pass
 
 
 class ThreadConnection:
@@ -464,14 +465,14 @@ class ThreadConnection:
     def _execute(self, cursor: LegacyCursor, sql: str, parameters: Any, *, many: bool) -> None:
         kind = statement_kind(sql)
         if kind in ("begin", "commit", "rollback"):
-            self._users.check_thread()
-            with self._users:
-                if kind == "begin":
-                    self._begin()
+            # Transaction control goes through the unit, never to the driver directly.
             if kind == "commit":
                 self.commit()
             elif kind == "rollback":
                 self.rollback()
+            else:
+                with self._users:
+                    self._begin()
             cursor._load([], None, -1, None)
             return
         with self._users:

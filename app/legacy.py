@@ -79,7 +79,9 @@ class DatabaseManager:
         ConfigurationError: unknown ``db_type``, a bad URL or ``GREEUM_THREAD_SAFE`` value.
     """
 
-    def __init__(self, connection_string: str | None = None, db_type: str = "sqlite") -> None:
+    def __init__(
+        self, connection_string: str | os.PathLike[str] | None = None, db_type: str = "sqlite"
+    ) -> None:
         self.connection_string = connection_string or os.path.join("data", "memory.db")
         url, self.db_type = _resolve_url(self.connection_string, db_type)
         self.thread_safe = _thread_safe_from_env()
@@ -93,17 +95,22 @@ class DatabaseManager:
         self.blocks = BlockStore(self.database)
         self._short_term = self.blocks.short_term
         owner = None if self.thread_safe else threading.get_ident()
-        self._users = UseTracker(self.database, self.database.url, self._dispose, owner)
+        self._users = UseTracker(self.database, self.database.url, self.database.dispose, owner)
         self._raw: sqlite3.Connection | None = None
         self._proxy: ThreadConnection | None = None
-        if not self.thread_safe and self.database.settings.is_sqlite:
+        if self.thread_safe or not self.database.settings.is_sqlite:
+            self._proxy = ThreadConnection(self.database, self._users)
+            return
+        try:
             pooled = self.database.engine.raw_connection()
             self._raw = pooled.dbapi_connection  # type: ignore[assignment]
             pooled.close()  # back to the single-connection pool; the connection stays open
-            assert self._raw is not None
-            self._raw.row_factory = sqlite3.Row
-        else:
-            self._proxy = ThreadConnection(self.database, self._users)
+        except BaseException:
+            self.database.dispose()
+            raise
+        assert self._raw is not None
+        # The old class set it on its one connection; SQLAlchemy reads sqlite3.Row rows fine.
+        self._raw.row_factory = sqlite3.Row
 
     def __repr__(self) -> str:
         mode = "thread-safe" if self.thread_safe else "single-connection"
@@ -134,9 +141,6 @@ class DatabaseManager:
         if not self.database.in_write_unit():
             self.database.session.remove()
         self._users.close()
-
-    def _dispose(self) -> None:
-        self.database.dispose()
 
     def __enter__(self) -> DatabaseManager:
         return self
