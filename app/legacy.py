@@ -20,7 +20,8 @@ Modes, chosen when the manager is built from the environment variable
   same thread`` (on PostgreSQL the same error, from the manager itself). The journal mode
   of the file is left as it is. On SQLite, ``conn`` is that one ``sqlite3.Connection``
   (``row_factory = sqlite3.Row``); statements on it outside ``transaction()`` take effect
-  at once, as it runs in autocommit mode under the layer.
+  at once, as it runs in autocommit mode under the layer. On PostgreSQL, ``conn`` is the
+  same ThreadConnection as in the thread-safe mode, refusing other threads likewise.
 """
 
 from __future__ import annotations
