@@ -33,7 +33,9 @@ class PreparedBlock:
     keywords: tuple[str, ...]
     tags: tuple[str, ...]
     metadata_json: str | None
+    metadata: Mapping[str, Any]
     embedding: bytes | None
+    embedding_values: tuple[float, ...] | None
     embedding_dim: int | None
     embedding_model: str | None
 
@@ -131,6 +133,11 @@ def encode_json(value: Any, what: str) -> str:
 
 def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
     """float32 bytes (native order, as the legacy class wrote them) and the dimension."""
+    array = _float32_vector(value, what)
+    return array.tobytes(), int(array.size)
+
+
+def _float32_vector(value: Any, what: str) -> np.ndarray[Any, Any]:
     if isinstance(value, str | bytes | Mapping):
         raise InvalidInputError(f"{what} must be a list, tuple or numpy array of numbers")
     try:
@@ -143,12 +150,12 @@ def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
         raise InvalidInputError(f"{what} must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
         raise InvalidInputError(f"{what} must not be empty")
-    if not np.all(np.isfinite(array)):
+    if not np.isfinite(array).all():
         raise InvalidInputError(f"{what} contains NaN or infinite values")
     as_float32 = array.astype(np.float32)
-    if not np.all(np.isfinite(as_float32)):
+    if not np.isfinite(as_float32).all():
         raise InvalidInputError(f"{what} has values too large for float32")
-    return as_float32.tobytes(), int(array.size)
+    return as_float32
 
 
 def prepare_block(
@@ -163,21 +170,23 @@ def prepare_block(
     timestamp: Any = None,
 ) -> PreparedBlock:
     """Check every argument of an append and encode it for storage."""
-    embedding_bytes: bytes | None = None
-    dimension: int | None = None
-    model: str | None = None
-    if embedding is not None:
-        embedding_bytes, dimension = encode_embedding(embedding)
-        model = None if embedding_model is None else check_text(embedding_model, "embedding_model")
+    vector = None if embedding is None else _float32_vector(embedding, "embedding")
+    model = None
+    if vector is not None and embedding_model is not None:
+        model = check_text(embedding_model, "embedding_model")
+    metadata_json = _metadata_json(metadata)
     return PreparedBlock(
         context=check_text(context, "context"),
         timestamp=check_timestamp(datetime.now() if timestamp is None else timestamp),
         importance=check_number(importance, "importance"),
         keywords=check_words(keywords, "keywords"),
         tags=check_words(tags, "tags"),
-        metadata_json=_metadata_json(metadata),
-        embedding=embedding_bytes,
-        embedding_dim=dimension,
+        metadata_json=metadata_json,
+        # A private copy, as it will read back: later changes by the caller do not leak in.
+        metadata=json.loads(metadata_json) if metadata_json else {},
+        embedding=None if vector is None else vector.tobytes(),
+        embedding_values=None if vector is None else tuple(vector.tolist()),
+        embedding_dim=None if vector is None else int(vector.size),
         embedding_model=model,
     )
 

@@ -7,15 +7,17 @@ unit that read them without lazy loads opening transactions behind the caller's 
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Select, func, insert, select, union
+from sqlalchemy import Select, Table, func, select, union
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import errors
@@ -406,6 +408,38 @@ _HEAD = (
     .limit(1)
 )
 
+# The write path runs plain multi-row INSERTs (``VALUES (...), (...), ...``) through
+# ``exec_driver_sql``: one statement per table per batch. Compiling ORM or Core statements
+# costs more per row than storing it, and executemany() would release and retake the GIL
+# once per row, which lets every waiting thread cut in while the batch holds the write lock.
+# Table and column names are constants; every value is a bound parameter.
+_INSERTS = (
+    (blocks_table, ("block_index", "timestamp", "context", "importance", "hash", "prev_hash")),
+    (keywords_table, ("block_index", "keyword")),
+    (tags_table, ("block_index", "tag")),
+    (metadata_table, ("block_index", "metadata")),
+    (embeddings_table, ("block_index", "embedding", "embedding_model", "embedding_dim")),
+)
+# Bound parameters per statement: SQLite >= 3.32 allows 32766 (older builds 999).
+_MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_statement(table: str, columns: tuple[str, ...], rows: int, placeholder: str) -> str:
+    row = "(" + ", ".join([placeholder] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * rows)
+
+
+def _insert_rows(
+    connection: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    per_statement = _MAX_PARAMETERS // len(columns)
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        statement = _insert_statement(table.name, columns, len(chunk), placeholder)
+        connection.exec_driver_sql(statement, tuple(value for row in chunk for value in row))
+
 
 def write_chain(session: Session, blocks: list[PreparedBlock]) -> list[BlockRecord]:
     """Chain ``blocks`` onto the current head and insert them (inside a write unit)."""
@@ -424,49 +458,30 @@ def insert_blocks(
     session: Session, rows: Sequence[tuple[int, str, str, PreparedBlock]]
 ) -> list[BlockRecord]:
     """Insert complete blocks, each ``(index, hash, prev_hash, block)``, with multi-row inserts."""
-    block_rows, keyword_rows, tag_rows, metadata_rows, embedding_rows = [], [], [], [], []
+    values: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [], [])
+    block_rows, keyword_rows, tag_rows, metadata_rows, embedding_rows = values
     records = []
     for index, digest, previous, block in rows:
         block_rows.append(
-            {
-                "block_index": index,
-                "timestamp": block.timestamp,
-                "context": block.context,
-                "importance": block.importance,
-                "hash": digest,
-                "prev_hash": previous,
-            }
+            (index, block.timestamp, block.context, block.importance, digest, previous)
         )
-        keyword_rows.extend({"block_index": index, "keyword": k} for k in block.keywords)
-        tag_rows.extend({"block_index": index, "tag": t} for t in block.tags)
+        keyword_rows.extend((index, keyword) for keyword in block.keywords)
+        tag_rows.extend((index, tag) for tag in block.tags)
         if block.metadata_json is not None:
-            metadata_rows.append({"block_index": index, "metadata": block.metadata_json})
+            metadata_rows.append((index, block.metadata_json))
         if block.embedding is not None:
             embedding_rows.append(
-                {
-                    "block_index": index,
-                    "embedding": block.embedding,
-                    "embedding_model": block.embedding_model,
-                    "embedding_dim": block.embedding_dim,
-                }
+                (index, block.embedding, block.embedding_model, block.embedding_dim)
             )
         records.append(_prepared_record(index, digest, previous, block))
-    for table, values in (
-        (blocks_table, block_rows),
-        (keywords_table, keyword_rows),
-        (tags_table, tag_rows),
-        (metadata_table, metadata_rows),
-        (embeddings_table, embedding_rows),
-    ):
-        if values:
-            session.execute(insert(table), values)
+    connection = session.connection()
+    for (table, columns), parameters in zip(_INSERTS, values, strict=True):
+        if parameters:
+            _insert_rows(connection, table, columns, parameters)
     return records
 
 
 def _prepared_record(index: int, digest: str, previous: str, block: PreparedBlock) -> BlockRecord:
-    vector = None
-    if block.embedding is not None:
-        vector = tuple(np.frombuffer(block.embedding, dtype=np.float32).tolist())
     return BlockRecord(
         block_index=index,
         timestamp=block.timestamp,
@@ -476,8 +491,8 @@ def _prepared_record(index: int, digest: str, previous: str, block: PreparedBloc
         prev_hash=previous,
         keywords=tuple(sorted(block.keywords)),
         tags=tuple(sorted(block.tags)),
-        metadata=json.loads(block.metadata_json) if block.metadata_json else {},
-        embedding=vector,
+        metadata=block.metadata,
+        embedding=block.embedding_values,
         embedding_model=block.embedding_model if block.embedding is not None else None,
     )
 

@@ -118,7 +118,7 @@ class Settings:
             )
 
     @classmethod
-    def resolve(cls, url: str | None = None, **overrides: Any) -> Settings:
+    def resolve(cls, url: str | None = None, /, **overrides: Any) -> Settings:
         """Build settings from arguments, then ``APP_*`` environment variables, then defaults.
 
         Raises:
@@ -157,14 +157,20 @@ class Settings:
     @property
     def is_memory(self) -> bool:
         """True for an in-memory SQLite database."""
-        return self.is_sqlite and self.parsed_url.database in (None, "", ":memory:")
+        if not self.is_sqlite:
+            return False
+        return self.parsed_url.database in (None, "", ":memory:", "file::memory:") or (
+            self.parsed_url.query.get("mode") == "memory"
+        )
 
     @property
     def sqlite_path(self) -> str | None:
         """The database file of a SQLite file URL, else None."""
         if not self.is_sqlite or self.is_memory:
             return None
-        return self.parsed_url.database
+        database = self.parsed_url.database or ""
+        # A URI filename (``sqlite:///file:path?uri=true``) names its file after "file:".
+        return database[5:] if database.startswith("file:") else database
 
     @property
     def should_auto_upgrade(self) -> bool:
@@ -187,12 +193,12 @@ def _parse_url(raw: Any) -> URL:
         ) from exc
     backend = url.get_backend_name()
     if backend in ("postgres", "postgresql"):
-        if url.get_driver_name() not in ("psycopg", "postgresql"):
+        if "+" not in url.drivername:
             # Only psycopg 3 is a dependency; a bare postgresql:// would pick psycopg2.
             url = url.set(drivername="postgresql+psycopg")
         return url
     if backend == "sqlite":
-        if url.get_driver_name() not in ("pysqlite", "sqlite"):
+        if "+" in url.drivername and url.get_driver_name() != "pysqlite":
             raise ConfigurationError(
                 f"SQLite driver {url.get_driver_name()!r} is not supported; use sqlite:///path"
             )
