@@ -3,6 +3,7 @@
 from . import errors
 from .blocks import BlockRecord, BlockStore, ChainHead, ScoredBlock
 from .database import Database, Stats
+from .legacy import DatabaseManager
 from .settings import Settings
 from .short_term import MemoryRecord, ShortTermMemories
 
@@ -13,6 +14,7 @@ __all__ = [
     "BlockStore",
     "ChainHead",
     "Database",
+    "DatabaseManager",
     "MemoryRecord",
     "ScoredBlock",
     "Settings",

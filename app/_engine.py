@@ -250,7 +250,7 @@ def _install_postgres_hooks(engine: Engine) -> None:
             # One write unit at a time across every process, like SQLite's write lock;
             # released by COMMIT/ROLLBACK or when the session ends, so a crash cannot leak it.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK_KEY,))
-        elif unit == "read":
+        elif unit in ("read", "snapshot"):
             # One stable snapshot for the whole unit, and writes refused by the server.
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
@@ -283,3 +283,29 @@ def _install_common_hooks(engine: Engine, settings: Settings) -> None:
 
 def _record_info(conn: Connection) -> dict[Any, Any]:
     return conn.connection.info
+
+
+def raw_execute(connection: Connection, statement: str, parameters: Any = None) -> Any:
+    """Run one statement on the driver's own connection and return the driver's cursor.
+
+    The layer's hot paths (savepoints, chain writes, block loading) use this to skip the
+    per-statement bookkeeping of SQLAlchemy. Driver errors are translated exactly as the
+    ``handle_error`` hook translates them for every other statement.
+    """
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    if parameters is None and connection.dialect.name == "sqlite":
+        parameters = ()
+    try:
+        return dbapi_connection.execute(statement, parameters)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        read_unit = connection.get_execution_options().get(UNIT_OPTION) == "read"
+        database = connection.engine.url.render_as_string(hide_password=True)
+        translated = errors.translate(exc, database=database, read_unit=read_unit)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def placeholder(connection: Connection) -> str:
+    """The driver's positional parameter marker: ``?`` (sqlite3) or ``%s`` (psycopg)."""
+    return "?" if connection.dialect.paramstyle == "qmark" else "%s"

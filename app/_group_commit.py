@@ -15,20 +15,24 @@ that caused it. Appends from other processes take turns through the database's w
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy.orm import Session
-
 from . import errors
+
+# How the writer waits for the callers of the last batch (see _gather): in sleeps of
+# half a millisecond, 20 ms at most. Measured on two cores with 100 appending threads.
+_GATHER_STEP = 0.0005
+_GATHER_LIMIT = 0.02
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
 class _Request(Generic[Item, Result]):
-    __slots__ = ("done", "error", "gate", "items", "results", "woken")
+    __slots__ = ("done", "error", "gate", "items", "relay", "results", "woken")
 
     def __init__(self, items: Sequence[Item]) -> None:
         self.items = items
@@ -36,6 +40,7 @@ class _Request(Generic[Item, Result]):
         self.error: BaseException | None = None
         self.done = False
         self.woken = False  # gate released for this wait (guarded by the writer's mutex)
+        self.relay: _Request[Item, Result] | None = None  # the caller to wake after this one
         self.gate = threading.Lock()
         self.gate.acquire()
 
@@ -44,24 +49,18 @@ class GroupCommitter(Generic[Item, Result]):
     """Batches requests from many threads into write units.
 
     Args:
-        run_unit: runs ``fn(session, ...)`` in a write unit with busy retries
-            (``Database.run``).
-        write: writes a batch of items inside a unit, returning one result per item in order.
+        write: writes a batch of items in a write unit (with busy retries), returning one
+            result per item, in order.
         max_batch: most items per transaction.
     """
 
-    def __init__(
-        self,
-        run_unit: Callable[..., list[Result]],
-        write: Callable[[Session, list[Item]], list[Result]],
-        max_batch: int,
-    ) -> None:
-        self._run_unit = run_unit
+    def __init__(self, write: Callable[[list[Item]], list[Result]], max_batch: int) -> None:
         self._write = write
         self._max_batch = max_batch
         self._mutex = threading.Lock()
         self._leader = threading.Lock()
         self._queue: deque[_Request[Item, Result]] = deque()
+        self._waking = 0  # callers of finished batches not yet woken
 
     def submit(self, items: Sequence[Item]) -> list[Result]:
         """Queue ``items`` (written contiguously, in order) and wait until they are committed."""
@@ -79,21 +78,40 @@ class GroupCommitter(Generic[Item, Result]):
                 request.gate.acquire()
                 with self._mutex:
                     request.woken = False
+                    if request.done:
+                        self._waking -= 1
+                    following, request.relay = request.relay, None
+                    if following is not None:
+                        self._wake(following)
         if request.error is not None:
             raise request.error
         return request.results
 
     def _lead(self, own: _Request[Item, Result]) -> None:
         while not own.done:
+            self._gather()
             batch = self._take_batch()
             try:
                 self._commit(batch)
+                self._wake_in_turn([request for request in batch if request is not own])
             except BaseException:
                 # Interrupted while writing (KeyboardInterrupt): the unit was rolled back.
                 # Give the other callers' appends back to the queue for the next leader.
                 with self._mutex:
                     self._queue.extendleft(r for r in reversed(batch) if r is not own)
                 raise
+
+    def _gather(self) -> None:
+        """Let the callers of the last batch queue their next append before writing.
+
+        While they are being woken (see ``_wake_in_turn``) they are about to append again;
+        writing now would make the writer compete with them for the GIL after every
+        statement and cut the batch short. So wait for the wake-ups to finish, in short
+        sleeps, never longer than a few milliseconds.
+        """
+        deadline = time.monotonic() + _GATHER_LIMIT
+        while self._waking and time.monotonic() < deadline:
+            time.sleep(_GATHER_STEP)
 
     def _take_batch(self) -> list[_Request[Item, Result]]:
         batch: list[_Request[Item, Result]] = []
@@ -110,7 +128,7 @@ class GroupCommitter(Generic[Item, Result]):
     def _commit(self, batch: list[_Request[Item, Result]]) -> None:
         items = [item for request in batch for item in request.items]
         try:
-            results = self._run_unit(self._write, items)
+            results = self._write(items)
         except (errors.DatabaseBusyError, errors.ClosedError, errors.PoolExhaustedError) as exc:
             # Nobody's input is to blame: every append of the batch fails the same way.
             for request in batch:
@@ -131,7 +149,7 @@ class GroupCommitter(Generic[Item, Result]):
 
     def _commit_alone(self, request: _Request[Item, Result]) -> None:
         try:
-            results = self._run_unit(self._write, list(request.items))
+            results = self._write(list(request.items))
         except Exception as exc:
             self._finish(request, error=exc)
         else:
@@ -146,17 +164,30 @@ class GroupCommitter(Generic[Item, Result]):
     ) -> None:
         request.results = results or []
         request.error = error
+        request.done = True
+
+    def _wake_in_turn(self, batch: list[_Request[Item, Result]]) -> None:
+        """Wake the callers of a finished batch one after another.
+
+        Waking them all at once would make a hundred threads fight for the GIL (and the
+        next batch's writer with them); instead each caller, once running, wakes the next.
+        """
         with self._mutex:
-            request.done = True
-            if not request.woken:
-                request.woken = True
-                request.gate.release()
+            sleepers = [request for request in batch if not request.woken]
+            for current, following in zip(sleepers, sleepers[1:], strict=False):
+                current.relay = following
+            if sleepers:
+                self._waking += len(sleepers)
+                self._wake(sleepers[0])
+
+    def _wake(self, request: _Request[Item, Result]) -> None:
+        # Called with the mutex held.
+        if not request.woken:
+            request.woken = True
+            request.gate.release()
 
     def _wake_head(self) -> None:
         """Let the oldest waiting caller try to lead, so queued appends never stall."""
         with self._mutex:
             if self._queue:
-                head = self._queue[0]
-                if not head.woken:
-                    head.woken = True
-                    head.gate.release()
+                self._wake(self._queue[0])

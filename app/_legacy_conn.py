@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from . import errors
 from .database import Database
@@ -438,7 +438,7 @@ class ThreadConnection:
         """End this thread's implicit unit after a write call of the manager, unless that
         call ran inside an explicit unit nested in it."""
         unit = getattr(self._local, "unit", None)
-        if unit is not None and not self._db.session().in_nested_transaction():
+        if unit is not None and self._db._write_depth() <= 1:
             self._take_unit()
             unit.end(commit=True)
 
@@ -454,8 +454,8 @@ class ThreadConnection:
             return False
         if getattr(self._local, "unit", None) is None:
             return True
-        # A unit opened inside the implicit one is a SAVEPOINT of the same session.
-        return self._db.session().in_nested_transaction()
+        # A unit opened inside the implicit one is nested in it (a SAVEPOINT).
+        return self._db._write_depth() > 1
 
     def _begin(self) -> None:
         # A BEGIN inside a unit is a no-op: old code guarded it with ``in_transaction``.
@@ -479,14 +479,16 @@ class ThreadConnection:
             if kind == "write" and getattr(self._db._local, "mode", None) is None:
                 self._begin()
             if getattr(self._db._local, "mode", None) is not None:
-                self._run(self._db.session(), cursor, sql, parameters, many, in_unit=True)
+                # Inside a unit the statement joins it, on the unit's own connection.
+                with self._db._reading() as connection:
+                    self._run(connection, cursor, sql, parameters, many, in_unit=True)
                 return
             with self._db.read() as session:
-                self._run(session, cursor, sql, parameters, many, in_unit=False)
+                self._run(session.connection(), cursor, sql, parameters, many, in_unit=False)
 
     def _run(
         self,
-        session: Session,
+        connection: Connection,
         cursor: LegacyCursor,
         sql: str,
         parameters: Any,
@@ -494,7 +496,7 @@ class ThreadConnection:
         *,
         in_unit: bool,
     ) -> None:
-        dbapi: Any = session.connection().connection.dbapi_connection
+        dbapi: Any = connection.connection.dbapi_connection
         raw = dbapi.cursor()
         try:
             if self._sqlite:

@@ -8,9 +8,8 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,10 +20,10 @@ log = logging.getLogger(__name__)
 #: Largest accepted text (context, keyword, ...): SQLite's default string limit is 1e9 bytes;
 #: far below it, a 64 MiB block is already a mistake rather than a memory.
 MAX_TEXT_BYTES = 64 * 1024 * 1024
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedBlock:
+class PreparedBlock(NamedTuple):
     """A validated block, ready to be chained and written."""
 
     context: str
@@ -41,16 +40,31 @@ class PreparedBlock:
 
 
 def block_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:
-    """The legacy block hash: sha256 of the sorted-key JSON of five fields."""
-    payload = {
-        "block_index": index,
-        "timestamp": timestamp,
-        "context": context,
-        "importance": importance,
-        "prev_hash": prev_hash,
-    }
-    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
-    return hashlib.sha256(encoded).hexdigest()
+    """The legacy block hash: sha256 of ``json.dumps`` of five fields with sorted keys and
+    ``ensure_ascii=False``.
+
+    The JSON text is assembled here exactly as ``json.dumps`` writes it (same key order,
+    separators, string escapes and number forms) because hashing sits on the append path;
+    a test holds the two byte-for-byte equal.
+    """
+    text = (
+        '{"block_index": ' + int.__repr__(index)
+        + ', "context": ' + _json_string(context)
+        + ', "importance": ' + _json_number(importance)
+        + ', "prev_hash": ' + _json_string(prev_hash)
+        + ', "timestamp": ' + _json_string(timestamp)
+        + "}"
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_json_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
+
+
+def _json_number(value: float) -> str:
+    if isinstance(value, int):  # legacy callers sometimes hashed an int importance
+        return int.__repr__(value)
+    return float.__repr__(value)
 
 
 def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:
@@ -62,12 +76,15 @@ def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:
     if "\x00" in value:
         # SQLite truncates some functions at NUL and PostgreSQL refuses it in text.
         raise InvalidInputError(f"{what} contains a NUL character (\\x00), which cannot be stored")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"{what} is not valid Unicode (lone surrogate at position {exc.start})"
-        ) from None
+    if value.isascii():
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"{what} is not valid Unicode (lone surrogate at position {exc.start})"
+            ) from None
     if size > MAX_TEXT_BYTES:
         raise InvalidInputError(f"{what} is {size} bytes; the limit is {MAX_TEXT_BYTES}")
     return value
@@ -112,12 +129,15 @@ def check_words(values: Any, what: str) -> tuple[str, ...]:
     """Keywords or tags: an iterable of strings, duplicates dropped, order kept."""
     if values is None:
         return ()
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+    if not isinstance(values, list | tuple) and (
+        isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable)
+    ):
         raise InvalidInputError(f"{what} must be a list of strings, got {type(values).__name__}")
-    words: dict[str, None] = {}
-    for position, word in enumerate(values):
-        words[check_text(word, f"{what}[{position}]")] = None
-    return tuple(words)
+    words = tuple(values)
+    for position, word in enumerate(words):
+        if type(word) is not str or "\x00" in word or not word.isascii():
+            check_text(word, f"{what}[{position}]")
+    return tuple(dict.fromkeys(words)) if len(set(words)) != len(words) else words
 
 
 def encode_json(value: Any, what: str) -> str:
@@ -141,21 +161,22 @@ def _float32_vector(value: Any, what: str) -> np.ndarray[Any, Any]:
     if isinstance(value, str | bytes | Mapping):
         raise InvalidInputError(f"{what} must be a list, tuple or numpy array of numbers")
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
     except (TypeError, ValueError):
+        array = np.empty(0, dtype=object)  # ragged: reported below
+    if array.dtype.kind not in "iuf":  # not bool, text, objects or ragged lists
         raise InvalidInputError(
             f"{what} must be a flat list of numbers (ragged or non-numeric values given)"
-        ) from None
+        )
     if array.ndim != 1:
         raise InvalidInputError(f"{what} must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
         raise InvalidInputError(f"{what} must not be empty")
-    if not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInputError(f"{what} contains NaN or infinite values")
-    as_float32 = array.astype(np.float32)
-    if not np.isfinite(as_float32).all():
+    if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
         raise InvalidInputError(f"{what} has values too large for float32")
-    return as_float32
+    return array.astype(np.float32)
 
 
 def prepare_block(

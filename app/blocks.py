@@ -8,19 +8,20 @@ unit that read them without lazy loads opening transactions behind the caller's 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import Select, Table, func, select, union
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
 from . import errors
+from ._engine import placeholder, raw_execute
 from ._group_commit import GroupCommitter
 from ._validate import (
     PreparedBlock,
@@ -37,7 +38,6 @@ from ._validate import (
 )
 from .database import Database
 from .models import (
-    Block,
     blocks_table,
     embeddings_table,
     keywords_table,
@@ -58,9 +58,12 @@ _ORDERS = ("asc", "desc")
 _STREAM_CHUNK = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class BlockRecord:
-    """A stored block with its keywords, tags, metadata and embedding."""
+class BlockRecord(NamedTuple):
+    """A stored block with its keywords, tags, metadata and embedding (immutable).
+
+    A named tuple rather than a dataclass: records are built by the thousand on the append
+    and read paths, and a tuple is several times cheaper to make.
+    """
 
     block_index: int
     timestamp: str
@@ -70,7 +73,7 @@ class BlockRecord:
     prev_hash: str
     keywords: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = MappingProxyType({})
     embedding: tuple[float, ...] | None = None
     embedding_model: str | None = None
 
@@ -167,8 +170,8 @@ class BlockStore:
         if mode == "write":
             # Inside the caller's own unit: write directly (the queue's leader would wait
             # for the lock this thread holds).
-            with self.db.unit_of_work() as session:
-                return write_chain(session, list(blocks))
+            with self.db._writing() as connection:
+                return write_chain(connection, list(blocks))
         if mode == "read":
             raise errors.TransactionStateError("cannot append inside a read unit")
         return self._committer().submit(blocks)
@@ -178,7 +181,11 @@ class BlockStore:
         committer = per_process.get("chain")
         if committer is None:
             committer = per_process.setdefault(
-                "chain", GroupCommitter(self.db.run, write_chain, self.db.settings.max_batch)
+                "chain",
+                GroupCommitter(
+                    lambda items: self.db._run_writing(lambda c: write_chain(c, items)),
+                    self.db.settings.max_batch,
+                ),
             )
         return committer  # type: ignore[no-any-return]
 
@@ -186,13 +193,13 @@ class BlockStore:
 
     def head(self) -> ChainHead | None:
         """Index and hash of the last block, or None for an empty chain."""
-        with self.db.read() as session:
-            row = session.execute(_HEAD).first()
+        with self.db._reading() as connection:
+            row = raw_execute(connection, _HEAD_SQL).fetchone()
         return None if row is None else ChainHead(row[0], row[1])
 
     def count(self) -> int:
-        with self.db.read() as session:
-            return int(session.execute(select(func.count()).select_from(blocks_table)).scalar_one())
+        with self.db._reading() as connection:
+            return int(raw_execute(connection, "SELECT count(*) FROM blocks").fetchone()[0])
 
     def get(self, block_index: int) -> BlockRecord | None:
         """The block at ``block_index``, or None."""
@@ -340,8 +347,8 @@ class BlockStore:
             stmt = stmt.where(embeddings_table.c.embedding_model == check_text(model, "model"))
         best_index = np.empty(0, dtype=np.int64)
         best_score = np.empty(0, dtype=np.float64)
-        with self.db.read() as session:
-            result = session.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
+        with self.db._reading() as connection:
+            result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
             for chunk in result.partitions():
                 indices, matrix = _decode_embeddings(chunk, dimension)
                 norms = np.linalg.norm(matrix, axis=1)
@@ -357,7 +364,7 @@ class BlockStore:
                     best_index, best_score = best_index[top], best_score[top]
             order = np.lexsort((best_index, -best_score))[:k]
             chosen = [(int(best_index[i]), float(best_score[i])) for i in order]
-            records = {r.block_index: r for r in _load_records(session, [i for i, _ in chosen])}
+            records = {r.block_index: r for r in _load_records(connection, [i for i, _ in chosen])}
         return [ScoredBlock(records[i], score) for i, score in chosen if i in records]
 
     def verify_chain(self, progress: Callable[[int], None] | None = None) -> int | None:
@@ -381,8 +388,8 @@ class BlockStore:
             blocks_table.c.prev_hash,
         ).order_by(blocks_table.c.block_index)
         expected_index, previous = 0, ""
-        with self.db.read() as session:
-            result = session.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
+        with self.db._reading() as connection:
+            result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
             for chunk in result.partitions():
                 for index, timestamp, context, importance, digest, prev_hash in chunk:
                     if index != expected_index or prev_hash != previous:
@@ -395,18 +402,14 @@ class BlockStore:
         return None
 
     def _load(self, query: Select[Any]) -> list[BlockRecord]:
-        with self.db.read() as session:
-            indices = list(session.execute(query).scalars())
-            return _load_records(session, indices)
+        with self.db._reading() as connection:
+            indices = list(connection.execute(query).scalars())
+            return _load_records(connection, indices)
 
 
 # -- writing helpers -------------------------------------------------------------------------
 
-_HEAD = (
-    select(blocks_table.c.block_index, blocks_table.c.hash)
-    .order_by(blocks_table.c.block_index.desc())
-    .limit(1)
-)
+_HEAD_SQL = "SELECT block_index, hash FROM blocks ORDER BY block_index DESC LIMIT 1"
 
 # The write path runs plain multi-row INSERTs (``VALUES (...), (...), ...``) through
 # ``exec_driver_sql``: one statement per table per batch. Compiling ORM or Core statements
@@ -433,17 +436,17 @@ def _insert_statement(table: str, columns: tuple[str, ...], rows: int, placehold
 def _insert_rows(
     connection: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
-    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    marker = placeholder(connection)
     per_statement = _MAX_PARAMETERS // len(columns)
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        statement = _insert_statement(table.name, columns, len(chunk), placeholder)
-        connection.exec_driver_sql(statement, tuple(value for row in chunk for value in row))
+        statement = _insert_statement(table.name, columns, len(chunk), marker)
+        raw_execute(connection, statement, tuple(itertools.chain.from_iterable(chunk)))
 
 
-def write_chain(session: Session, blocks: list[PreparedBlock]) -> list[BlockRecord]:
+def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[BlockRecord]:
     """Chain ``blocks`` onto the current head and insert them (inside a write unit)."""
-    head = session.execute(_HEAD).first()
+    head = raw_execute(connection, _HEAD_SQL).fetchone()
     index, previous = (head[0] + 1, head[1]) if head is not None else (0, "")
     rows = []
     for block in blocks:
@@ -451,11 +454,11 @@ def write_chain(session: Session, blocks: list[PreparedBlock]) -> list[BlockReco
         rows.append((index, digest, previous, block))
         previous = digest
         index += 1
-    return insert_blocks(session, rows)
+    return insert_blocks(connection, rows)
 
 
 def insert_blocks(
-    session: Session, rows: Sequence[tuple[int, str, str, PreparedBlock]]
+    connection: Connection, rows: Sequence[tuple[int, str, str, PreparedBlock]]
 ) -> list[BlockRecord]:
     """Insert complete blocks, each ``(index, hash, prev_hash, block)``, with multi-row inserts."""
     values: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [], [])
@@ -474,7 +477,6 @@ def insert_blocks(
                 (index, block.embedding, block.embedding_model, block.embedding_dim)
             )
         records.append(_prepared_record(index, digest, previous, block))
-    connection = session.connection()
     for (table, columns), parameters in zip(_INSERTS, values, strict=True):
         if parameters:
             _insert_rows(connection, table, columns, parameters)
@@ -500,39 +502,55 @@ def _prepared_record(index: int, digest: str, previous: str, block: PreparedBloc
 # -- reading helpers -------------------------------------------------------------------------
 
 
-def _load_records(session: Session, indices: Sequence[int]) -> list[BlockRecord]:
-    """Blocks in the order of ``indices``, children loaded in four queries (no N+1)."""
-    if not indices:
-        return []
+def _load_records(connection: Connection, indices: Sequence[int]) -> list[BlockRecord]:
+    """Blocks in the order of ``indices``: one query per table (no N+1), whatever their number.
+
+    Plain SQL on the driver: loading pages of blocks is the read path's hot loop, and
+    building ORM objects only to copy them into records would double its cost.
+    """
     loaded: dict[int, BlockRecord] = {}
+    marker = placeholder(connection)
     # Bound the IN list: SQLite allows 32766 parameters, PostgreSQL 65535.
     for start in range(0, len(indices), 10000):
-        wanted = indices[start : start + 10000]
-        for block in session.scalars(select(Block).where(Block.block_index.in_(wanted))):
-            loaded[block.block_index] = _record(block)
+        wanted = tuple(indices[start : start + 10000])
+        where = f"WHERE block_index IN ({', '.join([marker] * len(wanted))})"
+
+        def rows(columns: str, table: str, wanted: tuple[int, ...] = wanted) -> list[Any]:
+            return list(raw_execute(connection, f"SELECT {columns} FROM {table} {where}", wanted))
+
+        keywords: dict[int, list[str]] = {}
+        for index, keyword in rows("block_index, keyword", "block_keywords"):
+            keywords.setdefault(index, []).append(keyword)
+        tags: dict[int, list[str]] = {}
+        for index, tag in rows("block_index, tag", "block_tags"):
+            tags.setdefault(index, []).append(tag)
+        metadata = dict(rows("block_index, metadata", "block_metadata"))
+        embeddings = {
+            row[0]: row[1:]
+            for row in rows("block_index, embedding, embedding_dim, embedding_model",
+                            "block_embeddings")
+        }
+        for index, timestamp, context, importance, digest, previous in rows(
+            "block_index, timestamp, context, importance, hash, prev_hash", "blocks"
+        ):
+            stored = embeddings.get(index)
+            loaded[index] = BlockRecord(
+                block_index=index,
+                timestamp=timestamp,
+                context=context,
+                importance=importance,
+                hash=digest,
+                prev_hash=previous,
+                # Sorted in Python (code-point order, as the legacy class returned them on
+                # SQLite), so every backend agrees whatever its collation.
+                keywords=tuple(sorted(keywords.get(index, ()))),
+                tags=tuple(sorted(tags.get(index, ()))),
+                metadata=decode_json_object(metadata.get(index)),
+                embedding=None if stored is None else tuple(
+                    _decode_vector(bytes(stored[0]), stored[1]).tolist()),
+                embedding_model=None if stored is None else stored[2],
+            )
     return [loaded[i] for i in indices if i in loaded]
-
-
-def _record(block: Block) -> BlockRecord:
-    stored = block.embedding
-    vector = None
-    if stored is not None:
-        vector = tuple(_decode_vector(stored.embedding, stored.embedding_dim).tolist())
-    return BlockRecord(
-        block_index=block.block_index,
-        timestamp=block.timestamp,
-        context=block.context,
-        importance=block.importance,
-        hash=block.hash,
-        prev_hash=block.prev_hash,
-        # Sorted in Python (code-point order, as the legacy class returned them on SQLite),
-        # so every backend agrees whatever its collation.
-        keywords=tuple(sorted(k.keyword for k in block.keywords)),
-        tags=tuple(sorted(t.tag for t in block.tags)),
-        metadata=decode_json_object(block.meta.json if block.meta is not None else None),
-        embedding=vector,
-        embedding_model=stored.embedding_model if stored is not None else None,
-    )
 
 
 def _decode_vector(blob: bytes, dimension: int | None) -> np.ndarray[Any, Any]:

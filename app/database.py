@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.util import ThreadLocalRegistry
 
 from . import errors
-from ._engine import BUSY_OPTION, UNIT_OPTION, build_engine
+from ._engine import BUSY_OPTION, UNIT_OPTION, build_engine, raw_execute
 from ._fairlock import WRITE_LOCKS
+from ._write_group import Waiter, WriteGroup
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ R = TypeVar("R")
 
 _WRITE = "write"
 _READ = "read"
+_SNAPSHOT = "snapshot"
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ class _Counters:
             if seconds > self.wait_max:
                 self.wait_max = seconds
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, count: int = 1) -> None:
         with self.lock:
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + count)
 
 
 class _SessionCloser:
@@ -130,7 +133,11 @@ class Database:
         # on it, reads included.
         self._exclusive = self.settings.is_memory or self.settings.single_connection
         self._counters = _Counters()
-        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        # A write unit binds the thread's Session to the process's shared write connection,
+        # where it opens a SAVEPOINT (see _write_group); a read unit binds it to the engine.
+        self._factory = sessionmaker(
+            self.engine, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
         event.listen(self._factory, "before_flush", _refuse_flush_in_read_unit)
         self.session = scoped_session(self._factory)
         self._reset_thread_state()
@@ -187,6 +194,8 @@ class Database:
         self._local = threading.local()
         # Per-process helpers of other modules (the chain's group committer), rebuilt after fork.
         self._per_process: dict[str, Any] = {}
+        # The write transaction shared by successive units; touched only by the lock holder.
+        self._group: WriteGroup | None = None
         self.session.registry = _ThreadSessions(self._factory)
 
     def _after_fork_in_child(self) -> None:
@@ -201,29 +210,48 @@ class Database:
         """True when this thread is inside a write unit of this database."""
         return getattr(self._local, "mode", None) == _WRITE
 
+    def _write_depth(self) -> int:
+        """How many write units this thread has open (0 outside any)."""
+        return int(getattr(self._local, "depth", 0))
+
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """One write unit: ``BEGIN IMMEDIATE``, commit on success, rollback on any exception.
 
-        Writers of this process take turns first come, first served. A unit opened inside
-        another becomes a SAVEPOINT that rolls back alone.
+        Writers of this process take turns first come, first served, and successive units
+        may share one commit (see ``max_units_per_commit``); the unit returns once its work
+        is committed. A unit opened inside another becomes a SAVEPOINT that rolls back alone.
 
         Raises:
             DatabaseBusyError: another process kept the write lock past ``busy_timeout``, or
                 this process's writers kept it past ``retry_deadline``.
             TransactionStateError: opened inside a read unit.
         """
-        with self._write_unit(None) as session:
+        session = self.session()
+        with self._write_scope(None):
             yield session
 
     @contextmanager
-    def _write_unit(self, deadline: float | None) -> Iterator[Session]:
+    def _writing(self) -> Iterator[Connection]:
+        """A write unit for the layer's own statements: the shared write connection, in a
+        SAVEPOINT of its own, without the ORM's bookkeeping."""
+        with self._write_scope(None) as connection:
+            yield connection
+
+    @contextmanager
+    def _write_scope(self, deadline: float | None) -> Iterator[Connection]:
         self._check_open()
-        mode = getattr(self._local, "mode", None)
+        local = self._local
+        mode = getattr(local, "mode", None)
         session = self.session()
         if mode == _WRITE:
-            with session.begin_nested():
-                yield session
+            assert self._group is not None  # this thread holds the turn
+            local.depth += 1
+            try:
+                with self._savepoint(self._group.connection, session):
+                    yield self._group.connection
+            finally:
+                local.depth -= 1
             return
         if mode == _READ:
             raise errors.TransactionStateError(
@@ -233,33 +261,148 @@ class Database:
         if deadline is None:
             deadline = time.monotonic() + self.settings.retry_deadline
         self._take_turn(deadline)
-        self._local.mode = _WRITE
+        local.mode, local.depth = _WRITE, 1
+        turn_ended = False
+        failure: BaseException | None = None
+        waiter: Waiter | None = None
+        group_error: BaseException | None = None
         try:
+            group = self._group or self._open_group(deadline)
+            session.bind = group.connection
+            # The first unit of a group needs no SAVEPOINT: if it fails, the whole
+            # transaction is rolled back, as nobody else's work is in it yet.
+            first = not group.units
             try:
-                options: dict[str, Any] = {UNIT_OPTION: _WRITE}
-                remaining = deadline - time.monotonic()
-                if self.settings.is_sqlite and remaining < self.settings.busy_timeout:
-                    options[BUSY_OPTION] = max(1, int(remaining * 1000))
-                session.begin()
-                session.connection(execution_options=options)
-                yield session
-                session.commit()
+                with self._savepoint(group.connection, session, isolate=not first):
+                    yield group.connection
             except BaseException as exc:
-                _rollback_quietly(session)
+                failure = exc
+                group.spoiled = first
                 self._counters.add("rolled_back")
-                if isinstance(exc, PoolTimeout):
-                    raise self._pool_exhausted() from exc
-                raise
-            self._counters.add("committed")
+            turn_ended = True
+            waiter, group_error = self._end_turn(group, succeeded=failure is None)
         finally:
-            self._local.mode = None
+            session.bind = self.engine
+            local.mode, local.depth = None, 0
+            if not turn_ended:
+                self._write_lock.release()
+        if waiter is not None:
+            group_error = waiter.wait()
+        if failure is not None:
+            raise failure
+        if group_error is not None:
+            raise group_error
+
+    @contextmanager
+    def _savepoint(
+        self, connection: Connection, session: Session, *, isolate: bool = True
+    ) -> Iterator[None]:
+        """Run the body in a SAVEPOINT that a failure rolls back alone (with ``isolate``
+        false, only the Session's part is ended and the caller rolls back the rest)."""
+        if not isolate:
+            try:
+                yield
+                if session.in_transaction():
+                    session.commit()
+            except BaseException:
+                if session.in_transaction():
+                    _rollback_quietly(session)
+                raise
+            return
+        if session.in_transaction():
+            # The Session already works in this unit: let it track the savepoint, so a
+            # rollback also expires the objects it changed.
+            with session.begin_nested():
+                yield
+            return
+        name = f"app_unit_{self._local.depth}"
+        raw_execute(connection, f"SAVEPOINT {name}")
+        try:
+            yield
+            if session.in_transaction():  # the body used the Session: flush and end it
+                session.commit()
+        except BaseException:
+            if session.in_transaction():
+                _rollback_quietly(session)
+            try:
+                raw_execute(connection, f"ROLLBACK TO SAVEPOINT {name}")
+                raw_execute(connection, f"RELEASE SAVEPOINT {name}")
+            except Exception:  # noqa: BLE001 - the database already ended the transaction
+                log.debug("rolling back %s failed", name, exc_info=True)
+            raise
+        raw_execute(connection, f"RELEASE SAVEPOINT {name}")
+
+    def _open_group(self, deadline: float) -> WriteGroup:
+        """Start the process's write transaction (BEGIN IMMEDIATE / the PostgreSQL write lock)."""
+        options: dict[str, Any] = {UNIT_OPTION: _WRITE}
+        remaining = deadline - time.monotonic()
+        if self.settings.is_sqlite and remaining < self.settings.busy_timeout:
+            options[BUSY_OPTION] = max(1, int(remaining * 1000))
+        connection = self._connect().execution_options(**options)
+        try:
+            connection.begin()
+        except BaseException:
+            connection.close()
+            raise
+        self._group = WriteGroup(connection)
+        return self._group
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except PoolTimeout as exc:
+            raise self._pool_exhausted() from exc
+
+    def _end_turn(
+        self, group: WriteGroup, *, succeeded: bool
+    ) -> tuple[Waiter | None, BaseException | None]:
+        """Pass the open transaction to the next writer, or commit it; releases the turn.
+
+        Returns this unit's Waiter when a later unit will commit its work, else None and
+        the error of the commit this unit made (None when it committed).
+        """
+        try:
+            if succeeded:
+                group.units += 1
+            alive = not group.spoiled and group.transaction_alive()
+            if (
+                alive
+                and self._write_lock.queued()
+                and group.units + len(group.waiters) < self.settings.max_units_per_commit
+            ):
+                if not succeeded:
+                    return None, None  # nothing of ours to wait for
+                waiter = Waiter()
+                group.waiters.append(waiter)
+                return waiter, None
+            self._group = None
+            error = self._close_group(group, commit=alive)
+            return None, error if succeeded else None
+        finally:
             self._write_lock.release()
 
-    def _pool_exhausted(self) -> errors.PoolExhaustedError:
-        return errors.PoolExhaustedError(
-            f"no connection to {self.url} became free within {self.settings.pool_timeout}s "
-            "(pool_size + max_overflow are all in use); raise pool_size or max_overflow"
-        )
+    def _close_group(self, group: WriteGroup, *, commit: bool) -> BaseException | None:
+        error: BaseException | None = None
+        try:
+            if commit and group.units:
+                group.connection.commit()
+            else:
+                group.connection.rollback()
+                if group.units:
+                    error = errors.TransactionStateError(
+                        f"{self.url} aborted the write transaction after an error in another "
+                        "unit sharing its commit; nothing of this unit was written"
+                    )
+        except Exception as exc:  # noqa: BLE001 - handed to every unit of the group
+            error = exc
+        finally:
+            try:
+                group.connection.close()
+            except Exception:  # noqa: BLE001 - the pool discards a broken connection
+                log.debug("closing a write connection failed", exc_info=True)
+        self._counters.add("rolled_back" if error else "committed", group.units)
+        group.finish(error)
+        return error
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -301,6 +444,42 @@ class Database:
             if self._exclusive:
                 self._write_lock.release()
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read snapshot for the layer's own queries, without the ORM's bookkeeping.
+
+        Inside a unit of this thread it is that unit's connection (reads see its changes).
+        """
+        self._check_open()
+        local = self._local
+        mode = getattr(local, "mode", None)
+        if mode == _WRITE:
+            assert self._group is not None
+            yield self._group.connection
+            return
+        if mode == _READ:
+            own = getattr(local, "read_connection", None)
+            yield own if own is not None else self.session().connection()
+            return
+        if self._exclusive:
+            self._take_turn(time.monotonic() + self.settings.retry_deadline)
+        local.mode = _READ
+        try:
+            with self._connect().execution_options(**{UNIT_OPTION: _SNAPSHOT}) as connection:
+                local.read_connection = connection
+                with connection.begin():
+                    yield connection
+        finally:
+            local.mode = local.read_connection = None
+            if self._exclusive:
+                self._write_lock.release()
+
+    def _pool_exhausted(self) -> errors.PoolExhaustedError:
+        return errors.PoolExhaustedError(
+            f"no connection to {self.url} became free within {self.settings.pool_timeout}s "
+            "(pool_size + max_overflow are all in use); raise pool_size or max_overflow"
+        )
+
     def run(
         self, fn: Callable[Concatenate[Session, P], R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
@@ -314,16 +493,24 @@ class Database:
         Raises:
             DatabaseBusyError: still busy at the deadline; names the database and the wait.
         """
+        session = self.session()
+        return self._retrying(lambda _connection: fn(session, *args, **kwargs))
+
+    def _run_writing(self, fn: Callable[[Connection], R]) -> R:
+        """:meth:`run` for the layer's own statements: ``fn(connection)``."""
+        return self._retrying(fn)
+
+    def _retrying(self, body: Callable[[Connection], R]) -> R:
         if self.in_write_unit():
-            with self.unit_of_work() as session:
-                return fn(session, *args, **kwargs)
+            with self._write_scope(None) as connection:
+                return body(connection)
         started = time.monotonic()
         deadline = started + self.settings.retry_deadline
         attempt = 0
         while True:
             try:
-                with self._write_unit(deadline) as session:
-                    return fn(session, *args, **kwargs)
+                with self._write_scope(deadline) as connection:
+                    return body(connection)
             except errors.DatabaseBusyError as exc:
                 now = time.monotonic()
                 if now >= deadline - 0.001:

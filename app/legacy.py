@@ -37,15 +37,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import delete, insert, inspect, select, text
-from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import URL, Connection
 
 from . import errors
 from ._legacy_conn import ThreadConnection, UseTracker
 from ._validate import PreparedBlock, check_index, check_text, encode_json, prepare_block
 from .blocks import BlockRecord, BlockStore, insert_blocks
 from .database import Database
-from .models import LEGACY_TABLES, BlockMetadata, blocks_table, embeddings_table
+from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table
 from .short_term import MemoryRecord
 
 log = logging.getLogger(__name__)
@@ -168,10 +167,10 @@ class DatabaseManager:
         with self.transaction():
             return fn()
 
-    def _write(self, fn: Callable[[Session], R]) -> R:
-        """Run ``fn(session)`` as one write (its own unit, or a SAVEPOINT of an open one)."""
+    def _write(self, fn: Callable[[Connection], R]) -> R:
+        """Run ``fn(connection)`` as one write (its own unit, or a SAVEPOINT of an open one)."""
         with self._users:
-            result = self.database.run(fn)
+            result = self.database._run_writing(fn)
             if self._proxy is not None:
                 self._proxy.commit_after_write()
             return result
@@ -196,7 +195,7 @@ class DatabaseManager:
                 nothing is written).
         """
         row = _legacy_block(block_data)
-        self._write(lambda session: insert_blocks(session, [row]))
+        self._write(lambda connection: insert_blocks(connection, [row]))
         return row[0]
 
     def append_block(
@@ -243,14 +242,14 @@ class DatabaseManager:
         index = check_index(block_index)
         encoded = encode_json(metadata, "metadata")
 
-        def replace(session: Session) -> bool:
-            found = session.execute(
+        def replace(connection: Connection) -> bool:
+            found = connection.execute(
                 select(blocks_table.c.block_index).where(blocks_table.c.block_index == index)
             ).first()
             if found is None:
                 return False
-            session.execute(delete(BlockMetadata).where(BlockMetadata.block_index == index))
-            session.execute(insert(BlockMetadata).values(block_index=index, json=encoded))
+            connection.execute(delete(metadata_table).where(metadata_table.c.block_index == index))
+            connection.execute(insert(metadata_table).values(block_index=index, metadata=encoded))
             return True
 
         return self._write(replace)
@@ -431,7 +430,7 @@ class DatabaseManager:
         memory_id = check_text(memory_data.get("id"), "id", allow_empty=False)
         timestamp = memory_data.get("timestamp")
 
-        def add(session: Session) -> str:
+        def add(connection: Connection) -> str:
             return self._short_term.add(
                 memory_id,
                 memory_data.get("content"),  # type: ignore[arg-type]  # checked by add()
@@ -455,15 +454,15 @@ class DatabaseManager:
 
     def delete_short_term_memory(self, memory_id: str) -> bool:
         """Delete one memory; True if it existed."""
-        return self._write(lambda session: self._short_term.delete(memory_id))
+        return self._write(lambda connection: self._short_term.delete(memory_id))
 
     def delete_expired_short_term_memories(self, ttl_seconds: float) -> int:
         """Delete memories older than ``ttl_seconds``; returns how many."""
-        return self._write(lambda session: self._short_term.expire(ttl_seconds))
+        return self._write(lambda connection: self._short_term.expire(ttl_seconds))
 
     def clear_short_term_memories(self) -> int:
         """Delete every memory; returns how many there were."""
-        return self._write(lambda session: self._short_term.clear())
+        return self._write(lambda connection: self._short_term.clear())
 
     # -- health -----------------------------------------------------------------------------
 

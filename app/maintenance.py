@@ -278,14 +278,15 @@ class _Importer:
     def _write_complete(self, batch: list[tuple[int, int, str, str, PreparedBlock]]) -> None:
         rows = [(index, digest, previous, block) for _, index, digest, previous, block in batch]
         try:
-            self.db.run(insert_blocks, rows)
+            self.db._run_writing(lambda connection: insert_blocks(connection, rows))
             self.result.kept += len(rows)
             return
         except errors.IntegrityViolationError:
             pass  # some index is taken: write them one by one to skip just those
         for number, index, digest, previous, block in batch:
+            row = (index, digest, previous, block)
             try:
-                self.db.run(insert_blocks, [(index, digest, previous, block)])
+                self.db._run_writing(lambda connection, row=row: insert_blocks(connection, [row]))
             except errors.IntegrityViolationError:
                 self.result.skip(number, "block index already present", str(index))
             else:

@@ -57,7 +57,11 @@ class Settings:
         check_schema: refuse to run on a schema older than the code (on by default).
         slow_wait_threshold: a writer that waits longer than this (seconds) for its turn
             is logged as a warning.
-        max_batch: most appends the group commit writes in one transaction.
+        max_batch: most appends the chain's group commit writes in one transaction.
+        max_units_per_commit: most write units that share one commit. A unit that ends
+            while other writers of the process wait for their turn leaves its transaction
+            open for them (each unit in its own SAVEPOINT) and returns once the last of them
+            commits; 1 commits every unit on its own.
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
@@ -82,6 +86,7 @@ class Settings:
     check_schema: bool = True
     slow_wait_threshold: float = 1.0
     max_batch: int = 512
+    max_units_per_commit: int = 32
     single_connection: bool = False
     echo: bool = False
     parsed_url: URL = field(init=False, repr=False, compare=False)
@@ -99,6 +104,7 @@ class Settings:
         ):
             _positive(self, name, getattr(self, name), minimum=0)
         _positive(self, "max_batch", self.max_batch, minimum=1)
+        _positive(self, "max_units_per_commit", self.max_units_per_commit, minimum=1)
         for name in ("mmap_size", "journal_size_limit"):
             value = getattr(self, name)
             if value is not None:
