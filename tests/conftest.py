@@ -95,9 +95,10 @@ def _postgres_schema_url(schema: str) -> str:
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend under test: 'sqlite' or 'postgres'."""
     if request.param == "postgres" and not postgres_url():
-        pytest.skip(
-            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/test)"
-        )
+        reason = f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://127.0.0.1/test)"
+        if os.environ.get("APP_REQUIRE_POSTGRES"):
+            pytest.fail(f"APP_REQUIRE_POSTGRES is set, but {reason}")
+        pytest.skip(reason)
     return str(request.param)
 
 
