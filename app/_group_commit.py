@@ -14,6 +14,7 @@ that caused it. Appends from other processes take turns through the database's w
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -78,8 +79,8 @@ class GroupCommitter(Generic[Item, Result]):
                 request.gate.acquire()
                 with self._mutex:
                     request.woken = False
-                    if request.done:
-                        self._waking -= 1
+                    if request.done:  # set by the leader's thread while we slept
+                        self._waking -= 1  # type: ignore[unreachable]
                     following, request.relay = request.relay, None
                     if following is not None:
                         self._wake(following)
@@ -134,7 +135,7 @@ class GroupCommitter(Generic[Item, Result]):
             for request in batch:
                 self._finish(request, error=exc)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the callers, who see it raised
             if len(batch) == 1:
                 self._finish(batch[0], error=exc)
             else:
@@ -150,7 +151,7 @@ class GroupCommitter(Generic[Item, Result]):
     def _commit_alone(self, request: _Request[Item, Result]) -> None:
         try:
             results = self._write(list(request.items))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, who sees it raised
             self._finish(request, error=exc)
         else:
             self._finish(request, results=results)
@@ -174,7 +175,7 @@ class GroupCommitter(Generic[Item, Result]):
         """
         with self._mutex:
             sleepers = [request for request in batch if not request.woken]
-            for current, following in zip(sleepers, sleepers[1:], strict=False):
+            for current, following in itertools.pairwise(sleepers):
                 current.relay = following
             if sleepers:
                 self._waking += len(sleepers)

@@ -48,11 +48,16 @@ def block_hash(index: int, timestamp: str, context: str, importance: float, prev
     a test holds the two byte-for-byte equal.
     """
     text = (
-        '{"block_index": ' + int.__repr__(index)
-        + ', "context": ' + _json_string(context)
-        + ', "importance": ' + _json_number(importance)
-        + ', "prev_hash": ' + _json_string(prev_hash)
-        + ', "timestamp": ' + _json_string(timestamp)
+        '{"block_index": '
+        + int.__repr__(index)
+        + ', "context": '
+        + _json_string(context)
+        + ', "importance": '
+        + _json_number(importance)
+        + ', "prev_hash": '
+        + _json_string(prev_hash)
+        + ', "timestamp": '
+        + _json_string(timestamp)
         + "}"
     )
     return hashlib.sha256(text.encode()).hexdigest()

@@ -12,8 +12,8 @@ import itertools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import MappingProxyType
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -395,7 +395,7 @@ class BlockStore:
                     if index != expected_index or prev_hash != previous:
                         return expected_index
                     if not _hash_matches(digest, index, timestamp, context, importance, prev_hash):
-                        return index
+                        return int(index)
                     expected_index, previous = index + 1, digest
                 if progress is not None:
                     progress(expected_index)
@@ -509,48 +509,54 @@ def _load_records(connection: Connection, indices: Sequence[int]) -> list[BlockR
     building ORM objects only to copy them into records would double its cost.
     """
     loaded: dict[int, BlockRecord] = {}
-    marker = placeholder(connection)
     # Bound the IN list: SQLite allows 32766 parameters, PostgreSQL 65535.
     for start in range(0, len(indices), 10000):
-        wanted = tuple(indices[start : start + 10000])
-        where = f"WHERE block_index IN ({', '.join([marker] * len(wanted))})"
-
-        def rows(columns: str, table: str, wanted: tuple[int, ...] = wanted) -> list[Any]:
-            return list(raw_execute(connection, f"SELECT {columns} FROM {table} {where}", wanted))
-
-        keywords: dict[int, list[str]] = {}
-        for index, keyword in rows("block_index, keyword", "block_keywords"):
-            keywords.setdefault(index, []).append(keyword)
-        tags: dict[int, list[str]] = {}
-        for index, tag in rows("block_index, tag", "block_tags"):
-            tags.setdefault(index, []).append(tag)
-        metadata = dict(rows("block_index, metadata", "block_metadata"))
-        embeddings = {
-            row[0]: row[1:]
-            for row in rows("block_index, embedding, embedding_dim, embedding_model",
-                            "block_embeddings")
-        }
-        for index, timestamp, context, importance, digest, previous in rows(
-            "block_index, timestamp, context, importance, hash, prev_hash", "blocks"
-        ):
-            stored = embeddings.get(index)
-            loaded[index] = BlockRecord(
-                block_index=index,
-                timestamp=timestamp,
-                context=context,
-                importance=importance,
-                hash=digest,
-                prev_hash=previous,
-                # Sorted in Python (code-point order, as the legacy class returned them on
-                # SQLite), so every backend agrees whatever its collation.
-                keywords=tuple(sorted(keywords.get(index, ()))),
-                tags=tuple(sorted(tags.get(index, ()))),
-                metadata=decode_json_object(metadata.get(index)),
-                embedding=None if stored is None else tuple(
-                    _decode_vector(bytes(stored[0]), stored[1]).tolist()),
-                embedding_model=None if stored is None else stored[2],
-            )
+        loaded.update(_load_chunk(connection, tuple(indices[start : start + 10000])))
     return [loaded[i] for i in indices if i in loaded]
+
+
+def _load_chunk(connection: Connection, wanted: tuple[int, ...]) -> dict[int, BlockRecord]:
+    where = f"WHERE block_index IN ({', '.join([placeholder(connection)] * len(wanted))})"
+
+    def rows(columns: str, table: str) -> list[Any]:
+        return list(raw_execute(connection, f"SELECT {columns} FROM {table} {where}", wanted))
+
+    keywords: dict[int, list[str]] = {}
+    for index, keyword in rows("block_index, keyword", "block_keywords"):
+        keywords.setdefault(index, []).append(keyword)
+    tags: dict[int, list[str]] = {}
+    for index, tag in rows("block_index, tag", "block_tags"):
+        tags.setdefault(index, []).append(tag)
+    metadata = dict(rows("block_index, metadata", "block_metadata"))
+    embeddings = {
+        row[0]: row[1:]
+        for row in rows(
+            "block_index, embedding, embedding_dim, embedding_model", "block_embeddings"
+        )
+    }
+    loaded = {}
+    for index, timestamp, context, importance, digest, previous in rows(
+        "block_index, timestamp, context, importance, hash, prev_hash", "blocks"
+    ):
+        stored = embeddings.get(index)
+        loaded[index] = BlockRecord(
+            block_index=index,
+            timestamp=timestamp,
+            context=context,
+            importance=importance,
+            hash=digest,
+            prev_hash=previous,
+            # Sorted in Python (code-point order, as the legacy class returned them on
+            # SQLite), so every backend agrees whatever its collation.
+            keywords=tuple(sorted(keywords.get(index, ()))),
+            tags=tuple(sorted(tags.get(index, ()))),
+            metadata=decode_json_object(metadata.get(index)),
+            embedding=None
+            if stored is None
+            else tuple(_decode_vector(bytes(stored[0]), stored[1]).tolist()),
+            embedding_model=None if stored is None else stored[2],
+        )
+    return loaded
 
 
 def _decode_vector(blob: bytes, dimension: int | None) -> np.ndarray[Any, Any]:

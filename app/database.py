@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -82,10 +82,9 @@ class _SessionCloser:
         self.session = session
 
     def __del__(self) -> None:
-        try:
+        # Nothing useful can be done about a failure at thread exit.
+        with suppress(Exception):
             self.session.close()
-        except Exception:  # noqa: BLE001 - nothing useful can be done at thread exit
-            pass
 
 
 class _ThreadSessions(ThreadLocalRegistry[Session]):
@@ -99,10 +98,8 @@ class _ThreadSessions(ThreadLocalRegistry[Session]):
 
     def clear(self) -> None:
         super().clear()
-        try:
+        with suppress(AttributeError):
             del self.registry.closer
-        except AttributeError:
-            pass
 
 
 class Database:
@@ -275,7 +272,7 @@ class Database:
             try:
                 with self._savepoint(group.connection, session, isolate=not first):
                     yield group.connection
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the turn is ended
                 failure = exc
                 group.spoiled = first
                 self._counters.add("rolled_back")
@@ -327,7 +324,7 @@ class Database:
             try:
                 raw_execute(connection, f"ROLLBACK TO SAVEPOINT {name}")
                 raw_execute(connection, f"RELEASE SAVEPOINT {name}")
-            except Exception:  # noqa: BLE001 - the database already ended the transaction
+            except Exception:
                 log.debug("rolling back %s failed", name, exc_info=True)
             raise
         raw_execute(connection, f"RELEASE SAVEPOINT {name}")
@@ -398,7 +395,7 @@ class Database:
         finally:
             try:
                 group.connection.close()
-            except Exception:  # noqa: BLE001 - the pool discards a broken connection
+            except Exception:
                 log.debug("closing a write connection failed", exc_info=True)
         self._counters.add("rolled_back" if error else "committed", group.units)
         group.finish(error)

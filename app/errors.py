@@ -62,7 +62,8 @@ class StorageFullError(AppError):
 
 
 class DatabaseUnavailableError(AppError):
-    """The database cannot be opened or reached (missing file or directory, I/O error, server down)."""
+    """The database cannot be opened or reached (missing file or directory, I/O error,
+    server down)."""
 
 
 class CorruptDatabaseError(AppError):

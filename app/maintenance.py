@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from . import errors
 from ._validate import PreparedBlock, prepare_block
 from .blocks import BlockStore, insert_blocks
@@ -285,8 +287,14 @@ class _Importer:
             pass  # some index is taken: write them one by one to skip just those
         for number, index, digest, previous, block in batch:
             row = (index, digest, previous, block)
+
+            def write_one(
+                connection: Connection, row: tuple[int, str, str, PreparedBlock] = row
+            ) -> None:
+                insert_blocks(connection, [row])
+
             try:
-                self.db._run_writing(lambda connection, row=row: insert_blocks(connection, [row]))
+                self.db._run_writing(write_one)
             except errors.IntegrityViolationError:
                 self.result.skip(number, "block index already present", str(index))
             else:

@@ -8,6 +8,8 @@ whose ``REAL`` is 4 bytes and would change the value that the block hash covers.
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import (
     REAL,
     ForeignKey,
@@ -15,11 +17,13 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -30,7 +34,7 @@ NAMING_CONVENTION = {
 }
 
 #: 8-byte float everywhere: SQLite REAL is already 8 bytes, PostgreSQL REAL is not.
-Importance = REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
+Importance: TypeEngine[float] = REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -127,12 +131,12 @@ class ShortTermMemory(Base):
     json: Mapped[str | None] = mapped_column("metadata", Text)
 
 
-blocks_table = Block.__table__
-keywords_table = BlockKeyword.__table__
-tags_table = BlockTag.__table__
-metadata_table = BlockMetadata.__table__
-embeddings_table = BlockEmbedding.__table__
-short_term_table = ShortTermMemory.__table__
+blocks_table = cast(Table, Block.__table__)
+keywords_table = cast(Table, BlockKeyword.__table__)
+tags_table = cast(Table, BlockTag.__table__)
+metadata_table = cast(Table, BlockMetadata.__table__)
+embeddings_table = cast(Table, BlockEmbedding.__table__)
+short_term_table = cast(Table, ShortTermMemory.__table__)
 
 #: The legacy tables, parents first.
 LEGACY_TABLES = (

@@ -201,7 +201,8 @@ def legacy_schema_differences(connection: Connection) -> list[str]:
         expected_pk = {c.name for c in table.primary_key.columns}
         if primary_key != expected_pk:
             problems.append(
-                f"table {name} has primary key {sorted(primary_key)}, expected {sorted(expected_pk)}"
+                f"table {name} has primary key {sorted(primary_key)}, "
+                f"expected {sorted(expected_pk)}"
             )
     return problems
 

@@ -168,7 +168,6 @@ def test_disposed_database_refuses_use(tmp_path: object) -> None:
 
 
 def test_context_manager_disposes() -> None:
-    with Database("sqlite://") as db:
-        with db.unit_of_work() as session:
-            session.execute(text("SELECT 1"))
+    with Database("sqlite://") as db, db.unit_of_work() as session:
+        session.execute(text("SELECT 1"))
     assert db.closed

@@ -1,0 +1,274 @@
+"""The block store: appends, every read, and refused inputs, on every backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from app import BlockStore, Database
+from app.errors import InvalidInputError, TransactionStateError
+
+
+def legacy_hash(index: int, timestamp: str, context: str, importance: float, prev: str) -> str:
+    payload = {
+        "block_index": index,
+        "timestamp": timestamp,
+        "context": context,
+        "importance": importance,
+        "prev_hash": prev,
+    }
+    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def table_counts(db: Database) -> dict[str, int]:
+    tables = (
+        "blocks",
+        "block_keywords",
+        "block_tags",
+        "block_metadata",
+        "block_embeddings",
+        "short_term_memories",
+    )
+    with db.read() as session:
+        return {t: session.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+
+
+@pytest.fixture
+def store(db: Database) -> BlockStore:
+    return BlockStore(db)
+
+
+def test_first_appends_start_the_chain(store: BlockStore) -> None:
+    first = store.append(
+        "hello",
+        keywords=["a", "b", "a"],
+        tags=["t"],
+        importance=0.5,
+        metadata={"k": [1, 2]},
+        embedding=[1.0, 2.0, 3.0],
+        timestamp="2026-01-01T10:00:00",
+    )
+    second = store.append("world", timestamp=datetime(2026, 1, 1, 11))
+    assert (first.block_index, first.prev_hash) == (0, "")
+    assert first.hash == legacy_hash(0, "2026-01-01T10:00:00", "hello", 0.5, "")
+    assert (second.block_index, second.prev_hash) == (1, first.hash)
+    assert second.timestamp == "2026-01-01T11:00:00"
+    assert second.hash == legacy_hash(1, "2026-01-01T11:00:00", "world", 0.0, first.hash)
+    assert first.keywords == ("a", "b")  # duplicates dropped
+    assert store.get(0) == first  # what append returned is what is stored
+    assert store.get(1) == second
+    assert store.head() == (1, second.hash)
+    assert store.count() == 2
+    assert store.verify_chain() is None
+
+
+def test_round_trip_of_every_field(store: BlockStore) -> None:
+    vector = np.linspace(-1, 1, 16, dtype=np.float32)
+    stored = store.append(
+        "컨텍스트 — context",
+        keywords=("키워드", "x"),
+        tags={"only"},
+        importance=0.75,
+        metadata={"nested": {"a": None}, "n": 1.5},
+        embedding=vector,
+        embedding_model="mini",
+    )
+    read = store.get(stored.block_index)
+    assert read is not None
+    assert read.context == "컨텍스트 — context"
+    assert read.keywords == ("x", "키워드")
+    assert read.tags == ("only",)
+    assert read.importance == 0.75
+    assert read.metadata == {"nested": {"a": None}, "n": 1.5}
+    assert read.embedding == tuple(vector.tolist())
+    assert read.embedding_model == "mini"
+    bare = store.append("bare")
+    assert store.get(bare.block_index) == bare
+    assert (bare.metadata, bare.embedding, bare.embedding_model) == ({}, None, None)
+    assert store.get(99) is None
+
+
+def _fill(store: BlockStore, count: int = 10) -> list[Any]:
+    start = datetime(2026, 3, 1)
+    return [
+        store.append(
+            f"note {i} about {'apples' if i % 2 else 'Pears'}",
+            keywords=[f"kw{i}", "Shared"],
+            tags=["even" if i % 2 == 0 else "odd"],
+            importance=(i % 5) / 4,
+            timestamp=start + timedelta(hours=i),
+            embedding=[1.0, float(i), 0.5],
+        )
+        for i in range(count)
+    ]
+
+
+def test_pages_sort_and_order(store: BlockStore) -> None:
+    blocks = _fill(store)
+    assert [b.block_index for b in store.page()] == list(range(10))
+    assert [b.block_index for b in store.page(2, 5)] == [2, 3, 4, 5]
+    assert [b.block_index for b in store.page(limit=3, offset=4)] == [4, 5, 6]
+    assert [b.block_index for b in store.page(order="desc", limit=2)] == [9, 8]
+    by_importance = store.page(sort_by="importance", order="desc")
+    assert [b.importance for b in by_importance] == sorted(
+        (b.importance for b in blocks), reverse=True
+    )
+    assert [b.block_index for b in store.recent(3)] == [9, 8, 7]
+
+
+def test_searches(store: BlockStore) -> None:
+    _fill(store)
+    assert [b.block_index for b in store.search_keywords(["pears"])] == [0, 2, 4, 6, 8]
+    assert [b.block_index for b in store.search_keywords(["KW3", "kw7"])] == [3, 7]
+    assert len(store.search_keywords(["shared"], limit=4)) == 4
+    assert store.search_keywords([]) == []
+    assert [b.block_index for b in store.search_tags(["odd"])] == [1, 3, 5, 7, 9]
+    window = store.date_range("2026-03-01T02:00:00", datetime(2026, 3, 1, 4))
+    assert [b.block_index for b in window] == [4, 3, 2]  # newest first
+    assert [b.block_index for b in store.since("2026-03-01T08:00:00")] == [9, 8]
+    important = store.by_importance(0.75)
+    assert sorted(b.block_index for b in important) == [3, 4, 8, 9]
+    assert important[0].importance == 1.0
+
+
+def test_like_wildcards_are_taken_literally(store: BlockStore) -> None:
+    store.append("100% sure", keywords=["a_b"])
+    store.append("1000 sure", keywords=["axb"])
+    assert [b.context for b in store.search_keywords(["0%"])] == ["100% sure"]
+    assert [b.keywords for b in store.search_keywords(["a_b"])] == [("a_b",)]
+
+
+def test_similar_returns_best_first(store: BlockStore) -> None:
+    store.append("x axis", embedding=[1.0, 0.0])
+    store.append("diagonal", embedding=[1.0, 1.0])
+    store.append("y axis", embedding=[0.0, 1.0])
+    store.append("no vector")
+    found = store.similar([1.0, 0.1], top_k=2)
+    assert [s.block.context for s in found] == ["x axis", "diagonal"]
+    assert found[0].similarity == pytest.approx(1 / np.sqrt(1.01), rel=1e-6)
+    assert [s.block.context for s in store.similar([0, 1], min_similarity=0.5)] == [
+        "y axis",
+        "diagonal",
+    ]
+    with pytest.raises(InvalidInputError, match="dimension 3"):
+        store.similar([1.0, 0.0, 0.0])
+    with pytest.raises(InvalidInputError, match="length zero"):
+        store.similar([0.0, 0.0])
+
+
+def test_verify_chain_finds_the_first_bad_index(db: Database, store: BlockStore) -> None:
+    _fill(store, 6)
+    assert store.verify_chain() is None
+    with db.unit_of_work() as session:
+        session.execute(text("UPDATE blocks SET context = 'tampered' WHERE block_index = 4"))
+    assert store.verify_chain() == 4
+    with db.unit_of_work() as session:
+        session.execute(text("UPDATE blocks SET prev_hash = 'x' WHERE block_index = 2"))
+    assert store.verify_chain() == 2
+
+
+def test_verify_chain_reports_progress(store: BlockStore) -> None:
+    _fill(store, 3)
+    seen: list[int] = []
+    assert store.verify_chain(progress=seen.append) is None
+    assert seen[-1] == 3
+
+
+BAD_APPENDS: list[tuple[dict[str, Any], str]] = [
+    ({"context": 42}, "context must be a string"),
+    ({"context": "x", "keywords": "not-a-list"}, "keywords must be a list"),
+    ({"context": "x", "keywords": ["ok", 7]}, r"keywords\[1\] must be a string"),
+    ({"context": "x", "tags": [None]}, r"tags\[0\] must be a string"),
+    ({"context": "x", "importance": float("nan")}, "importance must be finite"),
+    ({"context": "x", "importance": "high"}, "importance must be a number"),
+    ({"context": "x", "metadata": {"bad": {1, 2}}}, "metadata is not JSON"),
+    ({"context": "x", "metadata": {"nan": float("nan")}}, "metadata is not JSON"),
+    ({"context": "x", "metadata": ["list"]}, "metadata must be a dict"),
+    ({"context": "x", "embedding": [1.0, float("nan")]}, "NaN or infinite"),
+    ({"context": "x", "embedding": [[1.0], [2.0, 3.0]]}, "ragged"),
+    ({"context": "x", "embedding": []}, "must not be empty"),
+    ({"context": "x", "embedding": "1,2,3"}, "list, tuple or numpy array"),
+    ({"context": "x", "timestamp": "yesterday"}, "not an ISO-8601"),
+    ({"context": "nul\x00byte"}, "NUL character"),
+    ({"context": "lone \ud800 surrogate"}, "not valid Unicode"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), BAD_APPENDS)
+def test_bad_input_is_refused_and_nothing_is_written(
+    db: Database, store: BlockStore, arguments: dict[str, Any], message: str
+) -> None:
+    store.append("before")
+    before = table_counts(db)
+    arguments = dict(arguments)  # the parameter table is shared by both backends
+    context = arguments.pop("context")
+    with pytest.raises(InvalidInputError, match=message):
+        store.append(context, **arguments)
+    assert table_counts(db) == before
+    assert store.verify_chain() is None
+
+
+def test_bad_block_in_append_many_writes_nothing(db: Database, store: BlockStore) -> None:
+    with pytest.raises(InvalidInputError, match=r"blocks\[1\]"):
+        store.append_many([{"context": "ok"}, {"context": "bad", "importance": "x"}])
+    assert table_counts(db)["blocks"] == 0
+    written = store.append_many({"context": f"bulk {i}", "keywords": ["b"]} for i in range(5))
+    assert [b.block_index for b in written] == [0, 1, 2, 3, 4]
+    assert store.verify_chain() is None
+
+
+def test_bad_read_arguments(store: BlockStore) -> None:
+    with pytest.raises(InvalidInputError, match="sort_by must be one of"):
+        store.page(sort_by="hash; DROP TABLE blocks")
+    with pytest.raises(InvalidInputError, match="order must be"):
+        store.page(order="sideways")
+    with pytest.raises(InvalidInputError, match="limit must be"):
+        store.page(limit=-1)
+    with pytest.raises(InvalidInputError, match="block_index must be an integer"):
+        store.get("1")  # type: ignore[arg-type]
+
+
+def test_append_inside_a_unit_joins_it(db: Database, store: BlockStore) -> None:
+    with pytest.raises(RuntimeError), db.unit_of_work():
+        store.append("rolled back with its unit")
+        raise RuntimeError
+    assert store.count() == 0
+    with db.unit_of_work():
+        first = store.append("kept")
+        second = store.append("kept too")
+    assert (first.block_index, second.prev_hash) == (0, first.hash)
+    with pytest.raises(TransactionStateError), db.read():
+        store.append("not in a read unit")
+
+
+def test_short_term_memories(db: Database) -> None:
+    memories = BlockStore(db).short_term
+    now = datetime(2026, 5, 1, 12)
+    for i in range(5):
+        memories.add(
+            f"m{i}",
+            f"content {i}",
+            timestamp=now - timedelta(minutes=10 * i),
+            speaker="user" if i % 2 else None,
+            metadata={"i": i} if i else None,
+        )
+    assert [m.id for m in memories.recent(3)] == ["m0", "m1", "m2"]
+    found = memories.get("m1")
+    assert found is not None
+    assert (found.content, found.speaker, dict(found.metadata)) == ("content 1", "user", {"i": 1})
+    assert memories.get("m0").metadata == {}  # type: ignore[union-attr]
+    memories.add("m1", "replaced", timestamp=now)
+    assert memories.get("m1").content == "replaced"  # type: ignore[union-attr]
+    assert memories.delete("m4") is True
+    assert memories.delete("m4") is False
+    assert memories.expire(15 * 60, now=now) == 2  # m2 and m3: 20 and 30 minutes old
+    assert memories.count() == 2
+    assert memories.clear() == 2
+    assert memories.recent() == []

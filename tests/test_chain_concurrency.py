@@ -1,0 +1,138 @@
+"""Many threads and processes appending to one chain: one contiguous, linked chain."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+
+from app import BlockStore, Database
+from app.errors import IntegrityViolationError
+
+THREADS = 100
+APPENDS = 20
+
+
+def _run_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(count)
+
+    def runner(number: int) -> None:
+        try:
+            start.wait()
+            work(number)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def assert_intact_chain(db: Database, expected: int) -> None:
+    store = BlockStore(db)
+    with db.read() as session:
+        rows = session.execute(
+            text("SELECT block_index, hash, prev_hash FROM blocks ORDER BY block_index")
+        ).all()
+    assert [r[0] for r in rows] == list(range(expected))
+    assert all(rows[i][2] == rows[i - 1][1] for i in range(1, len(rows)))
+    assert rows[0][2] == ""
+    assert store.verify_chain() is None
+
+
+def test_hundred_threads_append_one_chain(db: Database) -> None:
+    store = BlockStore(db)
+    returned: list[int] = []
+
+    def work(number: int) -> None:
+        for i in range(APPENDS):
+            block = store.append(f"thread {number} block {i}", keywords=[f"t{number}"])
+            returned.append(block.block_index)
+
+    assert _run_threads(THREADS, work) == []
+    assert sorted(returned) == list(range(THREADS * APPENDS))
+    assert_intact_chain(db, THREADS * APPENDS)
+    with db.read() as session:
+        per_thread = session.execute(
+            text("SELECT keyword, count(*) FROM block_keywords GROUP BY keyword")
+        ).all()
+    assert sorted(n for _, n in per_thread) == [APPENDS] * THREADS
+    assert db.stats().connections_checked_out == 0
+
+
+def _process_worker(url: str, threads: int, appends: int, name: str) -> None:
+    db = Database(url)
+    store = BlockStore(db)
+    errors = _run_threads(
+        threads,
+        lambda n: [store.append(f"{name}-{n}-{i}", tags=[name]) for i in range(appends)],
+    )
+    db.dispose()
+    if errors:
+        raise SystemExit(f"{len(errors)} errors, first: {errors[0]!r}")
+
+
+def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_process_worker, args=(db_url, 25, APPENDS, f"p{k}"))
+        for k in range(4)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=240)
+    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    assert_intact_chain(db, 4 * 25 * APPENDS)
+    with db.read() as session:
+        tags = dict(
+            session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()
+        )
+    assert tags == {f"p{k}": 25 * APPENDS for k in range(4)}
+
+
+POISON_TRIGGERS: dict[str, list[str]] = {
+    "sqlite": [
+        "CREATE TRIGGER poison BEFORE INSERT ON blocks WHEN NEW.context = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'poisoned block'); END"
+    ],
+    "postgres": [
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.context = 'poison' THEN RAISE EXCEPTION 'poisoned block' "
+        "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER poison BEFORE INSERT ON blocks FOR EACH ROW EXECUTE FUNCTION poison()",
+    ],
+}
+
+
+def test_a_database_error_fails_only_the_guilty_append(db: Database, backend: str) -> None:
+    """The group commit retries a failed batch append by append, so neighbours succeed."""
+    with db.unit_of_work() as session:
+        for statement in POISON_TRIGGERS[backend]:
+            session.execute(text(statement))
+    store = BlockStore(db)
+    failures: list[tuple[int, int, Any]] = []
+    lock = threading.Lock()
+
+    def work(number: int) -> None:
+        for i in range(10):
+            context = "poison" if (number, i) == (0, 5) else f"{number}-{i}"
+            try:
+                store.append(context)
+            except IntegrityViolationError as exc:
+                with lock:
+                    failures.append((number, i, exc))
+
+    assert _run_threads(50, work) == []
+    assert [(n, i) for n, i, _ in failures] == [(0, 5)]
+    assert "poisoned block" in str(failures[0][2])
+    assert_intact_chain(db, 499)
