@@ -272,3 +272,26 @@ def test_short_term_memories(db: Database) -> None:
     assert memories.count() == 2
     assert memories.clear() == 2
     assert memories.recent() == []
+
+
+def test_orm_page_loads_children_without_n_plus_one(db: Database, store: BlockStore) -> None:
+    from sqlalchemy import event, select
+
+    from app.models import Block
+
+    _fill(store, 30)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        with db.read() as session:
+            page = session.scalars(select(Block).order_by(Block.block_index).limit(25)).all()
+            seen = [(b.keywords[0].keyword, b.tags[0].tag, b.embedding is not None) for b in page]
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert len(seen) == 25
+    queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(queries) == 5  # blocks, then one query per child table, whatever the page size
