@@ -7,11 +7,16 @@ the same.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import re
+import select
 import sqlite3
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
@@ -49,7 +54,7 @@ def build_engine(settings: Settings) -> Engine:
         _install_sqlite_hooks(engine, settings)
     else:
         engine = _server_engine(settings)
-        _install_postgres_hooks(engine)
+        _install_postgres_hooks(engine, settings)
     _install_common_hooks(engine, settings)
     return engine
 
@@ -90,6 +95,8 @@ def _sqlite_engine(settings: Settings) -> Engine:
 
 
 def _server_engine(settings: Settings) -> Engine:
+    # pool_pre_ping is honoured by the checkout hook of _install_postgres_hooks, which skips
+    # the round trip when the connection's socket shows that the server has not closed it.
     return create_engine(
         settings.parsed_url,
         poolclass=QueuePool,
@@ -97,7 +104,6 @@ def _server_engine(settings: Settings) -> Engine:
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         pool_recycle=settings.pool_recycle,
-        pool_pre_ping=settings.pool_pre_ping,
         echo=settings.echo,
     )
 
@@ -242,17 +248,90 @@ def _sqlite_pragmas(settings: Settings) -> list[str]:
     return statements
 
 
-def _install_postgres_hooks(engine: Engine) -> None:
+def _install_postgres_hooks(engine: Engine, settings: Settings) -> None:
+    """PostgreSQL: the layer begins each transaction itself, and write units take turns.
+
+    Write units take a transaction-level advisory lock (``pg_advisory_xact_lock``) as
+    their first statement, rather than locking a chain-head row. What has to be serialised
+    is every write unit, not only the chain append: code written for SQLite (``db.run``
+    read-modify-write units, the legacy ``transaction()`` pattern, migrations) relies on one
+    writer at a time. The advisory lock gives that without a schema change and without a
+    hot row rewritten by every append (a dead tuple and WAL each time). It is always the
+    unit's first lock, so it cannot deadlock with row locks taken later, and the server
+    releases it at COMMIT or ROLLBACK, or when the session dies, so a crashed process never
+    leaves it held. Write units run at READ COMMITTED: every statement after the lock sees
+    the previous writer's commit, which makes "read the head, append the next block" atomic
+    across processes (a REPEATABLE READ snapshot would be taken before the lock was
+    granted). As on SQLite, writers of one database take turns even when they touch
+    unrelated rows; the key is per database, so schemas of one database share it.
+    """
+    # BEGIN with the unit's isolation level or write lock in one simple query: one round
+    # trip where psycopg's implicit BEGIN followed by our statement took two.
+    write_begin = f"BEGIN; SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})"
+    read_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Hand BEGIN over to the layer, as on SQLite. COMMIT and ROLLBACK keep working:
+        # psycopg sends them whenever the server reports an open transaction.
+        dbapi_connection.autocommit = True
+
+    if settings.pool_pre_ping:
+
+        @event.listens_for(engine, "checkout")
+        def _pre_ping(
+            dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+        ) -> None:
+            if record.info.get("pid") != os.getpid():
+                return  # inherited through fork(): the common hook replaces it, unused
+            if _quiet(dbapi_connection):
+                return
+            try:
+                dbapi_connection.execute(";")
+            except Exception as exc:  # any failure at all means: use a new connection
+                raise DisconnectionError(f"connection failed its ping: {exc}") from exc
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        unit = conn.get_execution_options().get(UNIT_OPTION)
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        unit = options.get(UNIT_OPTION)
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        if not dbapi_connection.autocommit:
+            # An isolation level set through SQLAlchemy turned autocommit off: psycopg
+            # sends BEGIN itself before the first statement.
+            if unit == "write":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK_KEY,))
+            elif unit in ("read", "snapshot"):
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return
         if unit == "write":
-            # One write unit at a time across every process, like SQLite's write lock;
-            # released by COMMIT/ROLLBACK or when the session ends, so a crash cannot leak it.
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK_KEY,))
+            # One write unit at a time across every process, like SQLite's write lock.
+            conn.exec_driver_sql(write_begin)
         elif unit in ("read", "snapshot"):
             # One stable snapshot for the whole unit, and writes refused by the server.
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.exec_driver_sql(read_begin)
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _quiet(dbapi_connection: Any) -> bool:
+    """True when an idle psycopg connection is certainly still open, without a round trip.
+
+    A server that ends a session (restart, ``idle_session_timeout``, ``pg_terminate_backend``)
+    sends an error and closes the socket, so an idle connection with nothing to read has
+    not been closed by the server; anything else is left to a real ping. A connection cut
+    off without a word (a dead network) fails the same way as a ping would: on first use.
+    """
+    try:
+        if dbapi_connection.closed or dbapi_connection.info.transaction_status != 0:
+            return False
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except Exception:  # noqa: BLE001 - no poll() on this platform, or a broken connection
+        return False
 
 
 def _install_common_hooks(engine: Engine, settings: Settings) -> None:
@@ -293,17 +372,66 @@ def raw_execute(connection: Connection, statement: str, parameters: Any = None) 
     ``handle_error`` hook translates them for every other statement.
     """
     dbapi_connection: Any = connection.connection.dbapi_connection
-    if parameters is None and connection.dialect.name == "sqlite":
-        parameters = ()
+    dbapi = connection.dialect.loaded_dbapi
     try:
-        return dbapi_connection.execute(statement, parameters)
-    except connection.dialect.loaded_dbapi.Error as exc:
-        read_unit = connection.get_execution_options().get(UNIT_OPTION) == "read"
-        database = connection.engine.url.render_as_string(hide_password=True)
-        translated = errors.translate(exc, database=database, read_unit=read_unit)
-        if translated is None:
-            raise
-        raise translated from exc
+        if connection.dialect.name == "sqlite":
+            return dbapi_connection.execute(statement, () if parameters is None else parameters)
+        if parameters is None:
+            return dbapi_connection.execute(statement)
+        # psycopg caches its parsing of %s markers only for statements of up to 50
+        # parameters, and the chain's multi-row inserts have hundreds: send PostgreSQL's own
+        # $n markers (converted once per statement) on a raw cursor, which parses nothing.
+        return dbapi.RawCursor(dbapi_connection).execute(_numbered(statement), parameters)
+    except dbapi.Error as exc:
+        _raise_translated(connection, exc)
+
+
+def _raise_translated(connection: Connection, exc: Exception) -> NoReturn:
+    read_unit = connection.get_execution_options().get(UNIT_OPTION) == "read"
+    database = connection.engine.url.render_as_string(hide_password=True)
+    translated = errors.translate(exc, database=database, read_unit=read_unit)
+    if translated is None:
+        raise exc
+    raise translated from exc
+
+
+_MARKER = re.compile(r"%([s%])")
+
+
+@functools.lru_cache(maxsize=1024)
+def _numbered(statement: str) -> str:
+    """``statement`` with its ``%s`` markers as ``$1, $2, ...`` and ``%%`` as ``%``."""
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match[1] == "%":
+            return "%"
+        count += 1
+        return f"${count}"
+
+    return _MARKER.sub(number, statement)
+
+
+@contextmanager
+def pipeline(connection: Connection) -> Iterator[None]:
+    """Send the statements run inside the block together and wait once for all of them.
+
+    On PostgreSQL this is psycopg's pipeline mode: one round trip instead of one per
+    statement. Statements inside must not read results; an error is raised (translated)
+    at the latest when the block ends, and the statements after it are skipped. Nothing
+    changes on SQLite, whose statements run in-process.
+    """
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    if connection.dialect.name == "sqlite" or not hasattr(dbapi_connection, "pipeline"):
+        yield
+        return
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        with dbapi_connection.pipeline():
+            yield
+    except dbapi.Error as exc:
+        _raise_translated(connection, exc)
 
 
 def placeholder(connection: Connection) -> str:
