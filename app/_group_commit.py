@@ -33,7 +33,7 @@ Result = TypeVar("Result")
 
 
 class _Request(Generic[Item, Result]):
-    __slots__ = ("done", "error", "gate", "items", "relay", "results", "woken")
+    __slots__ = ("done", "error", "gate", "in_relay", "items", "relay", "results", "woken")
 
     def __init__(self, items: Sequence[Item]) -> None:
         self.items = items
@@ -42,6 +42,7 @@ class _Request(Generic[Item, Result]):
         self.done = False
         self.woken = False  # gate released for this wait (guarded by the writer's mutex)
         self.relay: _Request[Item, Result] | None = None  # the caller to wake after this one
+        self.in_relay = False  # counted in the committer's _waking (guarded by its mutex)
         self.gate = threading.Lock()
         self.gate.acquire()
 
@@ -79,11 +80,15 @@ class GroupCommitter(Generic[Item, Result]):
                 request.gate.acquire()
                 with self._mutex:
                     request.woken = False
-                    if request.done:  # set by the leader's thread while we slept
-                        self._waking -= 1  # type: ignore[unreachable]
-                    following, request.relay = request.relay, None
-                    if following is not None:
-                        self._wake(following)
+                    self._pass_on(request)
+        with self._mutex:
+            # The loop may end without sleeping again: a caller woken to try leading can
+            # find its append already written by another leader, which may have made it a
+            # link of its batch's wake-up chain (or is about to). Marking it awake keeps it
+            # out of a chain still to be built; passing on wakes the rest of one already
+            # built. Otherwise the callers after it would sleep for ever.
+            request.woken = True
+            self._pass_on(request)
         if request.error is not None:
             raise request.error
         return request.results
@@ -177,9 +182,21 @@ class GroupCommitter(Generic[Item, Result]):
             sleepers = [request for request in batch if not request.woken]
             for current, following in itertools.pairwise(sleepers):
                 current.relay = following
+            for sleeper in sleepers:
+                sleeper.in_relay = True
             if sleepers:
                 self._waking += len(sleepers)
                 self._wake(sleepers[0])
+
+    def _pass_on(self, request: _Request[Item, Result]) -> None:
+        """Called with the mutex held by a caller that is awake: take it out of the wake-up
+        count and wake the next caller of its chain."""
+        if request.in_relay:
+            request.in_relay = False
+            self._waking -= 1
+        following, request.relay = request.relay, None
+        if following is not None:
+            self._wake(following)
 
     def _wake(self, request: _Request[Item, Result]) -> None:
         # Called with the mutex held.
