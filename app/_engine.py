@@ -175,6 +175,21 @@ def _check_existing_file(target: str) -> None:
 def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
     pragmas = _sqlite_pragmas(settings)
     file_database = not settings.is_memory
+    path = settings.sqlite_path
+
+    if path is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _refuse_missing_file(*args: Any) -> None:
+            # The file was created (or found) when the engine was built. If it is gone now,
+            # SQLite would quietly create an empty database in its place and later writes
+            # would land there, or fail on missing tables: say what happened instead.
+            if not os.path.exists(path):
+                raise errors.DatabaseUnavailableError(
+                    f"{settings.safe_url()}: the database file {os.path.abspath(path)} was "
+                    "removed (or its directory was) while the database was open; restore it "
+                    "from a backup and open the Database again"
+                )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
@@ -199,6 +214,8 @@ def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
                 cursor.execute(statement)
         finally:
             cursor.close()
+        if path is not None:
+            record.info["file_id"] = _file_id(path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -209,6 +226,8 @@ def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             _record_info(conn)["busy_override"] = True
         unit = options.get(UNIT_OPTION)
         if unit == "write":
+            if path is not None:
+                _check_same_file(_record_info(conn).get("file_id"), path, settings)
             # Take the write lock now: a DEFERRED transaction that reads and then writes
             # can fail with SQLITE_BUSY at once, without waiting (see architecture notes).
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -227,6 +246,36 @@ def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             dbapi_connection.execute("PRAGMA query_only = OFF")
         if record.info.pop("busy_override", False):
             dbapi_connection.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _check_same_file(opened: tuple[int, int] | None, path: str, settings: Settings) -> None:
+    """Refuse a write when the file at ``path`` is no longer the one the connection opened.
+
+    A connection keeps writing to the file it opened even after that file was deleted,
+    its directory removed or another file moved over it: every commit would succeed and be
+    lost. One ``stat`` per write transaction turns that into an error.
+    """
+    current = _file_id(path)
+    if current is None:
+        raise errors.DatabaseUnavailableError(
+            f"{settings.safe_url()}: the database file {os.path.abspath(path)} was removed "
+            "(or its directory was) while the database was open; the write was refused. "
+            "Restore the file from a backup and open the Database again"
+        )
+    if opened is not None and current != opened:
+        raise errors.DatabaseUnavailableError(
+            f"{settings.safe_url()}: the database file {os.path.abspath(path)} was replaced "
+            "by another file while the database was open; the write was refused. Open the "
+            "Database again to use the new file (run `app doctor` on it first)"
+        )
 
 
 def _sqlite_pragmas(settings: Settings) -> list[str]:
