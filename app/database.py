@@ -34,6 +34,18 @@ _WRITE = "write"
 _READ = "read"
 _SNAPSHOT = "snapshot"
 
+#: ``PRAGMA wal_checkpoint`` modes, mildest first (see :meth:`Database.checkpoint`).
+CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
+
+# Bounding the WAL (see Database._bound_wal). Below SQLite's own checkpoint size (1000 pages
+# of 4 KiB) its automatic checkpoints suffice. The wait for readers is short because writers
+# of the process wait for it too; after a failure, a long snapshot is the likely cause.
+_WAL_FLOOR = 4 * 1024 * 1024
+_WAL_WAIT_MS = 100
+_WAL_RETRY_FIRST, _WAL_RETRY_MAX = 0.1, 2.0
+# Longest a new read snapshot waits for such a checkpoint (copying a large WAL takes time).
+_READER_HOLD_MAX = 1.0
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -130,6 +142,9 @@ class Database:
         # on it, reads included.
         self._exclusive = self.settings.is_memory or self.settings.single_connection
         self._counters = _Counters()
+        self._wal_path = _wal_to_bound(self.settings)
+        self._wal_retry_at = 0.0
+        self._wal_retry_pause = _WAL_RETRY_FIRST
         # A write unit binds the thread's Session to the process's shared write connection,
         # where it opens a SAVEPOINT (see _write_group); a read unit binds it to the engine.
         self._factory = sessionmaker(
@@ -193,6 +208,9 @@ class Database:
         self._per_process: dict[str, Any] = {}
         # The write transaction shared by successive units; touched only by the lock holder.
         self._group: WriteGroup | None = None
+        # Cleared while a checkpoint empties the WAL: new snapshots wait (see _bound_wal).
+        self._readers_may_start = threading.Event()
+        self._readers_may_start.set()
         self.session.registry = _ThreadSessions(self._factory)
 
     def _after_fork_in_child(self) -> None:
@@ -383,6 +401,7 @@ class Database:
         try:
             if commit and group.units:
                 group.connection.commit()
+                self._bound_wal(group.connection)
             else:
                 group.connection.rollback()
                 if group.units:
@@ -401,6 +420,49 @@ class Database:
         group.finish(error)
         return error
 
+    def _bound_wal(self, connection: Connection) -> None:
+        """Empty the WAL when it has grown past half of ``journal_size_limit`` (called after
+        a commit, in the writer's turn). Never raises: the units are committed already.
+
+        SQLite's automatic checkpoints copy the WAL into the database file, but the file
+        starts over (and is cut back to ``journal_size_limit``) only at a moment when no
+        reader is using it. Under a steady stream of readers that moment never comes and
+        the WAL grows for as long as they run. A TRUNCATE checkpoint waits a little for the
+        snapshots in progress and empties it; meanwhile this process's new snapshots wait
+        (new readers would otherwise keep joining the old snapshots and starve it). A long
+        read snapshot makes it give up; it is then tried again after a pause that doubles
+        with each failure, so a pinned WAL costs readers and writers little.
+        """
+        limit = self.settings.journal_size_limit
+        if self._wal_path is None or limit is None:
+            return
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            return
+        now = time.monotonic()
+        if size <= max(limit // 2, _WAL_FLOOR) or now < self._wal_retry_at:
+            return
+        busy = 1
+        self._readers_may_start.clear()
+        try:
+            raw = connection.connection.dbapi_connection
+            assert raw is not None
+            raw.execute(f"PRAGMA busy_timeout = {_WAL_WAIT_MS}")
+            try:
+                busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout * 1000)}")
+        except Exception:
+            log.debug("checkpoint of %s failed", self.url, exc_info=True)
+        finally:
+            self._readers_may_start.set()
+        if busy:
+            self._wal_retry_at = now + self._wal_retry_pause
+            self._wal_retry_pause = min(2 * self._wal_retry_pause, _WAL_RETRY_MAX)
+        else:
+            self._wal_retry_pause = _WAL_RETRY_FIRST
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         """One read unit: a snapshot that never takes or waits for the write lock.
@@ -415,6 +477,8 @@ class Database:
             yield session
             return
         self._end_stray_transaction(session)
+        if not self._readers_may_start.is_set():
+            self._readers_may_start.wait(_READER_HOLD_MAX)  # see _bound_wal
         if self._exclusive:
             self._take_turn(time.monotonic() + self.settings.retry_deadline)
         self._local.mode = _READ
@@ -458,6 +522,8 @@ class Database:
             own = getattr(local, "read_connection", None)
             yield own if own is not None else self.session().connection()
             return
+        if not self._readers_may_start.is_set():
+            self._readers_may_start.wait(_READER_HOLD_MAX)  # see _bound_wal
         if self._exclusive:
             self._take_turn(time.monotonic() + self.settings.retry_deadline)
         local.mode = _READ
@@ -551,6 +617,57 @@ class Database:
             )
         session.commit()
 
+    # -- maintenance ----------------------------------------------------------------------
+
+    def checkpoint(self, mode: str = "passive") -> tuple[int, int, int]:
+        """Copy the WAL's pages into the database file (SQLite's ``PRAGMA wal_checkpoint``).
+
+        ``passive`` never waits. ``full``, ``restart`` and ``truncate`` first take this
+        process's write turn (and commit the write group in progress), so they never wait
+        for the process's own writers, then wait up to ``busy_timeout`` for other processes'
+        writers and, for ``restart`` and ``truncate``, for readers still using the WAL.
+        ``restart`` and ``truncate`` let the next writer start the WAL from its beginning,
+        which is when the file is cut back to ``journal_size_limit`` (``truncate``: to zero).
+
+        Returns:
+            SQLite's triple ``(busy, log, checkpointed)``: 1 if the checkpoint could not
+            finish, the WAL's frames, and how many of them are now in the database file
+            (``log`` and ``checkpointed`` are -1 when the database is not in WAL mode).
+
+        Raises:
+            InvalidInputError: an unknown mode.
+            ConfigurationError: not a SQLite database.
+            TransactionStateError: called inside a unit (it would wait for that unit).
+        """
+        self._check_open()
+        name = mode.lower() if isinstance(mode, str) else ""
+        if name not in CHECKPOINT_MODES:
+            raise errors.InvalidInputError(
+                f"checkpoint mode must be one of {', '.join(CHECKPOINT_MODES)}; got {mode!r}"
+            )
+        if not self.settings.is_sqlite:
+            raise errors.ConfigurationError(f"checkpoints are a SQLite feature; {self.url} is not")
+        if getattr(self._local, "mode", None) is not None:
+            raise errors.TransactionStateError(
+                "cannot checkpoint inside a unit of work: it would wait for the unit itself"
+            )
+        take_turn = name != "passive" or self._exclusive
+        if take_turn:
+            self._take_turn(time.monotonic() + self.settings.retry_deadline)
+        try:
+            if take_turn and self._group is not None:
+                # A write group handed to us stays open (and holds SQLite's write lock)
+                # until someone commits it: do so, or the checkpoint would wait for it.
+                group, self._group = self._group, None
+                self._close_group(group, commit=group.transaction_alive())
+            with self._connect() as connection:
+                # The mode comes from the fixed list above, never from the caller's text.
+                row = raw_execute(connection, f"PRAGMA wal_checkpoint({name.upper()})").fetchone()
+        finally:
+            if take_turn:
+                self._write_lock.release()
+        return int(row[0]), int(row[1]), int(row[2])
+
     # -- observability --------------------------------------------------------------------
 
     def stats(self) -> Stats:
@@ -588,6 +705,14 @@ def _refuse_flush_in_read_unit(session: Session, *args: Any) -> None:
             "objects were added, changed or deleted inside a read unit; "
             "use Database.unit_of_work() or Database.run() for writes"
         )
+
+
+def _wal_to_bound(settings: Settings) -> str | None:
+    """The WAL file whose size the layer keeps in check, or None."""
+    path = settings.sqlite_path
+    if path is None or settings.journal_mode != "wal" or settings.single_connection:
+        return None
+    return path + "-wal"
 
 
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()

@@ -21,9 +21,8 @@ from sqlalchemy.engine import Connection
 from . import errors
 from ._validate import PreparedBlock, prepare_block
 from .blocks import BlockStore, insert_blocks
-from .database import Database
+from .database import CHECKPOINT_MODES, Database
 
-CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
 _IMPORT_BATCH = 500
 
 
@@ -174,9 +173,7 @@ def checkpoint(db: Database, mode: str = "passive") -> CheckpointResult:
         )
     wal = _sqlite_file(db, "checkpoint") + "-wal"
     before = _size(wal)
-    with _raw_connection(db) as conn:
-        # The mode comes from the fixed list above, never from free text.
-        busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode.upper()})").fetchone()
+    busy, frames, done = db.checkpoint(mode)
     return CheckpointResult(mode.lower(), bool(busy), frames, done, before, _size(wal))
 
 
