@@ -546,12 +546,13 @@ def backup(options: Options, dest: str, force: bool) -> None:
     from .database import Database
     from .maintenance import backup as run_backup
 
+    _refuse_missing_file(options.url)
     with Database(options.url) as database:
         result = run_backup(database, dest, overwrite=force)
         url = database.url
     click.echo(
         f"backed up {url} to {result.path}: {result.blocks:,} blocks, "
-        f"{result.size / 1024 / 1024:.2f} MiB, mode 0600, in {result.seconds:.2f}s"
+        f"{result.size / 1024 / 1024:.2f} MiB, mode {result.mode:04o}, in {result.seconds:.2f}s"
     )
 
 
@@ -570,6 +571,7 @@ def checkpoint(options: Options, mode: str) -> None:
     from .database import Database
     from .maintenance import checkpoint as run_checkpoint
 
+    _refuse_missing_file(options.url)
     with Database(options.url) as database:
         result = run_checkpoint(database, mode)
         url = database.url
@@ -584,6 +586,21 @@ def checkpoint(options: Options, mode: str) -> None:
         click.echo(
             "not complete: a reader or writer was in the way; run it again when the "
             "database is quieter (or use --mode truncate to wait for them)"
+        )
+
+
+def _refuse_missing_file(url: str | None) -> None:
+    """Maintenance works on an existing database. Opening a missing one would create it
+    empty, and a backup of that could replace the last good one (``--force``)."""
+    import os
+
+    from .settings import Settings
+
+    path = Settings.resolve(url).sqlite_path
+    if path is not None and not os.path.exists(path):
+        raise errors.DatabaseUnavailableError(
+            f"{os.path.abspath(path)} does not exist (maintenance commands never create a "
+            "database): check --url / APP_DATABASE_URL"
         )
 
 
