@@ -60,22 +60,24 @@ def _size(path: str) -> int:
 
 @dataclass(frozen=True)
 class BackupResult:
-    """A finished backup: where it is, its size, how many blocks it holds, how long it took."""
+    """A finished backup: where it is, its size, how many blocks it holds, how long it took,
+    and its permission bits."""
 
     path: str
     size: int
     blocks: int
     seconds: float
+    mode: int = 0o600
 
 
 def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
     """Copy the database to ``dest`` while writers keep running, as one consistent snapshot.
 
     The copy is made with SQLite's online backup API in a single step (one read snapshot, so
-    writers in WAL mode are never blocked and never restart it), into a file created
-    owner-readable only (0600), checked with ``quick_check``, switched to a self-contained
-    rollback journal, and moved into place atomically: a failed backup leaves nothing at
-    ``dest``.
+    writers in WAL mode are never blocked and never restart it), into a file created with
+    the database's ``file_mode`` (owner only, 0600, unless set otherwise), checked with
+    ``quick_check``, switched to a self-contained rollback journal, and moved into place
+    atomically: a failed backup leaves nothing at ``dest``.
 
     Raises:
         ConfigurationError: not a SQLite file, ``dest`` exists (without ``overwrite``) or is
@@ -91,16 +93,18 @@ def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
     if os.path.exists(target) and not overwrite:
         raise errors.ConfigurationError(f"{target} already exists; choose another path or --force")
     partial = f"{target}.partial-{os.getpid()}"
+    # A copy holds the same data as the database, so it gets the same (owner-only) bits.
+    mode = db.settings.file_mode
     started = time.monotonic()
     try:
-        fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
     except OSError as exc:
         raise errors.ConfigurationError(
             f"cannot create {partial} ({exc.strerror}); check that the directory exists and "
             "is writable"
         ) from exc
     try:
-        os.fchmod(fd, 0o600)  # exact bits, whatever the umask
+        os.fchmod(fd, mode)  # exact bits, whatever the umask
         os.close(fd)
         copy = sqlite3.connect(partial, isolation_level=None)
         try:
@@ -122,7 +126,7 @@ def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
             with contextlib.suppress(OSError):
                 os.remove(leftover)
         raise
-    return BackupResult(target, _size(target), blocks, time.monotonic() - started)
+    return BackupResult(target, _size(target), blocks, time.monotonic() - started, mode)
 
 
 def _count_blocks(conn: sqlite3.Connection) -> int:
