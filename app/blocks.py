@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Select, Table, func, select, union
+from sqlalchemy import Select, Table, Text, func, literal, select, union
 from sqlalchemy.engine import Connection
 
 from . import errors
@@ -237,13 +237,20 @@ class BlockStore:
 
     def search_keywords(self, keywords: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
         """Blocks whose keywords or context contain any of ``keywords`` (case-insensitive
-        substring match, ``%`` and ``_`` taken literally), lowest index first."""
+        substring match, ``%`` and ``_`` taken literally), lowest index first.
+
+        Case is folded by the database's ``lower()`` on both sides: ASCII letters only on
+        SQLite (as the legacy class's LIKE did), all letters on PostgreSQL. A word always
+        finds itself, whatever its letters.
+        """
         words = [w for w in check_words(keywords, "keywords") if w]
         if not words:
             return []
         matches: list[Select[Any]] = []
         for word in words:
-            pattern = "%" + _escape_like(word.lower()) + "%"
+            # Folding the pattern in Python would not match SQLite's ASCII-only lower():
+            # "Über" would then look for "über" in "Über" and miss its own keyword.
+            pattern = func.lower(literal("%" + _escape_like(word) + "%", Text()))
             matches.append(
                 select(keywords_table.c.block_index).where(
                     func.lower(keywords_table.c.keyword).like(pattern, escape="\\")
