@@ -117,8 +117,11 @@ def check_number(value: Any, what: str) -> float:
 
 
 def check_limit(value: Any, what: str = "limit") -> int:
+    # Capped at SQL's 64-bit integers: a larger Python int would fail in the driver instead.
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise InvalidInputError(f"{what} must be an integer >= 0, got {value!r}")
+    if value >= 2**63:
+        raise InvalidInputError(f"{what} must be below 2**63, got {value}")
     return int(value)
 
 
@@ -153,6 +156,8 @@ def encode_json(value: Any, what: str) -> str:
         text = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what} is nested too deeply to be stored as JSON") from None
     return check_text(text, what)
 
 

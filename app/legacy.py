@@ -262,7 +262,14 @@ class DatabaseManager:
 
         Returns:
             How many blocks were imported; 0 when the file does not exist.
+
+        Raises:
+            InvalidInputError: the path is not a str or path object.
         """
+        if not isinstance(block_file_path, str | os.PathLike):
+            raise errors.InvalidInputError(
+                f"block_file_path must be a path, got {type(block_file_path).__name__}"
+            )
         if not os.path.exists(block_file_path):
             log.warning("%s does not exist: nothing to migrate", block_file_path)
             return 0

@@ -85,7 +85,13 @@ class ShortTermMemories:
     def expire(self, ttl_seconds: float, *, now: datetime | None = None) -> int:
         """Delete memories stamped more than ``ttl_seconds`` before ``now``; returns how many."""
         ttl = check_number(ttl_seconds, "ttl_seconds")
-        cutoff = ((now or datetime.now()) - timedelta(seconds=ttl)).isoformat()
+        moment = now or datetime.now()
+        try:
+            cutoff = (moment - timedelta(seconds=ttl)).isoformat()
+        except OverflowError:
+            # Beyond the calendar: nothing is that old (or, for a huge negative TTL,
+            # everything is).
+            cutoff = (datetime.min if ttl > 0 else datetime.max).isoformat()
         stmt = delete(short_term_table).where(short_term_table.c.timestamp < cutoff)
         with self.db.unit_of_work() as session:
             return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
