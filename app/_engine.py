@@ -313,10 +313,15 @@ def _install_postgres_hooks(engine: Engine, settings: Settings) -> None:
     across processes (a REPEATABLE READ snapshot would be taken before the lock was
     granted). As on SQLite, writers of one database take turns even when they touch
     unrelated rows; the key is per database, so schemas of one database share it.
+
+    A writer waits for the lock at most ``busy_timeout`` (``lock_timeout`` for that one
+    statement), as SQLite's busy handler does, so ``Database.run`` can retry and give up at
+    its deadline instead of waiting for ever behind a stuck writer.
     """
     # BEGIN with the unit's isolation level or write lock in one simple query: one round
     # trip where psycopg's implicit BEGIN followed by our statement took two.
-    write_begin = f"BEGIN; SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})"
+    lock = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})"
+    default_wait_ms = _lock_timeout_ms(settings.busy_timeout * 1000)
     read_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
     @event.listens_for(engine, "connect")
@@ -346,23 +351,33 @@ def _install_postgres_hooks(engine: Engine, settings: Settings) -> None:
         if options.get("isolation_level") == "AUTOCOMMIT":
             return
         unit = options.get(UNIT_OPTION)
+        busy_ms = options.get(BUSY_OPTION)
+        wait_ms = default_wait_ms if busy_ms is None else _lock_timeout_ms(busy_ms)
+        # The wait is bounded for the lock alone; the unit's own statements get the
+        # session's lock_timeout back.
+        take_lock = f"SET LOCAL lock_timeout = {wait_ms}; {lock}; SET LOCAL lock_timeout = DEFAULT"
         dbapi_connection: Any = conn.connection.dbapi_connection
         if not dbapi_connection.autocommit:
             # An isolation level set through SQLAlchemy turned autocommit off: psycopg
             # sends BEGIN itself before the first statement.
             if unit == "write":
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK_KEY,))
+                conn.exec_driver_sql(take_lock)
             elif unit in ("read", "snapshot"):
                 conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return
         if unit == "write":
             # One write unit at a time across every process, like SQLite's write lock.
-            conn.exec_driver_sql(write_begin)
+            conn.exec_driver_sql(f"BEGIN; {take_lock}")
         elif unit in ("read", "snapshot"):
             # One stable snapshot for the whole unit, and writes refused by the server.
             conn.exec_driver_sql(read_begin)
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def _lock_timeout_ms(milliseconds: float) -> int:
+    # lock_timeout = 0 would mean "wait for ever": the shortest wait is 1 ms.
+    return max(1, int(milliseconds))
 
 
 def _quiet(dbapi_connection: Any) -> bool:

@@ -351,7 +351,8 @@ class Database:
         """Start the process's write transaction (BEGIN IMMEDIATE / the PostgreSQL write lock)."""
         options: dict[str, Any] = {UNIT_OPTION: _WRITE}
         remaining = deadline - time.monotonic()
-        if self.settings.is_sqlite and remaining < self.settings.busy_timeout:
+        if remaining < self.settings.busy_timeout:
+            # Wait for another process's write lock no longer than the deadline allows.
             options[BUSY_OPTION] = max(1, int(remaining * 1000))
         connection = self._connect().execution_options(**options)
         try:

@@ -37,9 +37,11 @@ class Settings:
         pool_timeout: seconds a caller waits for a free connection before
             :class:`~app.errors.PoolExhaustedError`.
         pool_recycle: seconds after which a server connection is replaced (PostgreSQL).
-        pool_pre_ping: test a server connection before handing it out (PostgreSQL).
-        busy_timeout: seconds SQLite waits for another process's write lock before
-            reporting busy (the ``busy_timeout`` pragma).
+        pool_pre_ping: test a server connection before handing it out (PostgreSQL): a
+            look at its socket, and a ping when the server may have closed it.
+        busy_timeout: seconds a write unit waits for another process's write lock before
+            reporting busy (SQLite's ``busy_timeout`` pragma; on PostgreSQL the
+            ``lock_timeout`` of the advisory write lock).
         retry_deadline: seconds :meth:`~app.Database.run` keeps retrying a busy unit, and
             the longest a unit waits for this process's write lock.
         journal_mode: SQLite journal mode. ``wal`` lets readers and the writer proceed at
