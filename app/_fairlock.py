@@ -67,16 +67,26 @@ class FairLock:
             raise
         if got:
             return True
-        return not self._abandon(waiter)
+        if self._leave(waiter):
+            return False
+        # The lock was handed to us just as the wait timed out: it is ours after all. (The
+        # hand-off released the gate before we could leave the line.)
+        waiter.gate.acquire()
+        return True
 
-    def _abandon(self, waiter: _Waiter) -> bool:
+    def _leave(self, waiter: _Waiter) -> bool:
         """Leave the line. Returns True if we left before being handed the lock."""
         with self._mutex:
             try:
                 self._waiters.remove(waiter)
                 return True
             except ValueError:
-                pass
+                return False
+
+    def _abandon(self, waiter: _Waiter) -> bool:
+        """Leave the line for good. Returns True if we left before being handed the lock."""
+        if self._leave(waiter):
+            return True
         # The lock was handed to us while we gave up: pass it on, so nobody starves.
         self.release()
         return False
@@ -89,6 +99,21 @@ class FairLock:
                 waiter.gate.release()
             else:
                 self._owner = None
+
+    def hand_over(self) -> bool:
+        """Hand the lock to the oldest waiter, if there is one.
+
+        Returns:
+            True once the waiter owns it; False, with the lock still held, when nobody
+            waits (``queued()`` may have counted a waiter that timed out since).
+        """
+        with self._mutex:
+            if not self._waiters:
+                return False
+            waiter = self._waiters.popleft()
+            self._owner = waiter.owner
+            waiter.gate.release()
+            return True
 
 
 class LockRegistry:

@@ -377,6 +377,7 @@ class Database:
         Returns this unit's Waiter when a later unit will commit its work, else None and
         the error of the commit this unit made (None when it committed).
         """
+        handed_on = False
         try:
             if succeeded:
                 group.units += 1
@@ -386,16 +387,22 @@ class Database:
                 and self._write_lock.queued()
                 and group.units + len(group.waiters) < self.settings.max_units_per_commit
             ):
-                if not succeeded:
-                    return None, None  # nothing of ours to wait for
-                waiter = Waiter()
-                group.waiters.append(waiter)
-                return waiter, None
+                waiter = Waiter() if succeeded else None  # nothing to wait for after a failure
+                if waiter is not None:
+                    group.waiters.append(waiter)  # before the next writer can commit
+                # The writer seen waiting may have given up since (its deadline passed): then
+                # nobody would take the open transaction, and this unit's wait would never end.
+                if self._write_lock.hand_over():
+                    handed_on = True
+                    return waiter, None
+                if waiter is not None:
+                    group.waiters.remove(waiter)
             self._group = None
             error = self._close_group(group, commit=alive)
             return None, error if succeeded else None
         finally:
-            self._write_lock.release()
+            if not handed_on:
+                self._write_lock.release()
 
     def _close_group(self, group: WriteGroup, *, commit: bool) -> BaseException | None:
         error: BaseException | None = None
