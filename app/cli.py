@@ -77,6 +77,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _can_import(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def _console() -> Console:
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -460,7 +468,7 @@ def bench(
             f"unknown strategy {', '.join(unknown)}; {workload} strategies: {', '.join(table)}",
             param_hint="--strategy",
         )
-    if plot_path and importlib.util.find_spec("matplotlib") is None:
+    if plot_path and not _can_import("matplotlib"):
         raise click.UsageError("--plot needs matplotlib: pip install 'app[plot]'")
     cases = _bench.default_cases(
         keys, workload=workload, threads=threads, units=blocks, max_seconds=max_seconds

@@ -270,6 +270,7 @@ def test_stress_refuses_bad_counts(url: str) -> None:
 
 
 def test_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="--plot needs the plot extra")
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     result = run(
         "bench", "-s", "sqlite3-lock", "-s", "layer", "--threads", "1,3", "--blocks", "30",
@@ -288,6 +289,16 @@ def test_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert all(r["ok"] == 30 and r["intact"] for r in data["results"])
     assert data["machine"]["cpus"] >= 1
     assert chart.stat().st_size > 1000
+
+
+def test_bench_plot_without_matplotlib_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    result = run("bench", "-s", "layer", "--threads", "1", "--plot", str(tmp_path / "c.png"))
+    assert result.exit_code == 2
+    assert "--plot needs matplotlib" in result.output
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_bench_unknown_strategy() -> None:

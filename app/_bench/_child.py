@@ -32,6 +32,7 @@ class _Monitor(threading.Thread):
         self.done = done
         self.peak: int | None = 0 if os.path.isdir("/proc/self/fd") else None
         self.stopping = threading.Event()
+        self._peak_lock = threading.Lock()
 
     def sample(self) -> None:
         if self.peak is None:
@@ -43,7 +44,8 @@ class _Monitor(threading.Thread):
                     count += 1
             except OSError:
                 continue  # closed between listdir and readlink
-        self.peak = max(self.peak, count)
+        with self._peak_lock:  # workers sample too, as they finish
+            self.peak = max(self.peak, count)
 
     def run(self) -> None:
         last_report = 0.0
@@ -99,6 +101,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                     mine.append(time.perf_counter() - started)
                 done[worker] += 1
         finally:
+            # A short case can end between two samples, and thread-local connections
+            # close with their thread: count them while this one is still open.
+            monitor.sample()
             target.thread_done()
 
     workers = [threading.Thread(target=work, args=(w,), name=f"bench-{w}") for w in range(threads)]
