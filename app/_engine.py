@@ -7,6 +7,7 @@ the same.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -17,6 +18,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
@@ -33,7 +35,6 @@ UNIT_OPTION = "app_unit"
 #: Execution option lowering ``busy_timeout`` (ms) for one transaction (deadline-bound retries).
 BUSY_OPTION = "app_busy_timeout_ms"
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 #: Key of the transaction-level advisory lock that makes PostgreSQL write units take turns,
 #: as SQLite's single write lock does. Derived from a fixed name, so every process agrees.
@@ -119,8 +120,9 @@ def prepare_sqlite_file(path: str, file_mode: int) -> None:
     if os.path.isdir(target):
         raise errors.ConfigurationError(f"database path {target} is a directory; give a file path")
     if not os.path.isdir(directory):
-        ancestor = directory
+        ancestor, missing = directory, []
         while not os.path.exists(ancestor):
+            missing.append(ancestor)
             ancestor = os.path.dirname(ancestor)
         if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
             raise errors.ConfigurationError(
@@ -134,6 +136,13 @@ def prepare_sqlite_file(path: str, file_mode: int) -> None:
                 f"cannot create directory {directory} for the database ({exc.strerror}); "
                 "create it or choose another path"
             ) from exc
+        # Exact bits, whatever the umask (under umask 0 they would be world-writable): the
+        # owner's, plus what file_mode grants the group and others, with search where it
+        # lets them read (0600 gives 0700, 0640 gives 0750, 0660 gives 0770).
+        directory_mode = 0o700 | (file_mode & 0o066) | (file_mode & 0o044) >> 2
+        for created in missing:
+            with contextlib.suppress(OSError):  # made by another user meanwhile: theirs
+                os.chmod(created, directory_mode)
     if os.path.exists(target):
         _check_existing_file(target)
         return
@@ -153,23 +162,65 @@ def prepare_sqlite_file(path: str, file_mode: int) -> None:
 
 
 def _check_existing_file(target: str) -> None:
-    try:
-        with open(target, "rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
-    except OSError as exc:
+    if not os.access(target, os.R_OK):
         raise errors.DatabaseUnavailableError(
-            f"cannot read database file {target} ({exc.strerror}); check its permissions"
-        ) from exc
-    if header and header != _SQLITE_HEADER:
-        raise errors.NotADatabaseError(
-            f"{target} is not a SQLite database (its header is not 'SQLite format 3'); "
-            "check the path, or restore the file from a backup"
+            f"cannot read database file {target}; check its permissions"
         )
     if not os.access(target, os.W_OK):
+        # Refused before any probe: a read-only WAL database would be left with -wal and
+        # -shm files that the probe cannot remove.
         raise errors.ReadOnlyDatabaseError(
             f"database file {target} is read-only: make it writable by this user "
             "(for example chmod u+w) or point the URL at a writable copy"
         )
+    problem = probe_sqlite_file(target)
+    if isinstance(problem, errors.AppError):
+        raise problem
+
+
+def probe_sqlite_file(target: str) -> errors.AppError | bool:
+    """Check that an existing file is a readable SQLite database, without changing it.
+
+    The file is read through a read-only SQLite connection, never with ``open()``: closing
+    any descriptor of a file drops every POSIX lock this process holds on it, including
+    the locks of connections other Database objects of this process have open on it, and
+    another process could then delete the WAL under them. SQLite's own descriptors share
+    one lock table per file and are not closed while locks are held.
+
+    Returns:
+        True for an empty file (a new database), False for a database, or the error
+        (NotADatabaseError, CorruptDatabaseError) that describes the damage.
+    """
+    if os.path.getsize(target) == 0:
+        return True
+    uri = f"file:{quote(os.path.abspath(target))}?mode=ro"
+    companions = [target + suffix for suffix in ("-wal", "-shm")]
+    existing = [os.path.exists(name) for name in companions]
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as probe:
+            probe.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            # A damaged file whose header says WAL makes SQLite create an empty -wal and a
+            # -shm before it finds the damage: leave the directory as it was.
+            for name, was_there in zip(companions, existing, strict=True):
+                if not was_there:
+                    with contextlib.suppress(OSError):
+                        os.remove(name)
+        if code == sqlite3.SQLITE_NOTADB:
+            return errors.NotADatabaseError(
+                f"{target} is not a SQLite database (its header is not 'SQLite format 3'); "
+                "check the path, or restore the file from a backup"
+            )
+        if code == sqlite3.SQLITE_CORRUPT:
+            return errors.CorruptDatabaseError(
+                f"{target} is corrupt ({exc}); restore it from a backup, or salvage rows "
+                "with `sqlite3 FILE .recover`"
+            )
+        # Busy or locked by another process, or similar: the pooled connections, with
+        # their busy_timeout, deal with that.
+    return False
 
 
 def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
@@ -216,6 +267,8 @@ def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             cursor.close()
         if path is not None:
             record.info["file_id"] = _file_id(path)
+            if not os.access(path, os.W_OK):
+                record.info[_OPENED_READ_ONLY] = True  # SQLite fell back to read-only
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -237,6 +290,18 @@ def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             _record_info(conn)["query_only"] = True
         else:
             conn.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "checkout")
+    def _reopen_read_only(
+        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        # SQLite opens a file it may not write read-only, and the connection stays so for
+        # good: once the file is writable again, only a new connection can write to it.
+        info = record.info
+        if info.pop(_REOPEN, False) or (
+            info.get(_OPENED_READ_ONLY) and path is not None and os.access(path, os.W_OK)
+        ):
+            raise DisconnectionError("the connection is read-only: opening the file again")
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -421,7 +486,25 @@ def _install_common_hooks(engine: Engine, settings: Settings) -> None:
         read_unit = False
         if conn is not None and not conn.closed:
             read_unit = conn.get_execution_options().get(UNIT_OPTION) == "read"
-        return errors.translate(context.original_exception, database=database, read_unit=read_unit)
+        translated = errors.translate(
+            context.original_exception, database=database, read_unit=read_unit
+        )
+        _reopen_if_read_only(conn, translated)
+        return translated
+
+
+#: Connection info keys: the pool replaces the connection at its next checkout; SQLite
+#: opened the file read-only (it is replaced once the file is writable again).
+_REOPEN, _OPENED_READ_ONLY = "app_reopen", "app_opened_read_only"
+
+
+def _reopen_if_read_only(conn: Connection | None, error: BaseException | None) -> None:
+    """After a write refused because the file is read-only, have the pool open a new
+    connection next time (see ``_reopen_read_only``)."""
+    if conn is None or not isinstance(error, errors.ReadOnlyDatabaseError):
+        return
+    with contextlib.suppress(Exception):  # a closed or invalidated connection: gone anyway
+        _record_info(conn)[_REOPEN] = True
 
 
 def _record_info(conn: Connection) -> dict[Any, Any]:
@@ -456,6 +539,7 @@ def _raise_translated(connection: Connection, exc: Exception) -> NoReturn:
     translated = errors.translate(exc, database=database, read_unit=read_unit)
     if translated is None:
         raise exc
+    _reopen_if_read_only(connection, translated)
     raise translated from exc
 
 

@@ -49,13 +49,15 @@ class Waiter:
 class WriteGroup:
     """The open write transaction of one process, passed from unit to unit."""
 
-    __slots__ = ("connection", "spoiled", "units", "waiters")
+    __slots__ = ("aborted_by", "connection", "spoiled", "units", "waiters")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.units = 0  # units whose work is in the transaction
         self.spoiled = False  # a unit without a SAVEPOINT failed: only a rollback is left
         self.waiters: list[Waiter] = []
+        # The failure of the unit under which the database aborted the transaction.
+        self.aborted_by: BaseException | None = None
 
     def transaction_alive(self) -> bool:
         """False when the database aborted the transaction behind our back."""

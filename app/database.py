@@ -295,7 +295,7 @@ class Database:
                 group.spoiled = first
                 self._counters.add("rolled_back")
             turn_ended = True
-            waiter, group_error = self._end_turn(group, succeeded=failure is None)
+            waiter, group_error = self._end_turn(group, failure)
         finally:
             session.bind = self.engine
             local.mode, local.depth = None, 0
@@ -370,13 +370,15 @@ class Database:
             raise self._pool_exhausted() from exc
 
     def _end_turn(
-        self, group: WriteGroup, *, succeeded: bool
+        self, group: WriteGroup, failure: BaseException | None
     ) -> tuple[Waiter | None, BaseException | None]:
         """Pass the open transaction to the next writer, or commit it; releases the turn.
 
-        Returns this unit's Waiter when a later unit will commit its work, else None and
-        the error of the commit this unit made (None when it committed).
+        ``failure`` is what the unit raised (None when it succeeded). Returns this unit's
+        Waiter when a later unit will commit its work, else None and the error of the
+        commit this unit made (None when it committed).
         """
+        succeeded = failure is None
         handed_on = False
         try:
             if succeeded:
@@ -398,6 +400,10 @@ class Database:
                 if waiter is not None:
                     group.waiters.remove(waiter)
             self._group = None
+            if not alive and not group.spoiled:
+                # The database aborted the whole transaction under this unit (SQLite does on
+                # a full disk or an I/O error): the units sharing it fail with that error.
+                group.aborted_by = failure
             error = self._close_group(group, commit=alive)
             return None, error if succeeded else None
         finally:
@@ -413,10 +419,7 @@ class Database:
             else:
                 group.connection.rollback()
                 if group.units:
-                    error = errors.TransactionStateError(
-                        f"{self.url} aborted the write transaction after an error in another "
-                        "unit sharing its commit; nothing of this unit was written"
-                    )
+                    error = _shared_failure(self.url, group.aborted_by)
         except Exception as exc:  # noqa: BLE001 - handed to every unit of the group
             error = exc
         finally:
@@ -681,8 +684,15 @@ class Database:
     def stats(self) -> Stats:
         """Units committed and rolled back, busy retries, writer waits, connections."""
         pool: Any = self.engine.pool
-        checked_out = pool.checkedout() if hasattr(pool, "checkedout") else 0
-        checked_in = pool.checkedin() if hasattr(pool, "checkedin") else 0
+        if hasattr(pool, "overflow"):
+            # Each counter read once: checkedout() and checkedin() both read the pool's
+            # queue, which other threads change in between, so their sum could exceed
+            # pool_size + max_overflow. size() + overflow() is what the pool has open.
+            opened = pool.size() + pool.overflow()
+            checked_in = min(pool.checkedin(), opened)
+            checked_out = opened - checked_in
+        else:  # the single connection of a StaticPool
+            opened, checked_out = 1, 0
         c = self._counters
         with c.lock:
             return Stats(
@@ -694,8 +704,34 @@ class Database:
                 write_wait_max=c.wait_max,
                 writers_queued=self._write_lock.queued(),
                 connections_checked_out=checked_out,
-                connections_open=checked_out + checked_in if hasattr(pool, "checkedin") else 1,
+                connections_open=opened,
             )
+
+
+#: Errors after which SQLite may roll back the whole transaction, not only the statement:
+#: the units that shared it fail with the same type, as if each had met the error itself.
+_TRANSACTION_ABORTING = (
+    errors.StorageFullError,
+    errors.DatabaseUnavailableError,
+    errors.CorruptDatabaseError,
+    errors.ReadOnlyDatabaseError,
+)
+
+
+def _shared_failure(url: str, cause: BaseException | None) -> errors.AppError:
+    """The error of a unit whose work was in a write transaction that another unit's
+    failure ended, so nothing of it was written."""
+    if isinstance(cause, _TRANSACTION_ABORTING):
+        error = type(cause)(
+            f"{cause} (this unit shared the write transaction that the error aborted, so "
+            "nothing of it was written either)"
+        )
+        error.__cause__ = cause
+        return error
+    return errors.TransactionStateError(
+        f"{url} aborted the write transaction after an error in another unit sharing its "
+        "commit; nothing of this unit was written"
+    )
 
 
 def _rollback_quietly(session: Session) -> None:

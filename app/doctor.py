@@ -20,13 +20,13 @@ import sqlalchemy
 from sqlalchemy import inspect, text
 
 from . import __version__, errors
+from ._engine import probe_sqlite_file
 from .blocks import BlockStore
 from .database import Database, Stats
 from .schema import current_revision, head_revision, history
 from .settings import Settings
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _SYNCHRONOUS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
 _TEMP_STORE = {0: "default", 1: "file", 2: "memory"}
 
@@ -155,18 +155,12 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
             "right file",
         )
         return False, None
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
-    except OSError as exc:
-        raise errors.DatabaseUnavailableError(
-            f"cannot read {path} ({exc.strerror}); check its permissions"
-        ) from exc
-    if header and header != _SQLITE_HEADER:
-        raise errors.NotADatabaseError(
-            f"{os.path.abspath(path)} is not a SQLite database (bad header); check the path, "
-            "or restore the file from a backup"
-        )
+    if not os.access(path, os.R_OK):
+        raise errors.DatabaseUnavailableError(f"cannot read {path}; check its permissions")
+    problem = probe_sqlite_file(path)  # never open(): see probe_sqlite_file
+    if isinstance(problem, errors.NotADatabaseError):
+        raise problem
+    empty = problem is True
     size, wal = _size(path), _size(path + "-wal")
     report.add("database file", f"{os.path.abspath(path)}, {_mib(size)}")
     limit = settings.journal_size_limit
@@ -180,7 +174,7 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
         )
     else:
         report.add("WAL file", _mib(wal), OK)
-    if not header:
+    if empty:
         report.add(
             "quick_check",
             "empty file",

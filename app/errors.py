@@ -190,6 +190,9 @@ def _translate_postgres(orig: Any, sqlstate: str | None, database: str) -> AppEr
         return StorageFullError(f"{database} is out of disk space ({text})")
     if state.startswith("23"):
         return IntegrityViolationError(f"constraint failed on {database}: {text}")
+    if state == "22003":
+        # A number too large for its column (block_index is a 4-byte INTEGER there).
+        return InvalidInputError(f"a value is out of range for its column on {database}: {text}")
     if state.startswith("28") or state == "3D000":
         return ConfigurationError(f"cannot use {database}: {text}")
     if state.startswith("08") or (not state and "connect" in text.lower()):
