@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -110,18 +110,24 @@ def check_timestamp(value: Any, what: str = "timestamp") -> str:
 def check_number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise InvalidInputError(f"{what} must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range (printing it may be refused too)
+        raise InvalidInputError(
+            f"{what} must be finite, got an integer of {int(value).bit_length()} bits"
+        ) from None
     if not math.isfinite(number):
         raise InvalidInputError(f"{what} must be finite, got {number}")
-    return number
+    # -0.0 as 0.0: SQLite stores REAL -0.0 as 0, so a hash over "-0.0" would not verify.
+    return number + 0.0
 
 
 def check_limit(value: Any, what: str = "limit") -> int:
     # Capped at SQL's 64-bit integers: a larger Python int would fail in the driver instead.
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise InvalidInputError(f"{what} must be an integer >= 0, got {value!r}")
+        raise InvalidInputError(f"{what} must be an integer >= 0, got {_shown(value)}")
     if value >= 2**63:
-        raise InvalidInputError(f"{what} must be below 2**63, got {value}")
+        raise InvalidInputError(f"{what} must be below 2**63, got {_shown(value, str)}")
     return int(value)
 
 
@@ -129,8 +135,15 @@ def check_index(value: Any, what: str = "block_index") -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise InvalidInputError(f"{what} must be an integer, got {type(value).__name__}")
     if not 0 <= int(value) < 2**63:
-        raise InvalidInputError(f"{what} must be between 0 and 2**63-1, got {value}")
+        raise InvalidInputError(f"{what} must be between 0 and 2**63-1, got {_shown(value, str)}")
     return int(value)
+
+
+def _shown(value: Any, show: Callable[[Any], str] = repr) -> str:
+    # Python refuses to print an int of more than 4300 digits (ValueError).
+    if isinstance(value, int) and not -(10**40) < value < 10**40:
+        return f"an integer of {value.bit_length()} bits"
+    return show(value)
 
 
 def check_words(values: Any, what: str) -> tuple[str, ...]:

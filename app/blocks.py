@@ -17,8 +17,9 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Select, Table, Text, func, literal, select, union
+from sqlalchemy import BigInteger, Select, Table, Text, func, literal, select, union
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
 from ._engine import pipeline, placeholder, raw_execute
@@ -56,6 +57,9 @@ SORT_COLUMNS = {
 }
 _ORDERS = ("asc", "desc")
 _STREAM_CHUNK = 4096
+#: Words per keyword-search query: each word adds two SELECTs to a UNION, and SQLite allows
+#: 500 terms in a compound SELECT.
+_WORDS_PER_QUERY = 200
 
 
 class BlockRecord(NamedTuple):
@@ -204,9 +208,8 @@ class BlockStore:
     def get(self, block_index: int) -> BlockRecord | None:
         """The block at ``block_index``, or None."""
         index = check_index(block_index)
-        found = self._load(
-            select(blocks_table.c.block_index).where(blocks_table.c.block_index == index)
-        )
+        query = select(blocks_table.c.block_index)
+        found = self._load(query.where(blocks_table.c.block_index == index_value(index)))
         return found[0] if found else None
 
     def page(
@@ -225,9 +228,11 @@ class BlockStore:
         direction = _order(order)
         query = select(blocks_table.c.block_index)
         if start is not None:
-            query = query.where(blocks_table.c.block_index >= check_index(start, "start"))
+            low = index_value(check_index(start, "start"))
+            query = query.where(blocks_table.c.block_index >= low)
         if end is not None:
-            query = query.where(blocks_table.c.block_index <= check_index(end, "end"))
+            high = index_value(check_index(end, "end"))
+            query = query.where(blocks_table.c.block_index <= high)
         query = query.order_by(getattr(column, direction)(), blocks_table.c.block_index)
         return self._load(query.limit(check_limit(limit)).offset(check_limit(offset, "offset")))
 
@@ -244,26 +249,33 @@ class BlockStore:
         finds itself, whatever its letters.
         """
         words = [w for w in check_words(keywords, "keywords") if w]
+        count = check_limit(limit)
         if not words:
             return []
-        matches: list[Select[Any]] = []
-        for word in words:
-            # Folding the pattern in Python would not match SQLite's ASCII-only lower():
-            # "Über" would then look for "über" in "Über" and miss its own keyword.
-            pattern = func.lower(literal("%" + _escape_like(word) + "%", Text()))
-            matches.append(
-                select(keywords_table.c.block_index).where(
-                    func.lower(keywords_table.c.keyword).like(pattern, escape="\\")
-                )
-            )
-            matches.append(
-                select(blocks_table.c.block_index).where(
-                    func.lower(blocks_table.c.context).like(pattern, escape="\\")
-                )
-            )
-        found = union(*matches).subquery()
-        query = select(found.c.block_index).order_by(found.c.block_index)
-        return self._load(query.limit(check_limit(limit)))
+        found: set[int] = set()
+        with self.db._reading() as connection:
+            # A position search rather than LIKE: no wildcards to escape, and no pattern
+            # length limit (SQLite refuses LIKE patterns over 50,000 bytes).
+            position = func.instr if connection.dialect.name == "sqlite" else func.strpos
+            for start in range(0, len(words), _WORDS_PER_QUERY):
+                matches: list[Select[Any]] = []
+                for word in words[start : start + _WORDS_PER_QUERY]:
+                    # Folding the word in Python would not match SQLite's ASCII-only lower():
+                    # "Über" would then look for "über" in "Über" and miss its own keyword.
+                    folded = func.lower(literal(word, Text()))
+                    for table, column in (
+                        (keywords_table, keywords_table.c.keyword),
+                        (blocks_table, blocks_table.c.context),
+                    ):
+                        matches.append(
+                            select(table.c.block_index).where(
+                                position(func.lower(column), folded) > 0
+                            )
+                        )
+                union_of = union(*matches).subquery()
+                query = select(union_of.c.block_index).order_by(union_of.c.block_index)
+                found.update(connection.execute(query.limit(count)).scalars())
+            return _load_records(connection, sorted(found)[:count])
 
     def search_tags(self, tags: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
         """Blocks carrying any of ``tags`` (exact match), lowest index first."""
@@ -596,11 +608,12 @@ def _hash_matches(
     if block_hash(index, timestamp, context, importance, prev_hash) == digest:
         return True
     # A caller of the legacy class may have hashed an integral importance as an int (1)
-    # although the REAL column gives it back as 1.0.
-    return (
-        float(importance).is_integer()
-        and block_hash(index, timestamp, context, int(importance), prev_hash) == digest
-    )
+    # although the REAL column gives it back as 1.0, or hashed -0.0, which SQLite stores as 0.
+    if not float(importance).is_integer():
+        return False
+    if block_hash(index, timestamp, context, int(importance), prev_hash) == digest:
+        return True
+    return importance == 0 and block_hash(index, timestamp, context, -0.0, prev_hash) == digest
 
 
 def _sort_column(sort_by: str) -> Any:
@@ -618,5 +631,7 @@ def _order(order: str) -> str:
     return order.lower()
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def index_value(index: int) -> ColumnElement[int]:
+    """A block index bound as BIGINT: ``block_index`` is a 4-byte INTEGER on PostgreSQL,
+    where comparing it with a larger index must find nothing rather than fail."""
+    return literal(index, BigInteger())

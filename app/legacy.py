@@ -42,7 +42,7 @@ from sqlalchemy.engine import URL, Connection
 from . import errors
 from ._legacy_conn import ThreadConnection, UseTracker
 from ._validate import PreparedBlock, check_index, check_text, encode_json, prepare_block
-from .blocks import BlockRecord, BlockStore, insert_blocks
+from .blocks import BlockRecord, BlockStore, index_value, insert_blocks
 from .database import Database
 from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table
 from .short_term import MemoryRecord
@@ -53,6 +53,8 @@ R = TypeVar("R")
 
 THREAD_SAFE_ENV = "GREEUM_THREAD_SAFE"
 _SORT_FIELDS = ("block_index", "timestamp", "importance")
+#: ``blocks.block_index`` is a 4-byte INTEGER on PostgreSQL (8 bytes on SQLite).
+_POSTGRES_MAX_INDEX = 2**31 - 1
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -195,6 +197,11 @@ class DatabaseManager:
                 nothing is written).
         """
         row = _legacy_block(block_data)
+        if row[0] > _POSTGRES_MAX_INDEX and not self.database.settings.is_sqlite:
+            raise errors.InvalidInputError(
+                f"block_index must be at most {_POSTGRES_MAX_INDEX} on PostgreSQL (its "
+                f"block_index column is a 4-byte INTEGER), got {row[0]}"
+            )
         self._write(lambda connection: insert_blocks(connection, [row]))
         return row[0]
 
@@ -244,7 +251,9 @@ class DatabaseManager:
 
         def replace(connection: Connection) -> bool:
             found = connection.execute(
-                select(blocks_table.c.block_index).where(blocks_table.c.block_index == index)
+                select(blocks_table.c.block_index).where(
+                    blocks_table.c.block_index == index_value(index)
+                )
             ).first()
             if found is None:
                 return False
@@ -319,6 +328,11 @@ class DatabaseManager:
             return []
         if start_idx is not None and _is_negative(start_idx):
             start_idx = None
+        # Checked here so that a refusal names this method's arguments.
+        if start_idx is not None:
+            start_idx = check_index(start_idx, "start_idx")
+        if end_idx is not None:
+            end_idx = check_index(end_idx, "end_idx")
         with self._users:
             records = self.blocks.page(
                 start_idx,
@@ -352,7 +366,7 @@ class DatabaseManager:
             embeddings_table.c.embedding,
             embeddings_table.c.embedding_model,
             embeddings_table.c.embedding_dim,
-        ).where(embeddings_table.c.block_index == index)
+        ).where(embeddings_table.c.block_index == index_value(index))
         with self._users, self.database.read() as session:
             row = session.execute(stmt).first()
         if row is None:
@@ -367,6 +381,8 @@ class DatabaseManager:
     ) -> list[dict[str, Any]]:
         """Blocks whose keywords or context contain any of ``keywords`` (case-insensitive
         substring), lowest index first; ``[]`` for no keywords."""
+        if isinstance(keywords, np.ndarray):
+            keywords = keywords.tolist()  # it has no truth value; its items are checked below
         if not keywords:
             return []
         with self._users:
@@ -588,7 +604,7 @@ def _is_blank_vector(value: Any) -> bool:
         return True
     try:
         vector = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False  # let the store refuse it with a clear message
     return bool(vector.size == 0 or (vector.ndim == 1 and not vector.any()))
 
@@ -601,7 +617,7 @@ def _legacy_block(data: Any) -> tuple[int, str, str, PreparedBlock]:
         if data.get(required) is None:
             raise errors.InvalidInputError(f"block_data has no {required!r}")
     embedding = data.get("embedding")
-    if embedding is not None and np.size(embedding) == 0:
+    if embedding is not None and _is_empty(embedding):
         embedding = None  # the old class stored no embedding for an empty one
     prepared = prepare_block(
         data["context"],
@@ -619,6 +635,13 @@ def _legacy_block(data: Any) -> tuple[int, str, str, PreparedBlock]:
         check_text(data.get("prev_hash", ""), "prev_hash"),
         prepared,
     )
+
+
+def _is_empty(value: Any) -> bool:
+    try:
+        return bool(np.size(value) == 0)
+    except (TypeError, ValueError, OverflowError):
+        return False  # ragged or not numbers: prepare_block refuses it with a clear message
 
 
 def _block_dict(record: BlockRecord) -> dict[str, Any]:

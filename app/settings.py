@@ -52,7 +52,9 @@ class Settings:
         cache_size, mmap_size, journal_size_limit, temp_store: optional SQLite pragmas;
             ``None`` leaves SQLite's default. ``journal_size_limit`` (bytes) is what the WAL
             file is truncated to after a checkpoint.
-        file_mode: permission bits of a database file this layer creates (owner only).
+        file_mode: permission bits of a database file this layer creates (owner only), and
+            of its -wal/-shm files and backups; directories made for it get the same
+            bits plus search where they grant read (0700 by default).
         auto_upgrade: bring the schema to the current revision when the database is
             opened. ``None`` means yes for SQLite and no for server databases, where
             migrations are a deployment step (``python -m app db upgrade``).
