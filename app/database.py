@@ -38,12 +38,14 @@ _SNAPSHOT = "snapshot"
 CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
 
 # Bounding the WAL (see Database._bound_wal). Below SQLite's own checkpoint size (1000 pages
-# of 4 KiB) its automatic checkpoints suffice. The wait for readers is short because writers
-# of the process wait for it too; after a failure, a long snapshot is the likely cause.
+# of 4 KiB) its automatic checkpoints suffice. The checkpoint's own wait (for other
+# processes' readers) is short because writers of the process wait for it too; after a
+# failure, a long snapshot is the likely cause.
 _WAL_FLOOR = 4 * 1024 * 1024
 _WAL_WAIT_MS = 100
 _WAL_RETRY_FIRST, _WAL_RETRY_MAX = 0.1, 2.0
-# Longest a new read snapshot waits for such a checkpoint (copying a large WAL takes time).
+# Longest a new read snapshot waits for such a checkpoint (copying a large WAL takes time),
+# and longest the checkpoint waits for this process's snapshots in progress to end.
 _READER_HOLD_MAX = 1.0
 
 
@@ -78,6 +80,40 @@ class _Counters:
     def add(self, name: str, count: int = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + count)
+
+
+class _Snapshots:
+    """The read snapshots of this process in progress, and when each began."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._began: dict[object, float] = {}
+
+    def begin(self) -> object:
+        token = object()
+        with self._changed:
+            self._began[token] = time.monotonic()
+        return token
+
+    def end(self, token: object) -> None:
+        with self._changed:
+            del self._began[token]
+            self._changed.notify_all()
+
+    def drain(self, limit: float) -> bool:
+        """Wait until every snapshot in progress has ended, for at most ``limit`` seconds.
+
+        Returns False at once when one began more than ``limit`` seconds ago: such a long
+        snapshot is not about to end, and waiting for it would only hold everyone up.
+        """
+        deadline = time.monotonic() + limit
+        with self._changed:
+            while self._began:
+                now = time.monotonic()
+                if now >= deadline or now - min(self._began.values()) > limit:
+                    return False
+                self._changed.wait(deadline - now)
+            return True
 
 
 class _SessionCloser:
@@ -211,6 +247,7 @@ class Database:
         # Cleared while a checkpoint empties the WAL: new snapshots wait (see _bound_wal).
         self._readers_may_start = threading.Event()
         self._readers_may_start.set()
+        self._snapshots = _Snapshots()
         self.session.registry = _ThreadSessions(self._factory)
 
     def _after_fork_in_child(self) -> None:
@@ -438,11 +475,12 @@ class Database:
         SQLite's automatic checkpoints copy the WAL into the database file, but the file
         starts over (and is cut back to ``journal_size_limit``) only at a moment when no
         reader is using it. Under a steady stream of readers that moment never comes and
-        the WAL grows for as long as they run. A TRUNCATE checkpoint waits a little for the
-        snapshots in progress and empties it; meanwhile this process's new snapshots wait
-        (new readers would otherwise keep joining the old snapshots and starve it). A long
-        read snapshot makes it give up; it is then tried again after a pause that doubles
-        with each failure, so a pinned WAL costs readers and writers little.
+        the WAL grows for as long as they run. So this process's new snapshots wait, the
+        ones in progress are given time to end (up to ``_READER_HOLD_MAX``: a fixed short
+        wait would fail for as long as reads take longer), and a TRUNCATE checkpoint,
+        waiting a little for other processes' readers, empties the WAL. A long read
+        snapshot makes it give up at once; it is then tried again after a pause that
+        doubles with each failure, so a pinned WAL costs readers and writers little.
         """
         limit = self.settings.journal_size_limit
         if self._wal_path is None or limit is None:
@@ -457,6 +495,7 @@ class Database:
         busy = 1
         self._readers_may_start.clear()
         try:
+            self._snapshots.drain(_READER_HOLD_MAX)
             raw = connection.connection.dbapi_connection
             assert raw is not None
             raw.execute(f"PRAGMA busy_timeout = {_WAL_WAIT_MS}")
@@ -492,6 +531,7 @@ class Database:
             self._readers_may_start.wait(_READER_HOLD_MAX)  # see _bound_wal
         if self._exclusive:
             self._take_turn(time.monotonic() + self.settings.retry_deadline)
+        snapshot = self._snapshots.begin()
         self._local.mode = _READ
         session.info["read_unit"] = True
         try:
@@ -513,6 +553,7 @@ class Database:
         finally:
             session.info["read_unit"] = False
             self._local.mode = None
+            self._snapshots.end(snapshot)
             if self._exclusive:
                 self._write_lock.release()
 
@@ -537,6 +578,7 @@ class Database:
             self._readers_may_start.wait(_READER_HOLD_MAX)  # see _bound_wal
         if self._exclusive:
             self._take_turn(time.monotonic() + self.settings.retry_deadline)
+        snapshot = self._snapshots.begin()
         local.mode = _READ
         try:
             with self._connect().execution_options(**{UNIT_OPTION: _SNAPSHOT}) as connection:
@@ -545,6 +587,7 @@ class Database:
                     yield connection
         finally:
             local.mode = local.read_connection = None
+            self._snapshots.end(snapshot)
             if self._exclusive:
                 self._write_lock.release()
 
