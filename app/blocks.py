@@ -208,8 +208,9 @@ class BlockStore:
     def get(self, block_index: int) -> BlockRecord | None:
         """The block at ``block_index``, or None."""
         index = check_index(block_index)
-        query = select(blocks_table.c.block_index)
-        found = self._load(query.where(blocks_table.c.block_index == index_value(index)))
+        # Straight to the five loading queries: a block that is not there loads nothing.
+        with self.db._reading() as connection:
+            found = _load_records(connection, [index])
         return found[0] if found else None
 
     def page(
@@ -238,7 +239,10 @@ class BlockStore:
 
     def recent(self, limit: int = 10) -> list[BlockRecord]:
         """The newest blocks (highest index first)."""
-        return self.page(limit=limit, order="desc")
+        count = check_limit(limit)
+        with self.db._reading() as connection:
+            rows = raw_execute(connection, _RECENT_SQL[placeholder(connection)], (count,))
+            return _load_records(connection, [row[0] for row in rows])
 
     def search_keywords(self, keywords: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
         """Blocks whose keywords or context contain any of ``keywords`` (case-insensitive
@@ -429,6 +433,11 @@ class BlockStore:
 # -- writing helpers -------------------------------------------------------------------------
 
 _HEAD_SQL = "SELECT block_index, hash FROM blocks ORDER BY block_index DESC LIMIT 1"
+# Readers call these often: plain SQL skips building and caching a Core statement per call.
+_RECENT_SQL = {
+    "?": "SELECT block_index FROM blocks ORDER BY block_index DESC LIMIT ?",
+    "%s": "SELECT block_index FROM blocks ORDER BY block_index DESC LIMIT %s",
+}
 
 # The write path runs plain multi-row INSERTs (``VALUES (...), (...), ...``) through
 # ``exec_driver_sql``: one statement per table per batch. Compiling ORM or Core statements
