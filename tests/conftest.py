@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from app import Database
 
@@ -157,6 +158,21 @@ def legacy_copy(tmp_path: Path) -> Path:
     target.parent.mkdir()
     shutil.copyfile(LEGACY_FIXTURE, target)
     return target
+
+
+def make_counter_table(db: Database) -> None:
+    """A one-row counter for read-modify-write tests."""
+    with db.unit_of_work() as session:
+        session.execute(
+            text("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
+        )
+        session.execute(text("INSERT INTO counter VALUES (1, 0)"))
+
+
+def increment_counter(session: Session) -> None:
+    """Read the counter, then write it back plus one: loses updates unless units serialise."""
+    value = session.execute(text("SELECT value FROM counter WHERE id = 1")).scalar_one()
+    session.execute(text("UPDATE counter SET value = :v WHERE id = 1"), {"v": value + 1})
 
 
 def open_fds() -> int:

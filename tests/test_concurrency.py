@@ -12,28 +12,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from app import Database
 from app.errors import DatabaseBusyError
 
-from .conftest import open_fds
+from .conftest import increment_counter, make_counter_table, open_fds
 
 THREADS = 100
 UNITS = 20
-
-
-def _counter_table(db: Database) -> None:
-    with db.unit_of_work() as session:
-        session.execute(
-            text("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
-        )
-        session.execute(text("INSERT INTO counter VALUES (1, 0)"))
-
-
-def _increment(session: Session) -> None:
-    value = session.execute(text("SELECT value FROM counter WHERE id = 1")).scalar_one()
-    session.execute(text("UPDATE counter SET value = :v WHERE id = 1"), {"v": value + 1})
 
 
 def _run_threads(target: object, count: int) -> None:
@@ -46,14 +33,14 @@ def _run_threads(target: object, count: int) -> None:
 
 def test_read_modify_write_units_lose_nothing(make_db: object) -> None:
     db: Database = make_db(pool_size=5, max_overflow=5)  # type: ignore[operator]
-    _counter_table(db)
+    make_counter_table(db)
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
             for _ in range(UNITS):
                 with db.unit_of_work() as session:
-                    _increment(session)
+                    increment_counter(session)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
         finally:
@@ -131,12 +118,12 @@ def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
 def test_run_gives_up_at_the_deadline_when_another_process_keeps_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "busy.db"
     db = Database(f"sqlite:///{path}", busy_timeout=0.2, retry_deadline=1.5)
-    _counter_table(db)
+    make_counter_table(db)
     blocker = _hold_write_lock(path, 6)
     try:
         started = time.monotonic()
         with pytest.raises(DatabaseBusyError) as raised:
-            db.run(_increment)
+            db.run(increment_counter)
         waited = time.monotonic() - started
     finally:
         blocker.kill()
@@ -153,10 +140,10 @@ def test_run_gives_up_at_the_deadline_when_another_process_keeps_the_lock(tmp_pa
 def test_run_succeeds_after_retrying_when_the_lock_is_released(tmp_path: Path) -> None:
     path = tmp_path / "busy.db"
     db = Database(f"sqlite:///{path}", busy_timeout=0.1, retry_deadline=10)
-    _counter_table(db)
+    make_counter_table(db)
     blocker = _hold_write_lock(path, 0.8)
     try:
-        db.run(_increment)
+        db.run(increment_counter)
     finally:
         blocker.wait()
     assert db.stats().busy_retries >= 1
@@ -189,13 +176,13 @@ def test_short_lived_threads_leak_no_connections(db: Database) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_uses_its_own_connections(sqlite_db: Database) -> None:
-    _counter_table(sqlite_db)
-    sqlite_db.run(_increment)  # the parent holds pooled connections now
+    make_counter_table(sqlite_db)
+    sqlite_db.run(increment_counter)  # the parent holds pooled connections now
     pid = os.fork()
     if pid == 0:  # child
         code = 1
         try:
-            sqlite_db.run(_increment)
+            sqlite_db.run(increment_counter)
             with sqlite_db.read() as session:
                 value = session.execute(text("SELECT value FROM counter")).scalar_one()
             code = 0 if value == 2 else 2
@@ -203,6 +190,6 @@ def test_forked_child_uses_its_own_connections(sqlite_db: Database) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    sqlite_db.run(_increment)  # the parent's connections still work
+    sqlite_db.run(increment_counter)  # the parent's connections still work
     with sqlite_db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == 3

@@ -39,7 +39,7 @@ from sqlalchemy.pool import NullPool
 from app import BlockStore, Database
 from app.maintenance import checkpoint
 
-from .conftest import open_fds, postgres_url
+from .conftest import increment_counter, make_counter_table, open_fds, postgres_url
 
 pytestmark = pytest.mark.slow
 
@@ -146,19 +146,6 @@ def _at_rest(db: Database) -> tuple[int, int]:
 def _live_sessions() -> int:
     gc.collect()
     return sum(1 for obj in gc.get_objects() if isinstance(obj, Session))
-
-
-def _make_counter_table(db: Database) -> None:
-    with db.unit_of_work() as session:
-        session.execute(
-            text("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
-        )
-        session.execute(text("INSERT INTO counter VALUES (1, 0)"))
-
-
-def _increment(session: Session) -> None:
-    value = session.execute(text("SELECT value FROM counter WHERE id = 1")).scalar_one()
-    session.execute(text("UPDATE counter SET value = :v WHERE id = 1"), {"v": value + 1})
 
 
 def _counter_value(db: Database) -> int:
@@ -285,7 +272,7 @@ class Workload:
         try:
             while not self.stop.is_set():
                 if number % 10 == 1:
-                    self.db.run(_increment)
+                    self.db.run(increment_counter)
                     self.increments[number] += 1
                     continue
                 if number % 10 == 0:
@@ -537,7 +524,7 @@ def test_soak_writers_readers_and_a_long_snapshot(
     sqlite = backend == "sqlite"
     db = make_db(pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, journal_size_limit=WAL_LIMIT)
     store = BlockStore(db)
-    _make_counter_table(db)
+    make_counter_table(db)
     failures = Failures()
     workload = Workload(db, store, failures)
     report = SoakReport(backend=backend, seconds=seconds)
@@ -796,7 +783,7 @@ def test_short_lived_threads_in_waves_leave_nothing_behind(
 
 def _run_churn(db: Database, backend: str, total: int, application_name: str) -> None:
     store = BlockStore(db)
-    _make_counter_table(db)
+    make_counter_table(db)
     failures = Failures()
     done = bytearray(total)
     peak_lock = threading.Lock()
@@ -813,7 +800,7 @@ def _run_churn(db: Database, backend: str, total: int, application_name: str) ->
             kind = number % 3
             if kind == 0:
                 with db.unit_of_work() as session:
-                    _increment(session)
+                    increment_counter(session)
                     note_connections()
             elif kind == 1:
                 with db.read() as session:
