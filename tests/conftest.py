@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,21 @@ def _postgres_schema_url(schema: str) -> str:
     )
 
 
+@contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A URL for a new, empty schema on the test server, dropped afterwards."""
+    schema = prefix + uuid.uuid4().hex[:12]
+    admin = create_engine(postgres_url() or "", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_schema_url(schema)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(
     params=[
         "sqlite",
@@ -109,16 +126,8 @@ def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'memory.db'}"
         return
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(postgres_url() or "", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _postgres_schema_url(schema)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema("t_") as url:
+        yield url
 
 
 @pytest.fixture
@@ -173,6 +182,23 @@ def increment_counter(session: Session) -> None:
     """Read the counter, then write it back plus one: loses updates unless units serialise."""
     value = session.execute(text("SELECT value FROM counter WHERE id = 1")).scalar_one()
     session.execute(text("UPDATE counter SET value = :v WHERE id = 1"), {"v": value + 1})
+
+
+def in_thread(fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Run ``fn`` in a new thread; return its result or the exception it raised."""
+    outcome: list[Any] = []
+
+    def body() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "thread deadlocked"
+    return outcome[0]
 
 
 def open_fds() -> int:

@@ -42,6 +42,8 @@ from app.errors import (
 from app.maintenance import backup
 from app.models import keywords_table
 
+from .conftest import in_thread
+
 CHAIN_TABLES = ("blocks", "block_keywords", "block_tags", "block_metadata", "block_embeddings")
 #: Far above any database a test builds: "no limit" for ``PRAGMA max_page_count``.
 NO_PAGE_LIMIT = 1 << 30
@@ -171,23 +173,6 @@ def run_threads(target: Callable[[int], None], count: int) -> None:
     for thread in threads:
         thread.join(JOIN_TIMEOUT)
     assert not any(thread.is_alive() for thread in threads), "threads deadlocked"
-
-
-def in_thread(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a new thread; return its result or the exception it raised."""
-    outcome: list[Any] = []
-
-    def body() -> None:
-        try:
-            outcome.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-            outcome.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join(JOIN_TIMEOUT)
-    assert not thread.is_alive(), "thread deadlocked"
-    return outcome[0]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

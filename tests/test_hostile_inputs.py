@@ -15,7 +15,6 @@ import math
 import os
 import re
 import string
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -23,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from app import errors
 from app._validate import MAX_TEXT_BYTES
 from app.legacy import DatabaseManager
 
-from .conftest import POSTGRES_ENV, _postgres_schema_url, postgres_url
+from .conftest import POSTGRES_ENV, postgres_schema, postgres_url
 from .legacy_helpers import legacy_hash, next_block
 
 #: Every legacy table and the column its rows are ordered by in a snapshot.
@@ -131,18 +130,10 @@ def _fresh_manager(backend: str, directory: Path) -> Iterator[DatabaseManager]:
             yield manager
             manager.close()
             return
-        schema = "h_" + uuid.uuid4().hex[:12]
-        admin = create_engine(postgres_url() or "", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        try:
-            manager = DatabaseManager(_postgres_schema_url(schema))
+        with postgres_schema("h_") as url:
+            manager = DatabaseManager(url)
             yield manager
             manager.close()
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
 
 
 def _need_backend(backend: str) -> None:

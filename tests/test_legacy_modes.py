@@ -14,6 +14,7 @@ from app import errors
 from app._legacy_conn import Row, statement_kind, to_pyformat
 from app.legacy import DatabaseManager
 
+from .conftest import in_thread
 from .legacy_helpers import chain_is_intact, next_block
 
 SAME_THREAD = "SQLite objects created in a thread can only be used in that same thread"
@@ -40,22 +41,6 @@ def open_manager(
 @pytest.fixture
 def db(open_manager: Callable[[str], DatabaseManager]) -> DatabaseManager:
     return open_manager("true")
-
-
-def in_thread(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a new thread; return its result or the exception it raised."""
-    outcome: list[Any] = []
-
-    def body() -> None:
-        try:
-            outcome.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            outcome.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    return outcome[0]
 
 
 def add_next(manager: DatabaseManager, **extra: Any) -> int:
