@@ -3,10 +3,12 @@ argument is refused with :class:`~app.errors.InvalidInputError` and nothing is w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -161,12 +163,17 @@ def check_words(values: Any, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(words)) if len(set(words)) != len(words) else words
 
 
+# Made once: json.dumps with any non-default option builds a new encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_JSON_DECODER = json.JSONDecoder()
+
+
 def encode_json(value: Any, what: str) -> str:
     """Strict JSON text (no NaN/Infinity) of a mapping."""
     if not isinstance(value, Mapping):
         raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
     try:
-        text = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
+        text = _JSON_ENCODER.encode(value if type(value) is dict else dict(value))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
@@ -176,8 +183,35 @@ def encode_json(value: Any, what: str) -> str:
 
 def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
     """float32 bytes (native order, as the legacy class wrote them) and the dimension."""
+    raw, values = _embedding(value, what)
+    return raw, len(values)
+
+
+def _embedding(value: Any, what: str) -> tuple[bytes, tuple[float, ...]]:
+    """An embedding as float32 bytes and the float values those bytes hold."""
+    # The usual case on the append path, a list of Python floats, without numpy: packing
+    # refuses values beyond float32, and a finite sum of the packed values (which cannot
+    # overflow a double) means none is NaN or infinite. Anything else takes the general path.
+    if (type(value) is list or type(value) is tuple) and set(map(type, value)) == _JUST_FLOAT:
+        layout = _float32_layout(len(value))
+        try:
+            raw = layout.pack(*value)
+        except OverflowError:
+            pass
+        else:
+            values = layout.unpack(raw)
+            if math.isfinite(sum(values)):
+                return raw, values
     array = _float32_vector(value, what)
-    return array.tobytes(), int(array.size)
+    return array.tobytes(), tuple(array.tolist())
+
+
+_JUST_FLOAT = {float}
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_layout(dimension: int) -> struct.Struct:
+    return struct.Struct(f"{dimension}f")  # native order and size, like numpy's float32
 
 
 def _float32_vector(value: Any, what: str) -> np.ndarray[Any, Any]:
@@ -195,10 +229,13 @@ def _float32_vector(value: Any, what: str) -> np.ndarray[Any, Any]:
         raise InvalidInputError(f"{what} must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
         raise InvalidInputError(f"{what} must not be empty")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInputError(f"{what} contains NaN or infinite values")
-    if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
-        raise InvalidInputError(f"{what} has values too large for float32")
+    # One reduction settles the usual case on the append path: NaN and inf propagate into
+    # the largest magnitude, so a largest magnitude within float32's range clears both checks.
+    if array.dtype.kind != "f" or not float(np.abs(array).max()) <= _FLOAT32_MAX:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInputError(f"{what} contains NaN or infinite values")
+        if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
+            raise InvalidInputError(f"{what} has values too large for float32")
     return array.astype(np.float32)
 
 
@@ -214,9 +251,9 @@ def prepare_block(
     timestamp: Any = None,
 ) -> PreparedBlock:
     """Check every argument of an append and encode it for storage."""
-    vector = None if embedding is None else _float32_vector(embedding, "embedding")
+    raw, values = (None, None) if embedding is None else _embedding(embedding, "embedding")
     model = None
-    if vector is not None and embedding_model is not None:
+    if values is not None and embedding_model is not None:
         model = check_text(embedding_model, "embedding_model")
     metadata_json = _metadata_json(metadata)
     return PreparedBlock(
@@ -227,10 +264,10 @@ def prepare_block(
         tags=check_words(tags, "tags"),
         metadata_json=metadata_json,
         # A private copy, as it will read back: later changes by the caller do not leak in.
-        metadata=json.loads(metadata_json) if metadata_json else {},
-        embedding=None if vector is None else vector.tobytes(),
-        embedding_values=None if vector is None else tuple(vector.tolist()),
-        embedding_dim=None if vector is None else int(vector.size),
+        metadata=_JSON_DECODER.decode(metadata_json) if metadata_json else {},
+        embedding=raw,
+        embedding_values=values,
+        embedding_dim=None if values is None else len(values),
         embedding_model=model,
     )
 

@@ -69,6 +69,29 @@ def test_first_appends_start_the_chain(store: BlockStore) -> None:
     assert store.verify_chain() is None
 
 
+@pytest.mark.parametrize(
+    "embedding",
+    [
+        [0.1, -0.7, 3.3e38, 1e-45, -0.0],  # a list of floats (the fast path)
+        (0.1, -0.7, 3.3e38, 1e-45, -0.0),
+        [1, 2.5, True],  # mixed ints, floats and bools: numpy's path
+        np.array([0.1, -0.7, 3.3e38, 1e-45, -0.0]),  # float64 array
+    ],
+    ids=["list", "tuple", "mixed", "float64-array"],
+)
+def test_embeddings_are_stored_as_numpy_float32_bytes(store: BlockStore, embedding: Any) -> None:
+    expected = np.asarray(embedding, dtype=np.float64).astype(np.float32)
+    stored = store.append("vector", embedding=embedding)
+    assert stored.embedding == tuple(expected.tolist())
+    assert store.get(stored.block_index) == stored
+    with store.db.read() as session:
+        raw = session.execute(
+            text("SELECT embedding, embedding_dim FROM block_embeddings WHERE block_index = :i"),
+            {"i": stored.block_index},
+        ).one()
+    assert (bytes(raw[0]), raw[1]) == (expected.tobytes(), expected.size)
+
+
 def test_round_trip_of_every_field(store: BlockStore) -> None:
     vector = np.linspace(-1, 1, 16, dtype=np.float32)
     stored = store.append(

@@ -229,6 +229,10 @@ ADD_BLOCK_FIELDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("embedding-dict", {"embedding": {"x": 1.0}}, "embedding", "list, tuple or numpy"),
     ("embedding-None-items", {"embedding": [None, None]}, "embedding", "numbers"),
     ("embedding-beyond-float32", {"embedding": [1e39]}, "embedding", "float32"),
+    ("embedding-tuple-beyond-float32", {"embedding": (0.5, -1e39)}, "embedding", "float32"),
+    ("embedding-inf-and-minus-inf", {"embedding": [math.inf, -math.inf]}, "embedding", "NaN"),
+    ("embedding-float-then-str", {"embedding": [1.0, "2.0"]}, "embedding", "numbers"),
+    ("embedding-float-then-list", {"embedding": [1.0, [2.0]]}, "embedding", "ragged"),
     ("embedding-scalar", {"embedding": 5.0}, "embedding", "one-dimensional"),
     ("embedding-huge-int", {"embedding": [10**400]}, "embedding", "numbers"),
     ("embedding_model-int", {"embedding_model": 5}, "embedding_model", "a string"),
@@ -691,6 +695,12 @@ STORE_REFUSALS = [
     ),
     refused(
         "append-embedding-empty", lambda m: m.blocks.append("c", embedding=[]), "embedding", "empty"
+    ),
+    refused(
+        "append-embedding-empty-tuple",
+        lambda m: m.blocks.append("c", embedding=()),
+        "embedding",
+        "empty",
     ),
     refused(
         "append-embedding_model-int",
