@@ -34,7 +34,6 @@ class PreparedBlock(NamedTuple):
     keywords: tuple[str, ...]
     tags: tuple[str, ...]
     metadata_json: str | None
-    metadata: Mapping[str, Any]
     embedding: bytes | None
     embedding_values: tuple[float, ...] | None
     embedding_dim: int | None
@@ -165,7 +164,6 @@ def check_words(values: Any, what: str) -> tuple[str, ...]:
 
 # Made once: json.dumps with any non-default option builds a new encoder on every call.
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
-_JSON_DECODER = json.JSONDecoder()
 
 
 def encode_json(value: Any, what: str) -> str:
@@ -189,14 +187,16 @@ def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
 
 def _embedding(value: Any, what: str) -> tuple[bytes, tuple[float, ...]]:
     """An embedding as float32 bytes and the float values those bytes hold."""
-    # The usual case on the append path, a list of Python floats, without numpy: packing
-    # refuses values beyond float32, and a finite sum of the packed values (which cannot
-    # overflow a double) means none is NaN or infinite. Anything else takes the general path.
-    if (type(value) is list or type(value) is tuple) and set(map(type, value)) == _JUST_FLOAT:
+    # The usual case on the append path, a list of numbers, without numpy: packing refuses
+    # non-numbers and values beyond float32, and a finite sum of the packed values (which
+    # cannot overflow a double) means none is NaN or infinite. A list of bools, which numpy
+    # would not take for numbers, and anything refused here take the general path, which
+    # explains what is wrong.
+    if (type(value) is list or type(value) is tuple) and value and type(value[0]) is not bool:
         layout = _float32_layout(len(value))
         try:
             raw = layout.pack(*value)
-        except OverflowError:
+        except (struct.error, OverflowError):
             pass
         else:
             values = layout.unpack(raw)
@@ -204,9 +204,6 @@ def _embedding(value: Any, what: str) -> tuple[bytes, tuple[float, ...]]:
                 return raw, values
     array = _float32_vector(value, what)
     return array.tobytes(), tuple(array.tolist())
-
-
-_JUST_FLOAT = {float}
 
 
 @functools.lru_cache(maxsize=64)
@@ -263,8 +260,6 @@ def prepare_block(
         keywords=check_words(keywords, "keywords"),
         tags=check_words(tags, "tags"),
         metadata_json=metadata_json,
-        # A private copy, as it will read back: later changes by the caller do not leak in.
-        metadata=_JSON_DECODER.decode(metadata_json) if metadata_json else {},
         embedding=raw,
         embedding_values=values,
         embedding_dim=None if values is None else len(values),

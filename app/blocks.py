@@ -8,7 +8,6 @@ unit that read them without lazy loads opening transactions behind the caller's 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -462,14 +461,15 @@ def _insert_statement(table: str, columns: tuple[str, ...], rows: int, placehold
 
 
 def _insert_rows(
-    connection: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    connection: Connection, table: Table, columns: tuple[str, ...], values: list[Any], marker: str
 ) -> None:
-    marker = placeholder(connection)
-    per_statement = _MAX_PARAMETERS // len(columns)
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        statement = _insert_statement(table.name, columns, len(chunk), marker)
-        raw_execute(connection, statement, tuple(itertools.chain.from_iterable(chunk)))
+    """Insert ``values`` (the rows' values one after another) into ``table``."""
+    width = len(columns)
+    per_statement = _MAX_PARAMETERS // width * width
+    for start in range(0, len(values), per_statement):
+        chunk = values[start : start + per_statement]
+        statement = _insert_statement(table.name, columns, len(chunk) // width, marker)
+        raw_execute(connection, statement, chunk)
 
 
 def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[BlockRecord]:
@@ -482,35 +482,32 @@ def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[Blo
         rows.append((index, digest, previous, block))
         previous = digest
         index += 1
-    return insert_blocks(connection, rows)
+    insert_blocks(connection, rows)
+    return [_prepared_record(*row) for row in rows]
 
 
 def insert_blocks(
     connection: Connection, rows: Sequence[tuple[int, str, str, PreparedBlock]]
-) -> list[BlockRecord]:
+) -> None:
     """Insert complete blocks, each ``(index, hash, prev_hash, block)``, with multi-row inserts."""
-    values: tuple[list[tuple[Any, ...]], ...] = ([], [], [], [], [])
-    block_rows, keyword_rows, tag_rows, metadata_rows, embedding_rows = values
-    records = []
+    values: tuple[list[Any], ...] = ([], [], [], [], [])
+    block_values, keyword_values, tag_values, metadata_values, embedding_values = values
     for index, digest, previous, block in rows:
-        block_rows.append(
-            (index, block.timestamp, block.context, block.importance, digest, previous)
-        )
-        keyword_rows.extend((index, keyword) for keyword in block.keywords)
-        tag_rows.extend((index, tag) for tag in block.tags)
+        block_values += (index, block.timestamp, block.context, block.importance, digest, previous)
+        for keyword in block.keywords:
+            keyword_values += (index, keyword)
+        for tag in block.tags:
+            tag_values += (index, tag)
         if block.metadata_json is not None:
-            metadata_rows.append((index, block.metadata_json))
+            metadata_values += (index, block.metadata_json)
         if block.embedding is not None:
-            embedding_rows.append(
-                (index, block.embedding, block.embedding_model, block.embedding_dim)
-            )
-        records.append(_prepared_record(index, digest, previous, block))
+            embedding_values += (index, block.embedding, block.embedding_model, block.embedding_dim)
+    marker = placeholder(connection)
     # One round trip for all five tables on PostgreSQL (no-op on SQLite).
     with pipeline(connection):
-        for (table, columns), parameters in zip(_INSERTS, values, strict=True):
-            if parameters:
-                _insert_rows(connection, table, columns, parameters)
-    return records
+        for (table, columns), table_values in zip(_INSERTS, values, strict=True):
+            if table_values:
+                _insert_rows(connection, table, columns, table_values, marker)
 
 
 def _prepared_record(index: int, digest: str, previous: str, block: PreparedBlock) -> BlockRecord:
@@ -523,7 +520,8 @@ def _prepared_record(index: int, digest: str, previous: str, block: PreparedBloc
         prev_hash=previous,
         keywords=tuple(sorted(block.keywords)),
         tags=tuple(sorted(block.tags)),
-        metadata=block.metadata,
+        # Decoded from the stored text: a private copy, as it will read back.
+        metadata=decode_json_object(block.metadata_json),
         embedding=block.embedding_values,
         embedding_model=block.embedding_model if block.embedding is not None else None,
     )

@@ -638,6 +638,8 @@ def _legacy_block(data: Any) -> tuple[int, str, str, PreparedBlock]:
 
 
 def _is_empty(value: Any) -> bool:
+    if (type(value) is list or type(value) is tuple) and value and type(value[0]) is float:
+        return False  # the usual embedding, without numpy's conversion of the whole list
     try:
         return bool(np.size(value) == 0)
     except (TypeError, ValueError, OverflowError):

@@ -895,10 +895,10 @@ def test_interrupt_between_the_tables_of_an_append_leaves_nothing_half_written(
     store.append("before")
     insert_rows = app.blocks._insert_rows
 
-    def interrupted(connection: Any, table: Any, columns: Any, rows: Any) -> None:
+    def interrupted(connection: Any, table: Any, columns: Any, values: Any, marker: str) -> None:
         if table is keywords_table:
             raise KeyboardInterrupt
-        insert_rows(connection, table, columns, rows)
+        insert_rows(connection, table, columns, values, marker)
 
     monkeypatch.setattr(app.blocks, "_insert_rows", interrupted)
 
