@@ -15,7 +15,7 @@ import os
 import re
 import select
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -518,17 +518,32 @@ def raw_execute(connection: Connection, statement: str, parameters: Any = None) 
     per-statement bookkeeping of SQLAlchemy. Driver errors are translated exactly as the
     ``handle_error`` hook translates them for every other statement.
     """
+    return raw_execute_all(connection, ((statement, parameters),))
+
+
+def raw_execute_all(connection: Connection, statements: Iterable[tuple[str, Any]]) -> Any:
+    """:func:`raw_execute` for several ``(statement, parameters)`` in order; returns the
+    driver's cursor of the last one."""
     dbapi_connection: Any = connection.connection.dbapi_connection
     dbapi = connection.dialect.loaded_dbapi
+    cursor = None
     try:
         if connection.dialect.name == "sqlite":
-            return dbapi_connection.execute(statement, () if parameters is None else parameters)
-        if parameters is None:
-            return dbapi_connection.execute(statement)
-        # psycopg caches its parsing of %s markers only for statements of up to 50
-        # parameters, and the chain's multi-row inserts have hundreds: send PostgreSQL's own
-        # $n markers (converted once per statement) on a raw cursor, which parses nothing.
-        return dbapi.RawCursor(dbapi_connection).execute(_numbered(statement), parameters)
+            for statement, parameters in statements:
+                cursor = dbapi_connection.execute(
+                    statement, () if parameters is None else parameters
+                )
+            return cursor
+        for statement, parameters in statements:
+            if parameters is None:
+                cursor = dbapi_connection.execute(statement)
+            else:
+                # psycopg caches its parsing of %s markers only for statements of up to 50
+                # parameters, and the chain's multi-row inserts have hundreds: send
+                # PostgreSQL's own $n markers (converted once per statement) on a raw
+                # cursor, which parses nothing.
+                cursor = dbapi.RawCursor(dbapi_connection).execute(_numbered(statement), parameters)
+        return cursor
     except dbapi.Error as exc:
         _raise_translated(connection, exc)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
-from ._engine import pipeline, placeholder, raw_execute
+from ._engine import pipeline, placeholder, raw_execute, raw_execute_all
 from ._group_commit import GroupCommitter
 from ._validate import (
     PreparedBlock,
@@ -460,16 +460,15 @@ def _insert_statement(table: str, columns: tuple[str, ...], rows: int, placehold
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * rows)
 
 
-def _insert_rows(
-    connection: Connection, table: Table, columns: tuple[str, ...], values: list[Any], marker: str
-) -> None:
-    """Insert ``values`` (the rows' values one after another) into ``table``."""
+def _insert_statements(
+    table: Table, columns: tuple[str, ...], values: list[Any], marker: str
+) -> Iterator[tuple[str, list[Any]]]:
+    """The INSERTs of ``values`` (the rows' values one after another) into ``table``."""
     width = len(columns)
     per_statement = _MAX_PARAMETERS // width * width
     for start in range(0, len(values), per_statement):
-        chunk = values[start : start + per_statement]
-        statement = _insert_statement(table.name, columns, len(chunk) // width, marker)
-        raw_execute(connection, statement, chunk)
+        chunk = values[start : start + per_statement] if len(values) > per_statement else values
+        yield _insert_statement(table.name, columns, len(chunk) // width, marker), chunk
 
 
 def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[BlockRecord]:
@@ -503,11 +502,15 @@ def insert_blocks(
         if block.embedding is not None:
             embedding_values += (index, block.embedding, block.embedding_model, block.embedding_dim)
     marker = placeholder(connection)
+    statements = [
+        statement
+        for (table, columns), table_values in zip(_INSERTS, values, strict=True)
+        if table_values
+        for statement in _insert_statements(table, columns, table_values, marker)
+    ]
     # One round trip for all five tables on PostgreSQL (no-op on SQLite).
     with pipeline(connection):
-        for (table, columns), table_values in zip(_INSERTS, values, strict=True):
-            if table_values:
-                _insert_rows(connection, table, columns, table_values, marker)
+        raw_execute_all(connection, statements)
 
 
 def _prepared_record(index: int, digest: str, previous: str, block: PreparedBlock) -> BlockRecord:

@@ -40,7 +40,6 @@ from app.errors import (
     StorageFullError,
 )
 from app.maintenance import backup
-from app.models import keywords_table
 
 from .conftest import in_thread
 
@@ -893,14 +892,15 @@ def test_interrupt_between_the_tables_of_an_append_leaves_nothing_half_written(
     db = make_db(busy_timeout=30.0, retry_deadline=WRITER_DEADLINE)
     store = BlockStore(db)
     store.append("before")
-    insert_rows = app.blocks._insert_rows
+    execute_all = app.blocks.raw_execute_all
 
-    def interrupted(connection: Any, table: Any, columns: Any, values: Any, marker: str) -> None:
-        if table is keywords_table:
-            raise KeyboardInterrupt
-        insert_rows(connection, table, columns, values, marker)
+    def interrupted(connection: Any, statements: Any) -> Any:
+        for statement in statements:
+            if statement[0].startswith("INSERT INTO block_keywords"):
+                raise KeyboardInterrupt
+            execute_all(connection, [statement])
 
-    monkeypatch.setattr(app.blocks, "_insert_rows", interrupted)
+    monkeypatch.setattr(app.blocks, "raw_execute_all", interrupted)
 
     def append() -> None:
         if inside_unit:
@@ -910,7 +910,7 @@ def test_interrupt_between_the_tables_of_an_append_leaves_nothing_half_written(
             store.append(**big_block("interrupted", 1))
 
     assert type(in_thread(append)) is KeyboardInterrupt
-    monkeypatch.setattr(app.blocks, "_insert_rows", insert_rows)
+    monkeypatch.setattr(app.blocks, "raw_execute_all", execute_all)
     assert_chain_intact(db, store, 1)
     assert_nothing_from(db, 1)
     assert_next_writers_proceed_at_once(db, db_url, other_process, 1)
