@@ -283,13 +283,12 @@ def _install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
                 _check_same_file(_record_info(conn).get("file_id"), path, settings)
             # Take the write lock now: a DEFERRED transaction that reads and then writes
             # can fail with SQLITE_BUSY at once, without waiting (see architecture notes).
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            raw_execute(conn, "BEGIN IMMEDIATE")
         elif unit == "read":
-            conn.exec_driver_sql("BEGIN")
-            conn.exec_driver_sql("PRAGMA query_only = ON")
+            raw_execute_all(conn, (("BEGIN", None), ("PRAGMA query_only = ON", None)))
             _record_info(conn)["query_only"] = True
         else:
-            conn.exec_driver_sql("BEGIN")
+            raw_execute(conn, "BEGIN")
 
     @event.listens_for(engine, "checkout")
     def _reopen_read_only(
