@@ -424,7 +424,7 @@ class Database:
             if (
                 alive
                 and self._write_lock.queued()
-                and group.units + len(group.waiters) < self.settings.max_units_per_commit
+                and group.units < self.settings.max_units_per_commit
             ):
                 waiter = Waiter() if succeeded else None  # nothing to wait for after a failure
                 if waiter is not None:

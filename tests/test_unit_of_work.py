@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -10,6 +13,8 @@ from sqlalchemy import text
 from app import Database
 from app.errors import ReadOnlyUnitError, TransactionStateError
 from app.models import ShortTermMemory
+
+from .conftest import increment_counter, make_counter_table
 
 
 def _make_table(db: Database) -> None:
@@ -171,3 +176,48 @@ def test_context_manager_disposes() -> None:
     with Database("sqlite://") as db, db.unit_of_work() as session:
         session.execute(text("SELECT 1"))
     assert db.closed
+
+
+def test_units_share_one_commit_up_to_max_units_per_commit(
+    make_db: Callable[..., Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten units queued behind a first one commit in groups of exactly 4, 4 and 2."""
+    db = make_db(max_units_per_commit=4)
+    make_counter_table(db)
+    groups: list[int] = []
+    close_group = Database._close_group
+
+    def recording(self: Database, group: Any, *, commit: bool) -> Any:
+        groups.append(group.units)
+        return close_group(self, group, commit=commit)
+
+    monkeypatch.setattr(Database, "_close_group", recording)
+    first_in, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with db.unit_of_work() as session:
+            first_in.set()
+            assert release.wait(30)
+            increment_counter(session)
+
+    def other() -> None:
+        with db.unit_of_work() as session:
+            increment_counter(session)
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert first_in.wait(30)
+    threads += [threading.Thread(target=other) for _ in range(9)]
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while db._write_lock.queued() < 9:  # every other unit waits for its turn
+        assert time.monotonic() < deadline, "the units never all queued"
+        time.sleep(0.001)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert groups == [4, 4, 2]
+    with db.read() as session:
+        assert session.execute(text("SELECT value FROM counter")).scalar_one() == 10
+    assert db.stats().units_committed == 11  # the table's unit, then the ten
