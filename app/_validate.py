@@ -226,13 +226,10 @@ def _float32_vector(value: Any, what: str) -> np.ndarray[Any, Any]:
         raise InvalidInputError(f"{what} must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
         raise InvalidInputError(f"{what} must not be empty")
-    # One reduction settles the usual case on the append path: NaN and inf propagate into
-    # the largest magnitude, so a largest magnitude within float32's range clears both checks.
-    if array.dtype.kind != "f" or not float(np.abs(array).max()) <= _FLOAT32_MAX:
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInputError(f"{what} contains NaN or infinite values")
-        if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
-            raise InvalidInputError(f"{what} has values too large for float32")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError(f"{what} contains NaN or infinite values")
+    if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
+        raise InvalidInputError(f"{what} has values too large for float32")
     return array.astype(np.float32)
 
 
