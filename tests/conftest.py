@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -203,3 +204,19 @@ def in_thread(fn: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def run_cli(*args: str) -> Result:
+    """Run the command line in-process with ``args``."""
+    from app.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_line_error(result: Result) -> str:
+    """The command failed (exit 1) with exactly one ``Error:`` line and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]

@@ -12,12 +12,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from app import BlockStore, Database
 from app._bench import legacy_hash
-from app.cli import cli
 from app.schema import head_revision
+
+from .conftest import assert_one_line_error
+from .conftest import run_cli as run
 
 
 @pytest.fixture(autouse=True)
@@ -35,23 +36,11 @@ def url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
 def fill(url: str, count: int) -> None:
     with Database(url) as db:
         store = BlockStore(db)
         for i in range(count):
             store.append(f"block {i}", keywords=[f"k{i}"], tags=["t"], embedding=[1.0, float(i)])
-
-
-def assert_one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 # -- every command -------------------------------------------------------------------------

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import text
 
 from app import BlockStore, Database
-from app.cli import cli
 from app.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -22,6 +20,8 @@ from app.models import LEGACY_TABLES
 from app.transfer import copy_database
 
 from .conftest import LEGACY_DDL, LEGACY_FIXTURE
+from .conftest import assert_one_line_error as one_line_error
+from .conftest import run_cli as run
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -39,18 +39,6 @@ LEGACY_COUNTS = {
 @pytest.fixture(autouse=True)
 def _no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("APP_DATABASE_URL", raising=False)
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:

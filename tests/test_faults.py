@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import event, text
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 import app.blocks
 from app import BlockStore, Database
-from app.cli import cli
 from app.errors import (
     AppError,
     CorruptDatabaseError,
@@ -41,7 +39,7 @@ from app.errors import (
 )
 from app.maintenance import backup
 
-from .conftest import in_thread
+from .conftest import assert_one_line_error, in_thread, run_cli
 
 CHAIN_TABLES = ("blocks", "block_keywords", "block_tags", "block_metadata", "block_embeddings")
 #: Far above any database a test builds: "no limit" for ``PRAGMA max_page_count``.
@@ -114,6 +112,14 @@ def assert_chain_intact(db: Database, store: BlockStore, count: int) -> None:
     assert orphan_rows(db) == dict.fromkeys(CHAIN_TABLES[1:], 0)
     if db.settings.is_sqlite:
         assert quick_check(db) == "ok"
+
+
+def outcome(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
+    """Store under ``name`` what ``fn()`` returned, or the exception it raised."""
+    try:
+        results[name] = fn()
+    except BaseException as exc:  # noqa: BLE001 - checked by the caller
+        results[name] = exc
 
 
 def assert_nothing_from(db: Database, first_index: int) -> None:
@@ -213,18 +219,6 @@ def unwritable(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
-def run_cli(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)
@@ -496,13 +490,14 @@ def test_disk_filling_in_a_shared_transaction_fails_every_unit_in_it_as_storage_
             session.execute(text(f"PRAGMA max_page_count = {page_count(db)}"))
             return store.append(**{**big_block("too big", 1), "context": "x" * 20_000})
 
-    def run(name: str, fn: Callable[[], Any]) -> None:
-        try:
-            results[name] = fn()
-        except BaseException as exc:  # noqa: BLE001 - checked below
-            results[name] = exc
-
-    run_threads(lambda i: run("first", first_unit) if i == 0 else run("filling", filling_unit), 2)
+    run_threads(
+        lambda i: (
+            outcome(results, "first", first_unit)
+            if i == 0
+            else outcome(results, "filling", filling_unit)
+        ),
+        2,
+    )
     assert type(results["filling"]) is StorageFullError
     first = results["first"]
     if isinstance(first, BaseException):
@@ -865,13 +860,14 @@ def test_unit_dying_in_a_shared_transaction_leaves_no_lock_held(
 
     results: dict[str, Any] = {}
 
-    def run(name: str, fn: Callable[[], Any]) -> None:
-        try:
-            results[name] = fn()
-        except BaseException as exc:  # noqa: BLE001 - checked below
-            results[name] = exc
-
-    run_threads(lambda i: run("first", first_unit) if i == 0 else run("dying", dying_unit), 2)
+    run_threads(
+        lambda i: (
+            outcome(results, "first", first_unit)
+            if i == 0
+            else outcome(results, "dying", dying_unit)
+        ),
+        2,
+    )
     assert results["first"] == 1
     assert type(results["dying"]) is fatal
     assert_chain_intact(db, store, 2)

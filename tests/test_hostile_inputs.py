@@ -884,29 +884,11 @@ STORE_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("call", "argument", "detail"), ADD_BLOCK_REFUSALS)
-def test_add_block_refuses_and_changes_nothing(
-    seeded: DatabaseManager, call: Call, argument: str, detail: str
-) -> None:
-    assert_refused(seeded, call, argument, detail)
-
-
-@pytest.mark.parametrize(("call", "argument", "detail"), FACADE_READ_REFUSALS)
-def test_facade_read_refuses(
-    seeded: DatabaseManager, call: Call, argument: str, detail: str
-) -> None:
-    assert_refused(seeded, call, argument, detail)
-
-
-@pytest.mark.parametrize(("call", "argument", "detail"), FACADE_WRITE_REFUSALS)
-def test_facade_write_refuses_and_changes_nothing(
-    seeded: DatabaseManager, call: Call, argument: str, detail: str
-) -> None:
-    assert_refused(seeded, call, argument, detail)
-
-
-@pytest.mark.parametrize(("call", "argument", "detail"), STORE_REFUSALS)
-def test_block_store_refuses_and_changes_nothing(
+@pytest.mark.parametrize(
+    ("call", "argument", "detail"),
+    ADD_BLOCK_REFUSALS + FACADE_READ_REFUSALS + FACADE_WRITE_REFUSALS + STORE_REFUSALS,
+)
+def test_bad_input_is_refused_and_changes_nothing(
     seeded: DatabaseManager, call: Call, argument: str, detail: str
 ) -> None:
     assert_refused(seeded, call, argument, detail)
