@@ -479,8 +479,22 @@ def _install_common_hooks(engine: Engine, settings: Settings) -> None:
             record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
             raise DisconnectionError("connection was created by another process")
 
+    sqlite = settings.is_sqlite
+
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
+        if (
+            sqlite
+            and context.is_disconnect
+            and not isinstance(context.original_exception, Exception)
+        ):
+            # SQLAlchemy discards a connection whose statement a KeyboardInterrupt or
+            # SystemExit interrupted, as a network driver may be left mid-message. sqlite3
+            # raises those only between its calls, so the connection is intact; and
+            # discarding it would be harmful: closed while its cursor is still referenced
+            # (by the traceback), SQLite keeps it, with its transaction and write lock,
+            # until the garbage collector frees that cursor. Keep it: the unit rolls back.
+            context.is_disconnect = False
         conn = context.connection
         read_unit = False
         if conn is not None and not conn.closed:

@@ -459,7 +459,7 @@ class ThreadConnection:
 
     def _begin(self) -> None:
         # A BEGIN inside a unit is a no-op: old code guarded it with ``in_transaction``.
-        if getattr(self._db._local, "mode", None) is None:
+        if self._db.unit_kind() is None:
             self._local.unit = _ImplicitUnit(self._db, self._users)
 
     def _execute(self, cursor: LegacyCursor, sql: str, parameters: Any, *, many: bool) -> None:
@@ -476,9 +476,9 @@ class ThreadConnection:
             cursor._load([], None, -1, None)
             return
         with self._users:
-            if kind == "write" and getattr(self._db._local, "mode", None) is None:
+            if kind == "write" and self._db.unit_kind() is None:
                 self._begin()
-            if getattr(self._db._local, "mode", None) is not None:
+            if self._db.unit_kind() is not None:
                 # Inside a unit the statement joins it, on the unit's own connection.
                 with self._db._reading() as connection:
                     self._run(connection, cursor, sql, parameters, many, in_unit=True)

@@ -21,8 +21,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
+from ._append_batcher import AppendBatcher
 from ._engine import pipeline, placeholder, raw_execute, raw_execute_all
-from ._group_commit import GroupCommitter
+from ._shared_transaction import WriteOutcome
 from ._validate import (
     PreparedBlock,
     block_hash,
@@ -36,7 +37,7 @@ from ._validate import (
     encode_embedding,
     prepare_block,
 )
-from .database import Database
+from .database import Database, UnitKind
 from .models import (
     blocks_table,
     embeddings_table,
@@ -169,26 +170,33 @@ class BlockStore:
         return records
 
     def _append_prepared(self, blocks: Sequence[PreparedBlock]) -> list[BlockRecord]:
-        mode = getattr(self.db._local, "mode", None)
-        if mode == "write":
+        kind = self.db.unit_kind()
+        if kind is UnitKind.WRITE:
             # Inside the caller's own unit: write directly (the queue's leader would wait
             # for the lock this thread holds).
             with self.db._writing() as connection:
                 return write_chain(connection, list(blocks))
-        if mode == "read":
+        if kind is not None:
             raise errors.TransactionStateError("cannot append inside a read unit")
+        self.db.check_may_wait_for_turn()
         return self._committer().submit(blocks)
 
-    def _committer(self) -> GroupCommitter[PreparedBlock, BlockRecord]:
+    def _committer(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
         per_process = self.db._per_process
         committer = per_process.get("chain")
         if committer is None:
+            db = self.db
+
+            def write(items: list[PreparedBlock], outcome: WriteOutcome) -> list[BlockRecord]:
+                def body(connection: Connection) -> list[BlockRecord]:
+                    outcome.value = write_chain(connection, items)
+                    return outcome.value  # type: ignore[no-any-return]
+
+                return db._run_writing(body, outcome)
+
             committer = per_process.setdefault(
                 "chain",
-                GroupCommitter(
-                    lambda items: self.db._run_writing(lambda c: write_chain(c, items)),
-                    self.db.settings.max_batch,
-                ),
+                AppendBatcher(write, db.settings.max_batch, db.settings.retry_deadline, db.url),
             )
         return committer  # type: ignore[no-any-return]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import logging
 import os
 import random
@@ -9,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -21,8 +23,8 @@ from sqlalchemy.util import ThreadLocalRegistry
 
 from . import errors
 from ._engine import BUSY_OPTION, UNIT_OPTION, build_engine, raw_execute
-from ._fairlock import WRITE_LOCKS
-from ._write_group import Waiter, WriteGroup
+from ._shared_transaction import CommitWaiter, SharedTransaction, WriteOutcome
+from ._write_side import WriteSide, write_side
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,55 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_WRITE = "write"
-_READ = "read"
-_SNAPSHOT = "snapshot"
+
+class UnitKind(enum.Enum):
+    """What a unit of work may do; the value is what the engine's ``begin`` hook reads."""
+
+    WRITE = "write"  # BEGIN IMMEDIATE (the advisory lock on PostgreSQL)
+    READ = "read"  # Database.read(): a snapshot in which writes are refused
+    SNAPSHOT = "snapshot"  # the layer's own reads: a snapshot without the ORM
+
+
+def _current_task() -> object:
+    """The asyncio task running on this thread, or None."""
+    loop = asyncio.events._get_running_loop()
+    return None if loop is None else asyncio.current_task(loop)
+
+
+class _Unit:
+    """One open unit of work: what it may do, and where it runs.
+
+    A unit belongs to the thread and the asyncio task that opened it. Its ``with`` block
+    may end elsewhere (a generator resumed on another thread): it is then closed, and the
+    thread it began on no longer counts as inside it.
+    """
+
+    __slots__ = (
+        "connection",
+        "counted",
+        "depth",
+        "kind",
+        "open",
+        "task",
+        "thread",
+        "unclean",
+        "waiter",
+    )
+
+    def __init__(self, kind: UnitKind) -> None:
+        self.kind = kind
+        self.depth = 1
+        self.open = True
+        self.thread = threading.get_ident()
+        self.task = _current_task()
+        self.connection: Connection | None = None
+        self.counted = False  # counted among the Database's units in progress
+        # A SAVEPOINT of this unit was neither released nor rolled back (interrupted):
+        # the transaction it is in can only be rolled back.
+        self.unclean = False
+        # Set while a later unit is to commit this unit's work (see Database._end_turn).
+        self.waiter: CommitWaiter | None = None
+
 
 #: ``PRAGMA wal_checkpoint`` modes, mildest first (see :meth:`Database.checkpoint`).
 CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
@@ -89,16 +137,15 @@ class _Snapshots:
         self._changed = threading.Condition()
         self._began: dict[object, float] = {}
 
-    def begin(self) -> object:
-        token = object()
+    def begin(self, token: object) -> None:
         with self._changed:
             self._began[token] = time.monotonic()
-        return token
 
     def end(self, token: object) -> None:
+        """Forget a snapshot (again is harmless)."""
         with self._changed:
-            del self._began[token]
-            self._changed.notify_all()
+            if self._began.pop(token, None) is not None:
+                self._changed.notify_all()
 
     def drain(self, limit: float) -> bool:
         """Wait until every snapshot in progress has ended, for at most ``limit`` seconds.
@@ -173,7 +220,12 @@ class Database:
         self.settings = Settings.resolve(url, **settings)
         self.url = self.settings.safe_url()
         self.engine = build_engine(self.settings)
+        # Units in progress, so that dispose() can leave their connections to them and close
+        # the pool when the last one ends.
+        self._lifetime = threading.Lock()
+        self._active = 0
         self._closed = False
+        self._engine_disposed = False
         # An in-memory or single-connection database has one connection: units take turns
         # on it, reads included.
         self._exclusive = self.settings.is_memory or self.settings.single_connection
@@ -181,8 +233,8 @@ class Database:
         self._wal_path = _wal_to_bound(self.settings)
         self._wal_retry_at = 0.0
         self._wal_retry_pause = _WAL_RETRY_FIRST
-        # A write unit binds the thread's Session to the process's shared write connection,
-        # where it opens a SAVEPOINT (see _write_group); a read unit binds it to the engine.
+        # A write unit binds the thread's Session to the open write transaction's
+        # connection, where it opens a SAVEPOINT; a read unit binds it to the engine.
         self._factory = sessionmaker(
             self.engine, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )
@@ -215,19 +267,48 @@ class Database:
         return self._closed
 
     def dispose(self) -> None:
-        """Close this thread's Session and every pooled connection. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close this Database: later calls raise :class:`~app.errors.ClosedError`.
+
+        Units and appends already in progress in other threads finish normally; the pooled
+        connections are closed now, or when the last of those units ends. Other Database
+        objects on the same database are not affected. Safe to call twice.
+        """
+        with self._lifetime:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._active == 0
+            self._engine_disposed = idle
         _LIVE.discard(self)
         try:
             self.session.remove()
         finally:
-            self.engine.dispose()
+            if idle:
+                self.engine.dispose()
 
     def _check_open(self) -> None:
         if self._closed:
             raise errors.ClosedError(f"{self.url} was disposed; create a new Database")
+
+    def _enter(self, unit: _Unit) -> None:
+        """Count a unit in progress (see dispose)."""
+        with self._lifetime:
+            self._check_open()
+            self._active += 1
+            unit.counted = True
+
+    def _leave(self, unit: _Unit) -> None:
+        """Stop counting ``unit``; safe to repeat. The last unit after dispose() closes the
+        pool."""
+        with self._lifetime:
+            if not unit.counted:
+                return
+            unit.counted = False
+            self._active -= 1
+            last = self._closed and self._active == 0 and not self._engine_disposed
+            self._engine_disposed = self._engine_disposed or last
+        if last:
+            self.engine.dispose()
 
     def _lock_key(self) -> str:
         path = self.settings.sqlite_path
@@ -238,12 +319,10 @@ class Database:
         return self.url
 
     def _reset_thread_state(self) -> None:
-        self._write_lock = WRITE_LOCKS.get(self._lock_key())
+        self._side: WriteSide = write_side(self._lock_key(), self.settings.retry_deadline)
         self._local = threading.local()
         # Per-process helpers of other modules (the chain's group committer), rebuilt after fork.
         self._per_process: dict[str, Any] = {}
-        # The write transaction shared by successive units; touched only by the lock holder.
-        self._group: WriteGroup | None = None
         # Cleared while a checkpoint empties the WAL: new snapshots wait (see _bound_wal).
         self._readers_may_start = threading.Event()
         self._readers_may_start.set()
@@ -258,13 +337,37 @@ class Database:
 
     # -- units of work ------------------------------------------------------------------
 
+    def _unit(self) -> _Unit | None:
+        """The unit of work this thread (and asyncio task) has open here, or None.
+
+        Raises:
+            TransactionStateError: another asyncio task has a unit open on this thread: the
+                two would share one Session and one transaction.
+        """
+        unit: _Unit | None = getattr(self._local, "unit", None)
+        if unit is None or not unit.open:
+            return None
+        if unit.task is not _current_task():
+            raise errors.TransactionStateError(
+                f"another asyncio task on this thread has a unit of work of {self.url} open; "
+                "units of Database are per thread, so tasks would share its transaction: "
+                "use the asyncio API (app.aio.AsyncDatabase), or run the unit in a thread"
+            )
+        return unit
+
+    def unit_kind(self) -> UnitKind | None:
+        """The kind of unit this thread is inside (None outside any)."""
+        unit = self._unit()
+        return None if unit is None else unit.kind
+
     def in_write_unit(self) -> bool:
         """True when this thread is inside a write unit of this database."""
-        return getattr(self._local, "mode", None) == _WRITE
+        return self.unit_kind() is UnitKind.WRITE
 
     def _write_depth(self) -> int:
         """How many write units this thread has open (0 outside any)."""
-        return int(getattr(self._local, "depth", 0))
+        unit = self._unit()
+        return unit.depth if unit is not None and unit.kind is UnitKind.WRITE else 0
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
@@ -277,7 +380,10 @@ class Database:
         Raises:
             DatabaseBusyError: another process kept the write lock past ``busy_timeout``, or
                 this process's writers kept it past ``retry_deadline``.
-            TransactionStateError: opened inside a read unit.
+            CommitTimeoutError: the unit ran, but the transaction it shares with later units
+                was still open ``retry_deadline`` seconds after it ended.
+            TransactionStateError: opened inside a read unit, or while this thread is in a
+                write unit of another Database object on the same database.
         """
         session = self.session()
         with self._write_scope(None):
@@ -285,73 +391,132 @@ class Database:
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
-        """A write unit for the layer's own statements: the shared write connection, in a
-        SAVEPOINT of its own, without the ORM's bookkeeping."""
+        """A write unit for the layer's own statements: the write transaction's connection,
+        in a SAVEPOINT of its own, without the ORM's bookkeeping."""
         with self._write_scope(None) as connection:
             yield connection
 
     @contextmanager
-    def _write_scope(self, deadline: float | None) -> Iterator[Connection]:
+    def _write_scope(
+        self, deadline: float | None, outcome: WriteOutcome | None = None
+    ) -> Iterator[Connection]:
+        """The write unit behind unit_of_work, run and the layer's own writes.
+
+        The outermost unit takes this process's write turn (``_write_side``), joins the
+        transaction the previous unit of this Database left open or begins one, runs the
+        body in a SAVEPOINT (none for the first unit of a transaction), then either hands
+        the open transaction with the turn to the next unit of this Database, or commits.
+        ``outcome``, when given, records where the unit's work went, so that a caller
+        interrupted after the commit can still tell that it was committed.
+        """
         self._check_open()
-        local = self._local
-        mode = getattr(local, "mode", None)
+        unit = self._unit()
         session = self.session()
-        if mode == _WRITE:
-            assert self._group is not None  # this thread holds the turn
-            local.depth += 1
+        if unit is not None:
+            if unit.kind is not UnitKind.WRITE:
+                raise errors.TransactionStateError(
+                    "cannot open a write unit inside a read unit: open the write unit first"
+                )
+            assert unit.connection is not None
+            unit.depth += 1
             try:
-                with self._savepoint(self._group.connection, session):
-                    yield self._group.connection
+                with self._savepoint(unit, session, None):
+                    yield unit.connection
             finally:
-                local.depth -= 1
+                unit.depth -= 1
             return
-        if mode == _READ:
-            raise errors.TransactionStateError(
-                "cannot open a write unit inside a read unit: open the write unit first"
-            )
         self._end_stray_transaction(session)
+        side = self._side
+        self.check_may_wait_for_turn()
         if deadline is None:
             deadline = time.monotonic() + self.settings.retry_deadline
-        self._take_turn(deadline)
-        local.mode, local.depth = _WRITE, 1
-        turn_ended = False
+        unit = _Unit(UnitKind.WRITE)
         failure: BaseException | None = None
-        waiter: Waiter | None = None
-        group_error: BaseException | None = None
+        result: BaseException | None = None
+        self._enter(unit)
         try:
-            group = self._group or self._open_group(deadline)
-            session.bind = group.connection
-            # The first unit of a group needs no SAVEPOINT: if it fails, the whole
-            # transaction is rolled back, as nobody else's work is in it yet.
-            first = not group.units
+            self._record_wait(side.take_turn(deadline, self, self.url))
+            self._check_open()  # disposed while this unit waited
+            shared = side.shared or self._begin_shared(side, deadline)
+            if outcome is not None:
+                outcome.unit, outcome.transaction = unit, shared
+            unit.connection = shared.connection
+            session.bind = shared.connection
+            self._local.unit = unit
             try:
-                with self._savepoint(group.connection, session, isolate=not first):
-                    yield group.connection
+                with self._savepoint(unit, session, shared):
+                    yield shared.connection
             except BaseException as exc:  # noqa: BLE001 - re-raised once the turn is ended
                 failure = exc
-                group.spoiled = first
-                self._counters.add("rolled_back")
-            turn_ended = True
-            waiter, group_error = self._end_turn(group, failure)
+                if not shared.holds(unit):
+                    # The first unit of a transaction runs without a SAVEPOINT, and a
+                    # SAVEPOINT whose rollback was interrupted holds part of the work:
+                    # either way only a rollback of everything undoes it.
+                    shared.spoiled = shared.spoiled or not shared.units or unit.unclean
+                    self._counters.add("rolled_back")
+            self._close_unit(unit, session)
+            result = self._end_turn(side, shared, unit, failure)
         finally:
-            session.bind = self.engine
-            local.mode, local.depth = None, 0
-            if not turn_ended:
-                self._write_lock.release()
-        if waiter is not None:
-            group_error = waiter.wait()
+            # Also after an interruption anywhere above (and once more if the clean-up
+            # itself is interrupted): the unit is closed, the turn passed on with the open
+            # transaction committed (or rolled back), and a unit whose work another unit
+            # will commit learns the outcome first, so nobody is unsure whether it was
+            # written.
+            try:
+                self._end_scope(side, unit, session)
+            except BaseException:
+                self._end_scope(side, unit, session)
+                raise
+            finally:
+                if unit.waiter is not None:
+                    deadline = time.monotonic() + self.settings.retry_deadline
+                    result = unit.waiter.wait(deadline, self.url)
         if failure is not None:
             raise failure
-        if group_error is not None:
-            raise group_error
+        if result is not None:
+            raise result
+
+    def _end_scope(self, side: WriteSide, unit: _Unit, session: Session) -> None:
+        """Whatever state the outermost write unit stopped in, end it. Safe to repeat."""
+        self._close_unit(unit, session)
+        if side.turn.held_by_me():
+            if unit.unclean and side.shared is not None:
+                side.shared.spoiled = True
+            side.release()
+        self._leave(unit)
+
+    def check_may_wait_for_turn(self) -> None:
+        """Refuse, up front, to wait for the write turn in a thread that holds it.
+
+        Raises:
+            TransactionStateError: this thread is inside a write unit of another Database
+                object on the same database (waiting would wait for itself).
+        """
+        if self._side.turn.held_by_me():
+            raise errors.TransactionStateError(
+                f"this thread is inside a write unit of another Database object on {self.url}; "
+                "a second one would wait for the first: use the same Database object (or "
+                "finish the first unit)"
+            )
+
+    def _close_unit(self, unit: _Unit, session: Session) -> None:
+        unit.open = False
+        if getattr(self._local, "unit", None) is unit:
+            self._local.unit = None
+        session.bind = self.engine
 
     @contextmanager
     def _savepoint(
-        self, connection: Connection, session: Session, *, isolate: bool = True
+        self, unit: _Unit, session: Session, shared: SharedTransaction | None
     ) -> Iterator[None]:
-        """Run the body in a SAVEPOINT that a failure rolls back alone (with ``isolate``
-        false, only the Session's part is ended and the caller rolls back the rest)."""
-        if not isolate:
+        """Run the body so that a failure rolls back its work alone.
+
+        ``shared`` is given for the outermost unit: the unit is then recorded as kept by the
+        transaction once its body and flush have succeeded. The first unit of a transaction
+        needs no SAVEPOINT: if it fails, the caller rolls back the whole transaction, as
+        nobody else's work is in it yet.
+        """
+        if shared is not None and not shared.units:
             try:
                 yield
                 if session.in_transaction():
@@ -360,14 +525,21 @@ class Database:
                 if session.in_transaction():
                     _rollback_quietly(session)
                 raise
+            shared.keep(unit)
             return
+        unit.unclean = True  # until the SAVEPOINT is released or rolled back
         if session.in_transaction():
             # The Session already works in this unit: let it track the savepoint, so a
             # rollback also expires the objects it changed.
             with session.begin_nested():
                 yield
+            if shared is not None:
+                shared.keep(unit)
+            unit.unclean = False
             return
-        name = f"app_unit_{self._local.depth}"
+        connection = unit.connection
+        assert connection is not None
+        name = f"app_unit_{unit.depth}"
         raw_execute(connection, f"SAVEPOINT {name}")
         try:
             yield
@@ -379,14 +551,20 @@ class Database:
             try:
                 raw_execute(connection, f"ROLLBACK TO SAVEPOINT {name}")
                 raw_execute(connection, f"RELEASE SAVEPOINT {name}")
+                unit.unclean = False
             except Exception:
                 log.debug("rolling back %s failed", name, exc_info=True)
             raise
+        # From here the work stays: COMMIT includes a SAVEPOINT that was never released.
+        if shared is not None:
+            shared.keep(unit)
+        unit.unclean = False
         raw_execute(connection, f"RELEASE SAVEPOINT {name}")
 
-    def _open_group(self, deadline: float) -> WriteGroup:
-        """Start the process's write transaction (BEGIN IMMEDIATE / the PostgreSQL write lock)."""
-        options: dict[str, Any] = {UNIT_OPTION: _WRITE}
+    def _begin_shared(self, side: WriteSide, deadline: float) -> SharedTransaction:
+        """Begin this process's write transaction (BEGIN IMMEDIATE / the PostgreSQL write
+        lock) in the turn just taken, and leave it to the turn's holder."""
+        options: dict[str, Any] = {UNIT_OPTION: UnitKind.WRITE.value}
         remaining = deadline - time.monotonic()
         if remaining < self.settings.busy_timeout:
             # Wait for another process's write lock no longer than the deadline allows.
@@ -394,11 +572,17 @@ class Database:
         connection = self._connect().execution_options(**options)
         try:
             connection.begin()
+            side.shared = SharedTransaction(connection, self, self._bound_wal, self._count_units)
         except BaseException:
-            connection.close()
+            # Closing rolls back: no transaction may be left open without an owner, so
+            # close again if the first close is interrupted.
+            try:
+                connection.close()
+            except BaseException:
+                connection.close()
+                raise
             raise
-        self._group = WriteGroup(connection)
-        return self._group
+        return side.shared
 
     def _connect(self) -> Connection:
         try:
@@ -406,67 +590,50 @@ class Database:
         except PoolTimeout as exc:
             raise self._pool_exhausted() from exc
 
+    def _count_units(self, committed: bool, units: int) -> None:
+        self._counters.add("committed" if committed else "rolled_back", units)
+
+    def _record_wait(self, waited: float) -> None:
+        self._counters.record_wait(waited)
+        if waited > self.settings.slow_wait_threshold:
+            log.warning("writer waited %.3fs for its turn on %s", waited, self.url)
+
     def _end_turn(
-        self, group: WriteGroup, failure: BaseException | None
-    ) -> tuple[Waiter | None, BaseException | None]:
-        """Pass the open transaction to the next writer, or commit it; releases the turn.
+        self,
+        side: WriteSide,
+        shared: SharedTransaction,
+        unit: _Unit,
+        failure: BaseException | None,
+    ) -> BaseException | None:
+        """Hand the open transaction on to the next unit of this Database, or commit it.
 
-        ``failure`` is what the unit raised (None when it succeeded). Returns this unit's
-        Waiter when a later unit will commit its work, else None and the error of the
-        commit this unit made (None when it committed).
+        When a later unit will commit this unit's work, ``unit.waiter`` is where to wait
+        for it. Returns the error of the commit this unit made (None when it committed,
+        kept nothing, or left the commit to a later unit).
         """
-        succeeded = failure is None
-        handed_on = False
-        try:
-            if succeeded:
-                group.units += 1
-            alive = not group.spoiled and group.transaction_alive()
-            if (
-                alive
-                and self._write_lock.queued()
-                and group.units < self.settings.max_units_per_commit
-            ):
-                waiter = Waiter() if succeeded else None  # nothing to wait for after a failure
-                if waiter is not None:
-                    group.waiters.append(waiter)  # before the next writer can commit
-                # The writer seen waiting may have given up since (its deadline passed): then
-                # nobody would take the open transaction, and this unit's wait would never end.
-                if self._write_lock.hand_over():
-                    handed_on = True
-                    return waiter, None
-                if waiter is not None:
-                    group.waiters.remove(waiter)
-            self._group = None
-            if not alive and not group.spoiled:
-                # The database aborted the whole transaction under this unit (SQLite does on
-                # a full disk or an I/O error): the units sharing it fail with that error.
-                group.aborted_by = failure
-            error = self._close_group(group, commit=alive)
-            return None, error if succeeded else None
-        finally:
-            if not handed_on:
-                self._write_lock.release()
-
-    def _close_group(self, group: WriteGroup, *, commit: bool) -> BaseException | None:
-        error: BaseException | None = None
-        try:
-            if commit and group.units:
-                group.connection.commit()
-                self._bound_wal(group.connection)
-            else:
-                group.connection.rollback()
-                if group.units:
-                    error = _shared_failure(self.url, group.aborted_by)
-        except Exception as exc:  # noqa: BLE001 - handed to every unit of the group
-            error = exc
-        finally:
-            try:
-                group.connection.close()
-            except Exception:
-                log.debug("closing a write connection failed", exc_info=True)
-        self._counters.add("rolled_back" if error else "committed", group.units)
-        group.finish(error)
-        return error
+        kept = shared.holds(unit)
+        if (
+            side.turn.queued()
+            and shared.units < self.settings.max_units_per_commit
+            and shared.alive()
+        ):
+            if kept:  # nothing to wait for after a failure
+                waiter = CommitWaiter()
+                shared.waiters.append(waiter)  # before the next writer can commit
+                unit.waiter = waiter
+            # The writer seen waiting may have given up since (its deadline passed), or be
+            # no unit of this Database: then it cannot take the open transaction.
+            if side.hand_over(self):
+                return None
+            if unit.waiter is not None:
+                unit.waiter = None
+                shared.waiters.remove(waiter)
+        if failure is not None and not kept and shared.aborted_by is None and shared.aborted():
+            # The database aborted the whole transaction under this unit (SQLite does on
+            # a full disk or an I/O error): the units sharing it fail with that error.
+            shared.aborted_by = failure
+        error = side.release()
+        return error if kept else None
 
     def _bound_wal(self, connection: Connection) -> None:
         """Empty the WAL when it has grown past half of ``journal_size_limit`` (called after
@@ -521,41 +688,33 @@ class Database:
         unit opened inside a write unit joins it (and sees its uncommitted changes).
         """
         self._check_open()
-        mode = getattr(self._local, "mode", None)
+        unit = self._unit()
         session = self.session()
-        if mode is not None:
+        if unit is not None:
             yield session
             return
         self._end_stray_transaction(session)
-        if not self._readers_may_start.is_set():
-            self._readers_may_start.wait(_READER_HOLD_MAX)  # see _bound_wal
-        if self._exclusive:
-            self._take_turn(time.monotonic() + self.settings.retry_deadline)
-        snapshot = self._snapshots.begin()
-        self._local.mode = _READ
-        session.info["read_unit"] = True
-        try:
+        unit = _Unit(UnitKind.READ)
+        with self._read_scope(unit):
+            session.info["read_unit"] = True
             try:
-                session.begin()
-                session.connection(execution_options={UNIT_OPTION: _READ})
-                yield session
-                if session.new or session.dirty or session.deleted:
-                    raise errors.ReadOnlyUnitError(
-                        "objects were added, changed or deleted inside a read unit; "
-                        "use Database.unit_of_work() or Database.run() for writes"
-                    )
-                session.commit()  # nothing to write: ends the snapshot, keeps objects loaded
-            except BaseException as exc:
-                _rollback_quietly(session)
-                if isinstance(exc, PoolTimeout):
-                    raise self._pool_exhausted() from exc
-                raise
-        finally:
-            session.info["read_unit"] = False
-            self._local.mode = None
-            self._snapshots.end(snapshot)
-            if self._exclusive:
-                self._write_lock.release()
+                try:
+                    session.begin()
+                    session.connection(execution_options={UNIT_OPTION: UnitKind.READ.value})
+                    yield session
+                    if session.new or session.dirty or session.deleted:
+                        raise errors.ReadOnlyUnitError(
+                            "objects were added, changed or deleted inside a read unit; "
+                            "use Database.unit_of_work() or Database.run() for writes"
+                        )
+                    session.commit()  # nothing to write: ends the snapshot, keeps objects loaded
+                except BaseException as exc:
+                    _rollback_quietly(session)
+                    if isinstance(exc, PoolTimeout):
+                        raise self._pool_exhausted() from exc
+                    raise
+            finally:
+                session.info["read_unit"] = False
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -564,32 +723,83 @@ class Database:
         Inside a unit of this thread it is that unit's connection (reads see its changes).
         """
         self._check_open()
-        local = self._local
-        mode = getattr(local, "mode", None)
-        if mode == _WRITE:
-            assert self._group is not None
-            yield self._group.connection
+        unit = self._unit()
+        if unit is not None:
+            if unit.connection is not None:
+                yield unit.connection
+            else:  # a read unit of the ORM Session
+                yield self.session().connection()
             return
-        if mode == _READ:
-            own = getattr(local, "read_connection", None)
-            yield own if own is not None else self.session().connection()
-            return
-        if not self._readers_may_start.is_set():
-            self._readers_may_start.wait(_READER_HOLD_MAX)  # see _bound_wal
-        if self._exclusive:
-            self._take_turn(time.monotonic() + self.settings.retry_deadline)
-        snapshot = self._snapshots.begin()
-        local.mode = _READ
+        unit = _Unit(UnitKind.SNAPSHOT)
+        with (
+            self._read_scope(unit),
+            self._connect().execution_options(
+                **{UNIT_OPTION: UnitKind.SNAPSHOT.value}
+            ) as connection,
+        ):
+            unit.connection = connection
+            with connection.begin():
+                yield connection
+
+    @contextmanager
+    def _read_scope(self, unit: _Unit) -> Iterator[None]:
+        """What every outermost read unit does around its snapshot: wait (briefly) while a
+        checkpoint empties the WAL, take the turn of a one-connection database, count the
+        snapshot, and mark the thread as inside the unit."""
+        self._enter(unit)
+        snapshot = object()
         try:
-            with self._connect().execution_options(**{UNIT_OPTION: _SNAPSHOT}) as connection:
-                local.read_connection = connection
-                with connection.begin():
-                    yield connection
+            if not self._readers_may_start.is_set():
+                self._readers_may_start.wait(_READER_HOLD_MAX)  # bounded: see _bound_wal
+            with self._exclusive_turn() if self._exclusive else nullcontext():
+                try:
+                    self._snapshots.begin(snapshot)
+                    self._local.unit = unit
+                    yield
+                finally:
+                    try:
+                        self._end_read(unit, snapshot)
+                    except BaseException:
+                        self._end_read(unit, snapshot)
+                        raise
         finally:
-            local.mode = local.read_connection = None
-            self._snapshots.end(snapshot)
-            if self._exclusive:
-                self._write_lock.release()
+            try:
+                self._leave(unit)
+            except BaseException:
+                self._leave(unit)
+                raise
+
+    def _end_read(self, unit: _Unit, snapshot: object) -> None:
+        """Close a read unit and forget its snapshot. Safe to repeat."""
+        unit.open = False
+        if getattr(self._local, "unit", None) is unit:
+            self._local.unit = None
+        self._snapshots.end(snapshot)
+
+    @contextmanager
+    def _exclusive_turn(self, deadline: float | None = None) -> Iterator[None]:
+        """Hold this database's write turn without joining a unit's transaction: any
+        transaction left open is committed first. For migrations, checkpoints and the
+        units of a one-connection database.
+
+        Raises:
+            DatabaseBusyError: the turn did not come within ``retry_deadline``.
+            TransactionStateError: this thread holds the turn already (it is inside a write
+                unit of this database).
+        """
+        side = self._side
+        self.check_may_wait_for_turn()
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.retry_deadline
+        try:
+            self._record_wait(side.take_turn(deadline, None, self.url))
+            yield
+        finally:
+            try:
+                side.release_if_held()
+            except BaseException:
+                side.release_if_held()
+                raise
 
     def _pool_exhausted(self) -> errors.PoolExhaustedError:
         return errors.PoolExhaustedError(
@@ -604,8 +814,9 @@ class Database:
 
         When another process holds the write lock (or a server aborts the unit to avoid a
         conflict), the unit is rolled back and ``fn`` runs again from scratch after a
-        jittered, growing pause, until ``retry_deadline`` seconds have passed. Inside an
-        open write unit, ``fn`` runs once in a SAVEPOINT.
+        jittered, growing pause, until ``retry_deadline`` seconds have passed. A unit rolled
+        back because another unit sharing its transaction failed (``UnitAbortedError``)
+        runs again at once. Inside an open write unit, ``fn`` runs once in a SAVEPOINT.
 
         Raises:
             DatabaseBusyError: still busy at the deadline; names the database and the wait.
@@ -613,11 +824,14 @@ class Database:
         session = self.session()
         return self._retrying(lambda _connection: fn(session, *args, **kwargs))
 
-    def _run_writing(self, fn: Callable[[Connection], R]) -> R:
-        """:meth:`run` for the layer's own statements: ``fn(connection)``."""
-        return self._retrying(fn)
+    def _run_writing(self, fn: Callable[[Connection], R], outcome: WriteOutcome | None = None) -> R:
+        """:meth:`run` for the layer's own statements: ``fn(connection)``.
 
-    def _retrying(self, body: Callable[[Connection], R]) -> R:
+        ``outcome`` records where the last attempt's work went (see ``WriteOutcome``).
+        """
+        return self._retrying(fn, outcome)
+
+    def _retrying(self, body: Callable[[Connection], R], outcome: WriteOutcome | None = None) -> R:
         if self.in_write_unit():
             with self._write_scope(None) as connection:
                 return body(connection)
@@ -626,16 +840,24 @@ class Database:
         attempt = 0
         while True:
             try:
-                with self._write_scope(deadline) as connection:
+                with self._write_scope(deadline, outcome) as connection:
                     return body(connection)
+            except errors.UnitAbortedError as exc:
+                # Another unit's failure ended the transaction this one shared; nothing of
+                # it was written, and nothing about it was at fault: run it again at once.
+                if time.monotonic() >= deadline:
+                    raise
+                attempt += 1
+                self._counters.add("retries")
+                log.info("%s: unit run again after another unit aborted: %s", self.url, exc)
             except errors.DatabaseBusyError as exc:
                 now = time.monotonic()
                 if now >= deadline - 0.001:
                     waited = now - started
                     raise errors.DatabaseBusyError(
-                        f"{self.url} stayed busy for {waited:.2f}s (retry_deadline is "
-                        f"{self.settings.retry_deadline}s, {attempt + 1} attempts): another "
-                        "writer holds the write lock; retry later or raise retry_deadline",
+                        f"{self.url} stayed busy: gave up after {waited:.2f}s and "
+                        f"{attempt + 1} attempts (retry_deadline is "
+                        f"{self.settings.retry_deadline}s); the last one: {exc}",
                         database=self.url,
                         waited=waited,
                     ) from exc
@@ -644,21 +866,6 @@ class Database:
                 pause = min(deadline - now, random.uniform(0, min(0.5, 0.005 * 2**attempt)))
                 log.info("%s busy, retry %d in %.3fs: %s", self.url, attempt, pause, exc)
                 time.sleep(pause)
-
-    def _take_turn(self, deadline: float) -> None:
-        started = time.monotonic()
-        if not self._write_lock.acquire(timeout=max(0.0, deadline - started)):
-            waited = time.monotonic() - started
-            raise errors.DatabaseBusyError(
-                f"waited {waited:.2f}s for a turn to write to {self.url}: other threads of "
-                "this process kept the write lock; shorten their units or raise retry_deadline",
-                database=self.url,
-                waited=waited,
-            )
-        waited = time.monotonic() - started
-        self._counters.record_wait(waited)
-        if waited > self.settings.slow_wait_threshold:
-            log.warning("writer waited %.3fs for its turn on %s", waited, self.url)
 
     def _end_stray_transaction(self, session: Session) -> None:
         """Close a transaction the thread's Session began outside any unit (e.g. a lazy load)."""
@@ -677,7 +884,7 @@ class Database:
         """Copy the WAL's pages into the database file (SQLite's ``PRAGMA wal_checkpoint``).
 
         ``passive`` never waits. ``full``, ``restart`` and ``truncate`` first take this
-        process's write turn (and commit the write group in progress), so they never wait
+        process's write turn (committing a write transaction left open), so they never wait
         for the process's own writers, then wait up to ``busy_timeout`` for other processes'
         writers and, for ``restart`` and ``truncate``, for readers still using the WAL.
         ``restart`` and ``truncate`` let the next writer start the WAL from its beginning,
@@ -701,25 +908,22 @@ class Database:
             )
         if not self.settings.is_sqlite:
             raise errors.ConfigurationError(f"checkpoints are a SQLite feature; {self.url} is not")
-        if getattr(self._local, "mode", None) is not None:
+        if self._unit() is not None:
             raise errors.TransactionStateError(
                 "cannot checkpoint inside a unit of work: it would wait for the unit itself"
             )
+        # Every mode but passive takes the turn, which commits an open write transaction
+        # first: the checkpoint would otherwise wait for it.
         take_turn = name != "passive" or self._exclusive
-        if take_turn:
-            self._take_turn(time.monotonic() + self.settings.retry_deadline)
+        unit = _Unit(UnitKind.WRITE)
+        self._enter(unit)
         try:
-            if take_turn and self._group is not None:
-                # A write group handed to us stays open (and holds SQLite's write lock)
-                # until someone commits it: do so, or the checkpoint would wait for it.
-                group, self._group = self._group, None
-                self._close_group(group, commit=group.transaction_alive())
-            with self._connect() as connection:
+            turn = self._exclusive_turn() if take_turn else nullcontext()
+            with turn, self._connect() as connection:
                 # The mode comes from the fixed list above, never from the caller's text.
                 row = raw_execute(connection, f"PRAGMA wal_checkpoint({name.upper()})").fetchone()
         finally:
-            if take_turn:
-                self._write_lock.release()
+            self._leave(unit)
         return int(row[0]), int(row[1]), int(row[2])
 
     # -- observability --------------------------------------------------------------------
@@ -745,36 +949,10 @@ class Database:
                 write_waits=c.waits,
                 write_wait_total=c.wait_total,
                 write_wait_max=c.wait_max,
-                writers_queued=self._write_lock.queued(),
+                writers_queued=self._side.turn.queued(),
                 connections_checked_out=checked_out,
                 connections_open=opened,
             )
-
-
-#: Errors after which SQLite may roll back the whole transaction, not only the statement:
-#: the units that shared it fail with the same type, as if each had met the error itself.
-_TRANSACTION_ABORTING = (
-    errors.StorageFullError,
-    errors.DatabaseUnavailableError,
-    errors.CorruptDatabaseError,
-    errors.ReadOnlyDatabaseError,
-)
-
-
-def _shared_failure(url: str, cause: BaseException | None) -> errors.AppError:
-    """The error of a unit whose work was in a write transaction that another unit's
-    failure ended, so nothing of it was written."""
-    if isinstance(cause, _TRANSACTION_ABORTING):
-        error = type(cause)(
-            f"{cause} (this unit shared the write transaction that the error aborted, so "
-            "nothing of it was written either)"
-        )
-        error.__cause__ = cause
-        return error
-    return errors.TransactionStateError(
-        f"{url} aborted the write transaction after an error in another unit sharing its "
-        "commit; nothing of this unit was written"
-    )
 
 
 def _rollback_quietly(session: Session) -> None:
@@ -807,7 +985,6 @@ _FORK_LEFTOVERS: list[object] = []
 
 
 def _after_fork_in_child() -> None:
-    WRITE_LOCKS.reset_after_fork()
     for database in list(_LIVE):
         database._after_fork_in_child()
 

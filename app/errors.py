@@ -45,6 +45,24 @@ class ConflictError(DatabaseBusyError):
     """
 
 
+class CommitTimeoutError(AppError):
+    """A unit's work is in a write transaction that was still open at the unit's deadline.
+
+    Another unit of the process holds the transaction open (it runs long). Unlike
+    :class:`DatabaseBusyError`, the work may still be committed when that unit ends, so
+    blindly running the unit again could write it twice: check first.
+
+    Attributes:
+        database: the database URL (password hidden).
+        waited: seconds spent waiting.
+    """
+
+    def __init__(self, message: str, *, database: str = "", waited: float | None = None):
+        super().__init__(message)
+        self.database = database
+        self.waited = waited
+
+
 class PoolExhaustedError(AppError):
     """No pooled connection became free within ``pool_timeout``."""
 
@@ -92,6 +110,12 @@ class ClosedError(AppError):
 
 class TransactionStateError(AppError):
     """A unit was opened or ended in a state that does not allow it."""
+
+
+class UnitAbortedError(TransactionStateError):
+    """Another unit sharing this unit's write transaction failed in a way that ended the
+    whole transaction (an interruption in the middle of a statement, say), so nothing of
+    this unit was written. Running it again is safe; :meth:`app.Database.run` does so."""
 
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,12 +110,8 @@ def migration_database(url: str | None) -> Iterator[Database]:
 @contextmanager
 def write_connection(database: Database) -> Iterator[Connection]:
     """A connection whose transaction is a write unit, taken in this process's turn order."""
-    database._take_turn(time.monotonic() + database.settings.retry_deadline)
-    try:
-        with database.engine.connect() as connection:
-            yield connection.execution_options(**{UNIT_OPTION: "write"})
-    finally:
-        database._write_lock.release()
+    with database._exclusive_turn(), database.engine.connect() as connection:
+        yield connection.execution_options(**{UNIT_OPTION: "write"})
 
 
 def current_revision(database: Database) -> str | None:

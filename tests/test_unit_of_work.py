@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from app import Database
+from app._shared_transaction import SharedTransaction
 from app.errors import ReadOnlyUnitError, TransactionStateError
 from app.models import ShortTermMemory
 
@@ -185,13 +186,13 @@ def test_units_share_one_commit_up_to_max_units_per_commit(
     db = make_db(max_units_per_commit=4)
     make_counter_table(db)
     groups: list[int] = []
-    close_group = Database._close_group
+    close = SharedTransaction.close
 
-    def recording(self: Database, group: Any, *, commit: bool) -> Any:
-        groups.append(group.units)
-        return close_group(self, group, commit=commit)
+    def recording(self: SharedTransaction) -> Any:
+        groups.append(self.units)
+        return close(self)
 
-    monkeypatch.setattr(Database, "_close_group", recording)
+    monkeypatch.setattr(SharedTransaction, "close", recording)
     first_in, release = threading.Event(), threading.Event()
 
     def first() -> None:
@@ -211,7 +212,7 @@ def test_units_share_one_commit_up_to_max_units_per_commit(
     for thread in threads[1:]:
         thread.start()
     deadline = time.monotonic() + 30
-    while db._write_lock.queued() < 9:  # every other unit waits for its turn
+    while db.stats().writers_queued < 9:  # every other unit waits for its turn
         assert time.monotonic() < deadline, "the units never all queued"
         time.sleep(0.001)
     release.set()
