@@ -156,6 +156,13 @@ class _Progress:
             for task in self._tasks:
                 self._line(task)
 
+    def note(self, line: str) -> None:
+        """A line on stderr, above the bar when there is one (never through it)."""
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            click.echo(line, err=True)
+
     def add(self, description: str, total: int | None = None) -> TaskID:
         if self._bar is not None:
             return self._bar.add_task(description, total=total)
@@ -525,7 +532,7 @@ def stress(
             existing=existing,
             allow_broken_chain=allow_broken_chain,
             keep=keep,
-            announce=lambda line: click.echo(line, err=True),
+            announce=progress.note,
             progress=lambda done: progress.update(task, completed=done),
         )
     if as_json:
