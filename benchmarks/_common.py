@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -46,6 +47,8 @@ def run(
         max_seconds=options.max_seconds,
     )
     console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = max(console.width, 120)  # piped: the table needs 120 columns
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
         overall = bar.add_task("cases", total=len(cases))

@@ -308,6 +308,10 @@ def test_failed_strategies_are_marked_in_the_chart(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = _case_rows()
+    crashed = CaseResult("append", "sqlite3-pool", "pool", 100, 100, errors=100)
+    crashed.problem = "case failed: boom"
+    results = [r for r in results if (r.strategy, r.threads) != ("sqlite3-pool", 100)]
+    results.append(crashed)  # nothing measured: in the legend as failed, no point to mark
     saved: list[Any] = []
     real_close = plt.close
     plt.close = lambda figure=None: saved.append(figure)  # type: ignore[assignment]
@@ -323,6 +327,7 @@ def test_failed_strategies_are_marked_in_the_chart(tmp_path: Path) -> None:
     layer = lines["layer  (this layer)"]
     assert layer.get_linewidth() > lines["sqlite3-lock"].get_linewidth()
     assert [t.get_text() for t in left.texts] == ["977 errors", "977 errors"]
+    assert "sqlite3-pool  FAILED at 100 threads" in lines
     assert len([t for t in right.get_yticklabels() if t.get_text()]) >= 2
     assert "append: 100 units per case at 1, 10, 100 threads" in figure._suptitle.get_text()
     real_close(figure)

@@ -295,13 +295,13 @@ def plot(path: str, results: Sequence[CaseResult], title: str = "") -> None:
         label = key + ("  (this layer)" if ours and not bad else "")
         if bad:
             label += f"  FAILED at {', '.join(str(r.threads) for r in bad)} threads"
-        measured = [r for r in rows if r.ok]
+        measured = [r for r in rows if r.ok and r.p99]
         threads = [r.threads for r in measured]
         left.plot(threads, [r.throughput for r in measured], label=label, **style)
-        right.plot(threads, [(r.p99 or 0) * 1000 for r in measured if r.p99], **style)
+        right.plot(threads, [(r.p99 or 0) * 1000 for r in measured], **style)
         for r in bad:
-            if not r.ok:
-                continue
+            if not (r.ok and r.p99):
+                continue  # nothing measured to mark (a crash); the legend says it failed
             for axis, value in ((left, r.throughput), (right, (r.p99 or 0) * 1000)):
                 if value <= 0:
                     continue
