@@ -1,7 +1,7 @@
 """A thread-safe database layer for a hash-chained block store on SQLite or PostgreSQL."""
 
 from . import errors
-from .blocks import BlockRecord, BlockStore, ChainHead, ScoredBlock
+from .blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock
 from .database import Database, Stats
 from .legacy import DatabaseManager
 from .settings import Settings
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockRecord",
     "BlockStore",
+    "ChainCheck",
     "ChainHead",
     "Database",
     "DatabaseManager",

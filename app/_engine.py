@@ -26,6 +26,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool, StaticPool
 
 from . import errors
+from ._hints import command_hint
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _sqlite_engine(settings: Settings) -> Engine:
         )
     path = settings.sqlite_path
     assert path is not None
-    prepare_sqlite_file(path, settings.file_mode)
+    prepare_sqlite_file(path, settings.file_mode, create=settings.create, url=settings.safe_url())
     if settings.single_connection:
         return create_engine(
             settings.parsed_url,
@@ -109,16 +110,36 @@ def _server_engine(settings: Settings) -> Engine:
     )
 
 
-def prepare_sqlite_file(path: str, file_mode: int) -> None:
+def prepare_sqlite_file(
+    path: str, file_mode: int, *, create: bool = True, url: str | None = None
+) -> None:
     """Check (and create, owner-only) the database file before SQLite touches it.
 
     Nothing is created when the check fails: a missing directory that cannot be made, a
-    path that is a directory, a file that is not a database, a read-only file.
+    path that is a directory, a file that is not a database, a read-only file. A file (or
+    directory) that is created is logged at INFO with its absolute path, so a mistyped path
+    shows up in the log instead of silently starting an empty database.
+
+    Args:
+        create: make the file when it does not exist; when False a missing file is an error.
+        url: the database URL (password hidden), for the hint in that error.
+
+    Raises:
+        DatabaseUnavailableError: the file does not exist and ``create`` is False.
+        ConfigurationError, ReadOnlyDatabaseError, NotADatabaseError: the path cannot hold
+            a database.
     """
     target = os.path.abspath(path)
     directory = os.path.dirname(target)
     if os.path.isdir(target):
         raise errors.ConfigurationError(f"database path {target} is a directory; give a file path")
+    if not create and not os.path.exists(target):
+        shown = url or f"sqlite:///{target}"
+        raise errors.DatabaseUnavailableError(
+            f"the database file {target} does not exist, and creating it was not asked for "
+            f"(nothing was created): check the URL {shown}, or create the database with "
+            f"`{command_hint(shown, 'db', 'upgrade')}`"
+        )
     if not os.path.isdir(directory):
         ancestor, missing = directory, []
         while not os.path.exists(ancestor):
@@ -140,9 +161,10 @@ def prepare_sqlite_file(path: str, file_mode: int) -> None:
         # owner's, plus what file_mode grants the group and others, with search where it
         # lets them read (0600 gives 0700, 0640 gives 0750, 0660 gives 0770).
         directory_mode = 0o700 | (file_mode & 0o066) | (file_mode & 0o044) >> 2
-        for created in missing:
+        for created in reversed(missing):
             with contextlib.suppress(OSError):  # made by another user meanwhile: theirs
                 os.chmod(created, directory_mode)
+            log.info("created directory %s for the database", created)
     if os.path.exists(target):
         _check_existing_file(target)
         return
@@ -159,6 +181,7 @@ def prepare_sqlite_file(path: str, file_mode: int) -> None:
         os.fchmod(fd, file_mode)  # exact bits, whatever the umask
     finally:
         os.close(fd)
+    log.info("created a new database file %s", target)
 
 
 def _check_existing_file(target: str) -> None:

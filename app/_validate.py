@@ -123,6 +123,17 @@ def check_number(value: Any, what: str) -> float:
     return number + 0.0
 
 
+def check_importance(value: Any) -> float:
+    """An importance: a number from 0 to 1, both included (the scale the legacy class's
+    callers use, which its importance filters and sorts assume)."""
+    number = check_number(value, "importance")
+    if not 0.0 <= number <= 1.0:
+        raise InvalidInputError(
+            f"importance must be between 0 and 1 (inclusive), got {_shown(value)}"
+        )
+    return number
+
+
 def check_limit(value: Any, what: str = "limit") -> int:
     # Capped at SQL's 64-bit integers: a larger Python int would fail in the driver instead.
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
@@ -243,8 +254,13 @@ def prepare_block(
     embedding: Any = None,
     embedding_model: Any = "default",
     timestamp: Any = None,
+    bounded_importance: bool = True,
 ) -> PreparedBlock:
-    """Check every argument of an append and encode it for storage."""
+    """Check every argument of an append and encode it for storage.
+
+    ``bounded_importance=False`` accepts any finite importance, as the legacy ``add_block``
+    did; everything else keeps importance within 0..1.
+    """
     raw, values = (None, None) if embedding is None else _embedding(embedding, "embedding")
     model = None
     if values is not None and embedding_model is not None:
@@ -253,7 +269,11 @@ def prepare_block(
     return PreparedBlock(
         context=check_text(context, "context"),
         timestamp=check_timestamp(datetime.now() if timestamp is None else timestamp),
-        importance=check_number(importance, "importance"),
+        importance=(
+            check_importance(importance)
+            if bounded_importance
+            else check_number(importance, "importance")
+        ),
         keywords=check_words(keywords, "keywords"),
         tags=check_words(tags, "tags"),
         metadata_json=metadata_json,

@@ -11,6 +11,7 @@ import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -90,6 +91,37 @@ class ScoredBlock(NamedTuple):
 class ChainHead(NamedTuple):
     block_index: int
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    """What :meth:`BlockStore.verify_chain` found. True when the chain is intact.
+
+    Attributes:
+        checked: blocks read: every block when the chain is intact, else the good ones
+            before the first bad index and the block where the problem was found.
+        first_bad_index: the first index where the chain is wrong, or None when intact.
+            A chain broken at block 0 gives 0, so test ``ok`` (or the object itself),
+            never this number's truth.
+        problem: what is wrong at ``first_bad_index``, in words ('' when intact).
+    """
+
+    checked: int
+    first_bad_index: int | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain is intact."""
+        return self.first_bad_index is None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"intact ({self.checked:,} blocks)"
+        return f"broken at block {self.first_bad_index}: {self.problem}"
 
 
 class BlockStore:
@@ -397,8 +429,8 @@ class BlockStore:
             records = {r.block_index: r for r in _load_records(connection, [i for i, _ in chosen])}
         return [ScoredBlock(records[i], score) for i, score in chosen if i in records]
 
-    def verify_chain(self, progress: Callable[[int], None] | None = None) -> int | None:
-        """Recompute every hash and link; return the first index where the chain is wrong.
+    def verify_chain(self, progress: Callable[[int], None] | None = None) -> ChainCheck:
+        """Recompute every hash and link, and say where the chain first goes wrong.
 
         Streams the chain in index order inside one read snapshot, so memory stays bounded.
 
@@ -406,8 +438,9 @@ class BlockStore:
             progress: called with the number of blocks checked so far, every few thousand.
 
         Returns:
-            None when every block's hash is right, links to its predecessor's hash and the
-            indices run 0, 1, 2, ... without gaps; otherwise the first index that does not.
+            A :class:`ChainCheck`, true when every block's hash is right, each links to its
+            predecessor's hash and the indices run 0, 1, 2, ... without gaps; otherwise it
+            names the first index that does not and what is wrong there.
         """
         stmt = select(
             blocks_table.c.block_index,
@@ -422,14 +455,28 @@ class BlockStore:
             result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
             for chunk in result.partitions():
                 for index, timestamp, context, importance, digest, prev_hash in chunk:
-                    if index != expected_index or prev_hash != previous:
-                        return expected_index
-                    if not _hash_matches(digest, index, timestamp, context, importance, prev_hash):
-                        return int(index)
+                    problem = ""
+                    if index != expected_index:
+                        problem = f"block {expected_index} is missing (the next block is {index})"
+                    elif prev_hash != previous:
+                        problem = (
+                            f"block {index}'s prev_hash is not block {index - 1}'s hash"
+                            if index
+                            else "block 0's prev_hash is not empty, as the first block's must be"
+                        )
+                    elif not _hash_matches(
+                        digest, index, timestamp, context, importance, prev_hash
+                    ):
+                        problem = (
+                            f"block {index}'s hash does not match its timestamp, context, "
+                            "importance and prev_hash (one of them, or the hash, was changed)"
+                        )
+                    if problem:
+                        return ChainCheck(expected_index + 1, expected_index, problem)
                     expected_index, previous = index + 1, digest
                 if progress is not None:
                     progress(expected_index)
-        return None
+        return ChainCheck(checked=expected_index)
 
     def _load(self, query: Select[Any]) -> list[BlockRecord]:
         with self.db._reading() as connection:

@@ -3,7 +3,9 @@
 A thin layer: each command parses its options, calls library functions (``app.schema``,
 ``app.doctor``, ``app.stress``, ``app._bench``, ``app.maintenance``) and prints their
 results. Errors are turned into one line and a non-zero exit in one place,
-:meth:`_AppGroup.invoke`; ``-v`` adds logging, ``-vv`` also tracebacks.
+:meth:`_AppGroup.invoke`; ``-v`` adds logging and progress lines, ``-vv`` also tracebacks.
+Progress bars go to stderr when it is a terminal; elsewhere ``-v`` prints plain progress
+lines there, so stdout holds only results.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -35,15 +40,22 @@ from . import __version__, errors
 from . import stress as stress_defaults
 from . import transfer as transfer_defaults
 from ._bench import _runner as bench_defaults
+from ._hints import install_hint
+from .settings import URL_ENV
 
 URL_HELP = (
-    "Database URL (sqlite:///path/to/file.db, postgresql+psycopg://user@host/db). "
-    "Default: $APP_DATABASE_URL, then sqlite:///data/memory.db."
+    "Database URL (sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "postgresql+psycopg://user@host/db). Default: $APP_DATABASE_URL, then "
+    "sqlite:///data/memory.db. Accepted before or after the command name."
 )
 _STATUS_STYLE = {"ok": "green", "info": "", "warn": "yellow", "fail": "bold red"}
+#: Seconds between two plain progress lines.
+_PROGRESS_EVERY = 2.0
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
+@dataclass
 class Options:
     """Global options, handed to every command as ``ctx.obj``."""
 
@@ -87,38 +99,195 @@ def _can_import(module: str) -> bool:
 
 def _console() -> Console:
     console = Console(highlight=False)
-    if not console.is_terminal:
-        # Piped or captured output: do not squeeze wide tables into 80 columns.
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped or captured output: do not squeeze long values into 80 columns.
         console.width = max(console.width, 160)
     return console
 
 
-@contextmanager
-def _progress(console: Console, *, enabled: bool = True) -> Iterator[Progress]:
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not enabled,
-    )
-    with progress:
-        yield progress
+def _title(console: Console, title: str) -> None:
+    """A table's title on a line of its own: never wrapped inside a URL."""
+    console.print(Text(title, style="bold"), soft_wrap=True)
+
+
+def _table(*columns: str, header: bool = True) -> Table:
+    """The one table style of the command line (the bench table uses it too)."""
+    table = Table(box=box.SIMPLE_HEAD, show_header=header, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+class _Progress:
+    """Progress of one command: a bar on a terminal, else plain lines with ``-v``.
+
+    Both go to stderr, so stdout holds only results (tables, JSON) whatever is shown.
+    """
+
+    def __init__(self, options: Options, *, enabled: bool = True) -> None:
+        self._bar: Progress | None = None
+        self._plain = False
+        self._tasks: dict[TaskID, list[Any]] = {}
+        self._started = time.monotonic()
+        if not enabled:
+            return
+        console = Console(stderr=True, highlight=False)
+        if console.is_terminal:
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+        elif options.verbose:
+            self._plain = True
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        elif self._plain:
+            for task in self._tasks:
+                self._line(task)
+
+    def note(self, line: str) -> None:
+        """A line on stderr, above the bar when there is one (never through it)."""
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            click.echo(line, err=True)
+
+    def add(self, description: str, total: int | None = None) -> TaskID:
+        if self._bar is not None:
+            return self._bar.add_task(description, total=total)
+        task = TaskID(len(self._tasks))
+        # description, completed, total, when the last line was printed, printed state
+        self._tasks[task] = [description, 0, total, 0.0, None]
+        return task
+
+    def update(
+        self,
+        task: TaskID,
+        *,
+        completed: int | None = None,
+        total: int | None = None,
+        description: str | None = None,
+        advance: int = 0,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.update(
+                task, completed=completed, total=total, description=description, advance=advance
+            )
+            return
+        if not self._plain:
+            return
+        state = self._tasks[task]
+        if description is not None and description != state[0]:
+            self._line(task)  # the end of what it described
+            state[0], state[1] = description, 0
+        if completed is not None:
+            state[1] = completed
+        state[1] += advance
+        if total is not None:
+            state[2] = total
+        if time.monotonic() - state[3] >= _PROGRESS_EVERY:
+            self._line(task)
+
+    def _line(self, task: TaskID) -> None:
+        description, done, total, _, printed = self._tasks[task]
+        if not description or printed == (description, done, total):
+            return
+        count = f"{done:,}" if total is None else f"{done:,} of {total:,}"
+        if total:
+            count += f" ({100 * done // total}%)"
+        elapsed = time.monotonic() - self._started
+        click.echo(f"{description}: {count}, {elapsed:.1f}s", err=True)
+        self._tasks[task][3:] = [time.monotonic(), (description, done, total)]
+
+
+def _set_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    options = ctx.find_object(Options)
+    assert options is not None
+    if options.url is not None and options.url != value:
+        raise click.UsageError(
+            f"--url is given twice, as {options.url!r} and {value!r}: give it once"
+        )
+    options.url = value
+
+
+def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    options = ctx.find_object(Options)
+    assert options is not None
+    if value:
+        options.verbose += value
+        _configure_logging(options.verbose)
+
+
+def url_option(command: F) -> F:
+    """``--url`` and ``-v`` after the command name too: ``app doctor --url X -v`` works as
+    ``app -v --url X doctor`` does."""
+    command = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_add_verbose,
+        help="As -v before the command name.",
+    )(command)
+    return click.option(
+        "--url",
+        metavar="URL",
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_url,
+        help=URL_HELP,
+    )(command)
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:  # basicConfig does nothing once the root logger has a handler
+        logging.getLogger().setLevel(level)
+    # Alembic logs its plugin set-up and every step at INFO; the commands print what
+    # changed, so its lines are kept for -vv.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 @click.group(cls=_AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", metavar="URL", default=None, help=URL_HELP)
-@click.option("-v", "--verbose", count=True, help="-v logs progress, -vv also shows tracebacks.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="-v logs what happens (new files, progress lines), -vv also debug logs and tracebacks.",
+)
 @click.version_option(__version__, prog_name="app")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, verbose: int) -> None:
     """A thread-safe database layer for a hash-chained block store: check, migrate,
     stress and benchmark it."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(verbose)
     ctx.obj = Options(url, verbose)
+
+
+def _open(options: Options, **settings: Any) -> Any:
+    """The Database the options name. Every command but ``db upgrade`` and ``stress``
+    refuses a missing file: a mistyped path must not start an empty database."""
+    from .database import Database
+
+    settings.setdefault("create", False)
+    return Database(options.url, **settings)
 
 
 # -- db: migrations --------------------------------------------------------------------------
@@ -137,10 +306,10 @@ def _revision_name(revision: str | None) -> str:
     return f"{revision} (head)" if revision == head_revision() else revision
 
 
-def _migrate(options: Options, action: str, revision: str) -> None:
+def _migrate(options: Options, action: str, revision: str, *, create: bool = False) -> None:
     from . import schema
 
-    with schema.migration_database(options.url) as database:
+    with _open(options, check_schema=False, create=create) as database:
         before = schema.current_revision(database)
         getattr(schema, action)(database, revision)
         after = schema.current_revision(database)
@@ -153,25 +322,40 @@ def _migrate(options: Options, action: str, revision: str) -> None:
 
 @db.command()
 @click.argument("revision", default="head")
+@url_option
 @click.pass_obj
 def upgrade(options: Options, revision: str) -> None:
-    """Upgrade the schema to REVISION (default: head).
+    """Upgrade the schema to REVISION (default: head), creating the database file when it
+    does not exist.
 
     A database written by the legacy class is adopted first (its tables are checked).
     """
-    _migrate(options, "upgrade", revision)
+    _migrate(options, "upgrade", revision, create=True)
 
 
-@db.command()
+class _RelativeRevision(click.Command):
+    """Takes a relative revision such as ``-1`` as the argument rather than an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        relative = [a for a in args if len(a) > 1 and a[0] == "-" and a[1:].isdigit()]
+        if relative:
+            args = [a for a in args if a not in relative]
+            args = [*args, "--", *relative]
+        return super().parse_args(ctx, args)
+
+
+@db.command(cls=_RelativeRevision)
 @click.argument("revision")
+@url_option
 @click.pass_obj
 def downgrade(options: Options, revision: str) -> None:
-    """Downgrade the schema to REVISION (a revision id, -1, or base)."""
+    """Downgrade the schema to REVISION: a revision id, -1 (one step back), or base."""
     _migrate(options, "downgrade", revision)
 
 
 @db.command()
 @click.argument("revision")
+@url_option
 @click.pass_obj
 def stamp(options: Options, revision: str) -> None:
     """Record REVISION as the schema's revision without running migrations."""
@@ -179,15 +363,21 @@ def stamp(options: Options, revision: str) -> None:
 
 
 @db.command()
+@url_option
 @click.pass_obj
 def current(options: Options) -> None:
     """Show the database's schema revision."""
-    from .schema import current_revision, migration_database
+    from ._hints import command_hint
+    from .schema import current_revision
 
-    with migration_database(options.url) as database:
+    with _open(options, check_schema=False) as database:
         revision = current_revision(database)
         url = database.url
-    note = " (empty, or written by the legacy class: run `app db upgrade`)" if not revision else ""
+    note = ""
+    if not revision:
+        note = (
+            f" (empty, or written by the legacy class: run `{command_hint(url, 'db', 'upgrade')}`)"
+        )
     click.echo(f"{url}: {_revision_name(revision)}{note}")
 
 
@@ -206,25 +396,27 @@ def history() -> None:
 
 @cli.command()
 @click.option("--verify-chain", is_flag=True, help="Also recompute every block's hash and link.")
+@url_option
 @click.pass_context
 def doctor(ctx: click.Context, verify_chain: bool) -> None:
     """Check the database: versions, file sizes, quick_check, pragmas in force, schema
-    revision, pool, block count. Exits 1, with advice, when something is wrong."""
+    revision, pool, block count (and the chain). Ends with one verdict line; exits 1, with
+    advice, when something is wrong (a missing file or schema included)."""
     from .doctor import diagnose
 
     options: Options = ctx.obj
     console = _console()
-    with _progress(console, enabled=verify_chain) as bar:
-        task = bar.add_task("verifying the chain", total=None)
+    with _Progress(options, enabled=verify_chain) as progress:
+        task = progress.add("verifying the chain")
 
         def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            progress.update(task, completed=done, total=total)
 
         report = diagnose(options.url, verify_chain=verify_chain, progress=advance)
-    table = Table(title=escape(f"doctor: {report.url}"), title_justify="left", show_header=False)
-    table.add_column("check", style="bold")
-    table.add_column("status")
-    table.add_column("value", overflow="fold")
+    _title(console, f"doctor: {report.url}")
+    table = _table("check", "status", "value", header=False)
+    table.columns[0].style = "bold"
+    table.columns[2].overflow = "fold"
     for check in report.checks:
         style = _STATUS_STYLE.get(check.status, "")
         status = "" if check.status == "info" else check.status
@@ -235,6 +427,9 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
         console.print(
             f"[{style}]{check.status}[/] {check.name}: {escape(check.advice)}", soft_wrap=True
         )
+    console.print(
+        Text(report.verdict, style="bold green" if report.ok else "bold red"), soft_wrap=True
+    )
     if not report.ok:
         ctx.exit(1)
 
@@ -282,7 +477,23 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
     type=click.FloatRange(0),
     help="Milliseconds each searching thread waits between two searches.",
 )
+@click.option(
+    "--existing",
+    is_flag=True,
+    help="Append the test blocks to the named database although it already holds data.",
+)
+@click.option(
+    "--allow-broken-chain",
+    is_flag=True,
+    help="With --existing: go ahead although the database's chain does not verify.",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the new file the run uses when no database is named (removed by default).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@url_option
 @click.pass_context
 def stress(
     ctx: click.Context,
@@ -291,28 +502,43 @@ def stress(
     processes: int,
     read_threads: int,
     read_pause: float,
+    existing: bool,
+    allow_broken_chain: bool,
+    keep: bool,
     as_json: bool,
 ) -> None:
-    """Append BLOCKS blocks through BlockStore.append from many threads while others
-    search, then verify the chain. Exits 1 on any error or a broken chain."""
+    """Append BLOCKS test blocks through BlockStore.append from many threads while others
+    search, then verify the chain. Exits 1 on any error or a broken chain.
+
+    Without --url (or APP_DATABASE_URL) it runs on a new file of its own in a temporary
+    directory, removed afterwards unless --keep. A named database is used when it is
+    missing or empty; one that holds data only with --existing, and one whose chain is
+    already broken only with --allow-broken-chain as well. Every test block is tagged
+    'stress' and carries the run's id in its metadata.
+    """
     from .stress import run_stress
 
     options: Options = ctx.obj
     console = _console()
-    with _progress(console, enabled=not as_json) as bar:
-        task = bar.add_task("appending", total=blocks)
+    with _Progress(options, enabled=not as_json) as progress:
+        task = progress.add("appending", total=blocks)
         result = run_stress(
-            options.url,
+            options.url or os.environ.get(URL_ENV) or None,
             threads=threads,
             blocks=blocks,
             processes=processes,
             read_threads=read_threads,
             read_pause=read_pause / 1000,
-            progress=lambda done: bar.update(task, completed=done),
+            existing=existing,
+            allow_broken_chain=allow_broken_chain,
+            keep=keep,
+            announce=progress.note,
+            progress=lambda done: progress.update(task, completed=done),
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
+        _title(console, f"stress: {result.url}")
         console.print(_stress_table(result))
     if not result.ok:
         if not as_json:
@@ -325,11 +551,19 @@ def _ms(seconds: float | None) -> str:
 
 
 def _stress_table(result: Any) -> Table:
-    table = Table(title=escape(f"stress: {result.url}"), title_justify="left", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
+    table = _table("what", "value", header=False)
+    table.columns[0].style = "bold"
     layout = f"{result.threads} threads x {result.processes} process(es)"
+    if result.fresh_file is not None:
+        database = f"a new file, {escape(result.fresh_file)}: " + (
+            "kept (--keep)" if result.kept else "removed after the run (--keep keeps it)"
+        )
+    else:
+        database = escape(result.url) + (
+            f" (held {result.blocks_before:,} blocks before)" if result.blocks_before else ""
+        )
     rows = [
+        ("database", database),
         ("appended", f"{result.appended:,} of {result.blocks:,} blocks ({layout})"),
         ("throughput", f"{result.throughput:,.0f} appends/s in {result.seconds:.2f}s"),
         ("latency", f"p50 {_ms(result.p50)}, p99 {_ms(result.p99)}, max {_ms(result.max)}"),
@@ -350,7 +584,13 @@ def _stress_table(result: Any) -> Table:
             "chain",
             f"[green]intact[/] ({result.blocks_after:,} blocks, {result.blocks_before:,} before)"
             if result.chain_intact
-            else f"[bold red]broken at block {result.first_bad_block}[/]",
+            else f"[bold red]broken at block {result.first_bad_block}[/]: "
+            + escape(result.chain_problem)
+            + (
+                f" (already before the run: {escape(result.broken_before)})"
+                if result.broken_before
+                else ""
+            ),
         ),
     ]
     stats = result.stats
@@ -441,7 +681,9 @@ def _all_strategy_keys() -> list[str]:
     type=click.FloatRange(1),
     help="Seconds a case may run before it is stopped.",
 )
+@click.pass_context
 def bench(
+    ctx: click.Context,
     threads: tuple[int, ...],
     blocks: int,
     strategies: tuple[str, ...],
@@ -456,7 +698,9 @@ def bench(
 
     Each case runs on a fresh file in its own process. Strategies: sqlite3-lock (the
     floor), sqlite3-thread-local, sqlite3-pool, sqlalchemy-default, layer,
-    facade-transaction, facade-append-block, greeum-5.3.0 (when installed).
+    facade-transaction, facade-append-block, and greeum-5.3.0: the write queue of Greeum
+    5.3.0, a release of the project the legacy class comes from (when installed). The
+    table names them by these keys, with a legend below it.
     """
     from . import _bench
 
@@ -469,43 +713,39 @@ def bench(
             param_hint="--strategy",
         )
     if plot_path and not _can_import("matplotlib"):
-        raise click.UsageError("--plot needs matplotlib: pip install 'app[plot]'")
+        raise click.UsageError(f"--plot needs matplotlib: {install_hint('plot')}")
     cases = _bench.default_cases(
         keys, workload=workload, threads=threads, units=blocks, max_seconds=max_seconds
     )
     console = _console()
-    with _progress(console) as bar:
-        overall = bar.add_task("cases", total=len(cases))
-        current = bar.add_task("", total=blocks)
+    with _Progress(ctx.obj) as progress:
+        overall = progress.add("cases", total=len(cases))
+        current = progress.add("", total=blocks)
 
         def started(case: _bench.Case) -> None:
-            label = _bench.strategy(case.workload, case.strategy).label
-            bar.update(current, description=f"{label} @ {case.threads}", completed=0)
+            progress.update(current, description=f"{case.strategy} @ {case.threads}", completed=0)
 
         results = _bench.run_cases(
             cases,
             timeout=timeout,
             on_start=started,
-            on_progress=lambda case, done: bar.update(current, completed=done),
-            on_result=lambda result: bar.advance(overall),
+            on_progress=lambda case, done: progress.update(current, completed=done),
+            on_result=lambda result: progress.update(overall, advance=1),
         )
-    title = f"bench: {workload}, {blocks} units per case"
-    console.print(_bench.rich_table(results, title=title))
-    for note in _bench.problems(results):
-        console.print(f"[yellow]note[/] {escape(note)}", soft_wrap=True)
-    if markdown:
-        click.echo(_bench.markdown_table(results))
     settings = {
         "workload": workload,
         "threads": list(threads),
         "units": blocks,
         "max_seconds": max_seconds,
     }
+    _bench.print_report(console, results, f"bench: {workload}, {blocks:,} units per case")
+    if markdown:
+        click.echo(_bench.markdown_table(results))
     if json_out:
         _bench.write_json(json_out, results, settings)
         console.print(f"results written to {escape(json_out)}")
     if plot_path:
-        _bench.plot(plot_path, results, title=title)
+        _bench.plot(plot_path, results, title=_bench.chart_title(results, settings))
         console.print(f"chart written to {escape(plot_path)}")
 
 
@@ -532,6 +772,7 @@ def bench(
     type=click.IntRange(1),
     help="Rows read and written per statement.",
 )
+@url_option
 @click.pass_obj
 def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
     """Copy the database (--url) to the one at --to, e.g. SQLite into PostgreSQL or back.
@@ -545,14 +786,14 @@ def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
     from .transfer import copy_database
 
     console = _console()
-    with _progress(console) as bar:
-        tasks: dict[str, Any] = {}
+    with _Progress(options) as progress:
+        tasks: dict[str, TaskID] = {}
 
         def advance(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 label = "verifying the chain" if stage == "verify" else f"copying {stage}"
-                tasks[stage] = bar.add_task(label, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+                tasks[stage] = progress.add(label, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
 
         result = copy_database(
             Settings.resolve(options.url).url,
@@ -561,9 +802,9 @@ def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
             batch_size=batch_size,
             progress=advance,
         )
-    table = Table(title=escape(f"copy: {result.source} -> {result.target}"), title_justify="left")
-    for name in ("table", "source rows", "target rows"):
-        table.add_column(name, justify="left" if name == "table" else "right")
+    _title(console, f"copy: {result.source} -> {result.target}")
+    table = _table("table", "source rows", "target rows")
+    table.columns[1].justify = table.columns[2].justify = "right"
     for name, count in result.source_counts.items():
         copied = result.target_counts.get(name, 0)
         style = "" if copied == count else "bold red"
@@ -583,34 +824,37 @@ def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
 # -- maintenance -----------------------------------------------------------------------------
 
 
-@cli.command("import-jsonl")
+def _import_help() -> str:
+    from .maintenance import JSONL_FIELDS
+
+    return (
+        "Import blocks from a JSONL FILE (one block per line), as the legacy "
+        "migrate_from_jsonl did; running it again imports nothing twice.\n\n\b\n" + JSONL_FIELDS
+    )
+
+
+@cli.command("import-jsonl", help=_import_help())
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@url_option
 @click.pass_obj
 def import_jsonl(options: Options, file: str) -> None:
-    """Import blocks from a JSONL FILE (one block per line), as the legacy
-    migrate_from_jsonl did. Lines without block_index and hash are appended to the chain."""
-    import os
-
-    from .database import Database
     from .maintenance import import_jsonl as run_import
 
     console = _console()
-    with Database(options.url) as database, _progress(console) as bar:
-        task = bar.add_task("importing", total=os.path.getsize(file))
-        result = run_import(database, file, progress=lambda done: bar.update(task, completed=done))
+    with _open(options) as database, _Progress(options) as progress:
+        task = progress.add("importing (bytes)", total=os.path.getsize(file))
+        result = run_import(
+            database, file, progress=lambda done: progress.update(task, completed=done)
+        )
         url = database.url
+    reasons = ", ".join(f"{n} {why}" for why, n in result.reasons.items())
     console.print(
-        escape(
-            f"imported {result.imported:,} blocks into {url} ({result.kept:,} as given, "
-            f"{result.appended:,} appended to the chain); skipped {result.skipped:,} of "
-            f"{result.lines:,} lines"
-            + (
-                ": " + ", ".join(f"{n} {why}" for why, n in result.reasons.items())
-                if result.skipped
-                else ""
-            )
-        ),
+        f"imported {result.imported:,} blocks into {url} ({result.kept:,} as given, "
+        f"{result.appended:,} appended to the chain); {result.duplicates:,} already present "
+        f"(skipped as duplicates); skipped {result.skipped:,} of {result.lines:,} lines"
+        + (f": {reasons}" if reasons else ""),
         soft_wrap=True,
+        markup=False,
     )
     for example in result.examples:
         console.print(f"  {example}", soft_wrap=True, markup=False)
@@ -619,15 +863,14 @@ def import_jsonl(options: Options, file: str) -> None:
 @cli.command()
 @click.argument("dest", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@url_option
 @click.pass_obj
 def backup(options: Options, dest: str, force: bool) -> None:
     """Copy the database to DEST while writers keep running (a consistent snapshot,
     readable by its owner only)."""
-    from .database import Database
     from .maintenance import backup as run_backup
 
-    _refuse_missing_file(options.url)
-    with Database(options.url) as database:
+    with _open(options) as database:
         result = run_backup(database, dest, overwrite=force)
         url = database.url
     click.echo(
@@ -645,14 +888,13 @@ def backup(options: Options, dest: str, force: bool) -> None:
     help="passive never waits; full/restart/truncate wait for writers; "
     "truncate also empties the WAL file.",
 )
+@url_option
 @click.pass_obj
 def checkpoint(options: Options, mode: str) -> None:
     """Copy the WAL into the database file and show the WAL size before and after."""
-    from .database import Database
     from .maintenance import checkpoint as run_checkpoint
 
-    _refuse_missing_file(options.url)
-    with Database(options.url) as database:
+    with _open(options) as database:
         result = run_checkpoint(database, mode)
         url = database.url
     if not result.in_wal_mode:
@@ -666,21 +908,6 @@ def checkpoint(options: Options, mode: str) -> None:
         click.echo(
             "not complete: a reader or writer was in the way; run it again when the "
             "database is quieter (or use --mode truncate to wait for them)"
-        )
-
-
-def _refuse_missing_file(url: str | None) -> None:
-    """Maintenance works on an existing database. Opening a missing one would create it
-    empty, and a backup of that could replace the last good one (``--force``)."""
-    import os
-
-    from .settings import Settings
-
-    path = Settings.resolve(url).sqlite_path
-    if path is not None and not os.path.exists(path):
-        raise errors.DatabaseUnavailableError(
-            f"{os.path.abspath(path)} does not exist (maintenance commands never create a "
-            "database): check --url / APP_DATABASE_URL"
         )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import inspect, text
 
 from . import __version__, errors
 from ._engine import probe_sqlite_file
+from ._hints import command_hint, install_hint
 from .blocks import BlockStore
 from .database import Database, Stats
 from .schema import current_revision, head_revision, history
@@ -53,6 +54,22 @@ class Report:
     @property
     def problems(self) -> list[Check]:
         return [c for c in self.checks if c.status in (WARN, FAIL)]
+
+    @property
+    def verdict(self) -> str:
+        """One line: the overall result, counting failures and warnings."""
+        failures = sum(c.status == FAIL for c in self.checks)
+        warnings = sum(c.status == WARN for c in self.checks)
+        counted = ", ".join(
+            f"{n} {word}{'s' if n != 1 else ''}"
+            for n, word in ((failures, "failure"), (warnings, "warning"))
+            if n
+        )
+        if failures:
+            return f"verdict: NOT OK, {counted}: fix what the advice above says"
+        if warnings:
+            return f"verdict: OK, with {counted} (see the advice above)"
+        return "verdict: OK, no problems found"
 
     def add(self, name: str, value: Any, status: str = INFO, advice: str = "") -> None:
         self.checks.append(Check(name, str(value), status, advice))
@@ -94,7 +111,7 @@ def diagnose(
                 f"{settings.journal_mode} when it opens it",
             )
     try:
-        db = Database(settings.url, check_schema=False, **overrides)
+        db = Database(settings.url, check_schema=False, create=False, **overrides)
     except errors.AppError as exc:
         report.add("open", exc, FAIL, "fix what the message names, then run doctor again")
         return report
@@ -116,7 +133,7 @@ def _versions(settings: Settings) -> str:
 
             parts.append(f"psycopg {psycopg.__version__}")
         except ImportError:
-            parts.append("psycopg not installed (pip install 'app[postgres]')")
+            parts.append(f"psycopg not installed ({install_hint('postgres')})")
     return ", ".join(parts)
 
 
@@ -151,8 +168,8 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
             "database file",
             f"{os.path.abspath(path)} does not exist",
             FAIL,
-            "run `app db upgrade` to create it, or point --url / APP_DATABASE_URL at the "
-            "right file",
+            f"point --url / APP_DATABASE_URL at the right file, or create the database with "
+            f"`{_upgrade(settings)}`",
         )
         return False, None
     if not os.access(path, os.R_OK):
@@ -170,16 +187,17 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
             _mib(wal),
             WARN,
             "the WAL is far above journal_size_limit: a long read transaction may block "
-            "checkpoints; run `app checkpoint --mode truncate`",
+            "checkpoints; run "
+            f"`{command_hint(settings.safe_url(), 'checkpoint', '--mode', 'truncate')}`",
         )
     else:
         report.add("WAL file", _mib(wal), OK)
     if empty:
         report.add(
-            "quick_check",
-            "empty file",
-            WARN,
-            "the application initialises it when it first opens it; or run `app db upgrade`",
+            "schema revision",
+            "none: an empty file, without the schema",
+            FAIL,
+            f"create the schema with `{_upgrade(settings)}`",
         )
         return False, None
     try:
@@ -237,15 +255,27 @@ def _report_revision(report: Report, settings: Settings, current: str | None, le
             "a newer version of the package migrated this database: upgrade the package",
         )
         return
-    shown = current or ("none (a legacy database, not yet adopted)" if legacy else "none (empty)")
+    if current is None and not legacy:
+        report.add(
+            "schema revision",
+            f"none: the database has no schema (head is {head})",
+            FAIL,
+            f"create the schema with `{_upgrade(settings)}`",
+        )
+        return
+    shown = current or "none (a legacy database, not yet adopted)"
     automatic = settings.should_auto_upgrade
     report.add(
         "schema revision",
         f"{shown}; head is {head}",
         WARN if automatic else FAIL,
-        "run `app db upgrade`"
+        f"run `{_upgrade(settings)}`"
         + (" (the application also upgrades it when it opens it)" if automatic else ""),
     )
+
+
+def _upgrade(settings: Settings) -> str:
+    return command_hint(settings.safe_url(), "db", "upgrade")
 
 
 def _inspect_live(
@@ -267,18 +297,17 @@ def _inspect_live(
     if not has_blocks:
         return
     if verify_chain:
-        bad = store.verify_chain(
+        check = store.verify_chain(
             progress=None if progress is None else (lambda done: progress(done, total))
         )
-        if bad is None:
-            report.add("chain", f"intact ({total:,} blocks)", OK)
+        if check:
+            report.add("chain", str(check), OK)
         else:
             report.add(
                 "chain",
-                f"broken at block {bad}",
+                str(check),
                 FAIL,
-                f"block {bad} has a wrong hash, link or index: restore from a backup, or "
-                "investigate the writers that bypassed the layer",
+                "restore from a backup, or find the writer that bypassed the layer",
             )
 
 

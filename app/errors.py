@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ._hints import command_hint
+
 
 class AppError(Exception):
     """Base of every error this layer raises."""
@@ -177,8 +179,8 @@ def _translate_sqlite(orig: sqlite3.Error, database: str, read_unit: bool) -> Ap
         )
     if primary == _SQLITE_CORRUPT or "malformed" in text:
         return CorruptDatabaseError(
-            f"{database} is corrupt ({text}): stop writers, run `python -m app doctor`, "
-            "and restore from a backup"
+            f"{database} is corrupt ({text}): stop writers, run "
+            f"`{command_hint(database, 'doctor')}`, and restore from a backup"
         )
     if primary == _SQLITE_CANTOPEN or "unable to open database" in text:
         return DatabaseUnavailableError(
@@ -188,7 +190,7 @@ def _translate_sqlite(orig: sqlite3.Error, database: str, read_unit: bool) -> Ap
     if primary == _SQLITE_IOERR or "disk I/O error" in text:
         return DatabaseUnavailableError(
             f"I/O error on {database} ({text}): the file may have been removed, truncated "
-            "or its disk failed; run `python -m app doctor`"
+            f"or its disk failed; run `{command_hint(database, 'doctor')}`"
         )
     if primary == _SQLITE_CONSTRAINT or isinstance(orig, sqlite3.IntegrityError):
         return IntegrityViolationError(f"constraint failed on {database}: {text}")
@@ -219,7 +221,10 @@ def _translate_postgres(orig: Any, sqlstate: str | None, database: str) -> AppEr
         return InvalidInputError(f"a value is out of range for its column on {database}: {text}")
     if state.startswith("28") or state == "3D000":
         return ConfigurationError(f"cannot use {database}: {text}")
-    if state.startswith("08") or (not state and "connect" in text.lower()):
+    # No SQLSTATE on an OperationalError: the connection attempt itself failed (an unknown
+    # host, a refused or timed-out connection) before the server could answer.
+    unreached = "connect" in text.lower() or type(orig).__name__ == "OperationalError"
+    if state.startswith("08") or (not state and unreached):
         return DatabaseUnavailableError(
             f"cannot reach {database} ({text}): check that the server runs and the URL is right"
         )

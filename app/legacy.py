@@ -40,6 +40,7 @@ from sqlalchemy import delete, insert, inspect, select, text
 from sqlalchemy.engine import URL, Connection
 
 from . import errors
+from ._hints import install_hint
 from ._legacy_conn import ThreadConnection, UseTracker
 from ._validate import PreparedBlock, check_index, check_text, encode_json, prepare_block
 from .blocks import BlockRecord, BlockStore, index_value, insert_blocks
@@ -561,7 +562,7 @@ def _libpq_to_url(conninfo: str) -> str:
         from psycopg.conninfo import conninfo_to_dict
     except ImportError as exc:  # pragma: no cover - psycopg is an optional dependency
         raise errors.ConfigurationError(
-            "PostgreSQL needs psycopg 3: install the 'postgres' extra (pip install app[postgres])"
+            f"PostgreSQL needs psycopg 3: install the 'postgres' extra ({install_hint('postgres')})"
         ) from exc
     try:
         parts = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
@@ -628,6 +629,7 @@ def _legacy_block(data: Any) -> tuple[int, str, str, PreparedBlock]:
         embedding=embedding,
         embedding_model=data.get("embedding_model", "default"),
         timestamp=_iso(data["timestamp"]),
+        bounded_importance=False,  # the legacy add_block stored any importance
     )
     return (
         check_index(data["block_index"]),

@@ -12,16 +12,18 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from . import errors
 from ._validate import PreparedBlock, prepare_block
 from .blocks import BlockStore, insert_blocks
 from .database import CHECKPOINT_MODES, Database
+from .models import blocks_table
 
 _IMPORT_BATCH = 500
 
@@ -189,16 +191,20 @@ class ImportResult:
     """What an import did.
 
     Attributes:
+        lines: lines that were not blank.
         imported: blocks written (``kept`` + ``appended``).
         kept: lines that carried ``block_index`` and ``hash``, written as given.
         appended: lines without them, appended to the chain (index and hashes computed).
-        skipped: lines not imported, counted by reason in ``reasons``.
+        duplicates: lines whose block was already present (same timestamp and context,
+            stored before or earlier in the file), not written again.
+        skipped: lines not imported for another reason, counted by reason in ``reasons``.
         examples: the first few skipped lines, as ``"line N: reason"``.
     """
 
     lines: int = 0
     kept: int = 0
     appended: int = 0
+    duplicates: int = 0
     skipped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
@@ -214,6 +220,7 @@ class ImportResult:
             self.examples.append(f"line {number}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+#: The fields a JSONL line may carry, besides ``context`` (required) and the chain fields.
 _BLOCK_FIELDS = (
     "keywords",
     "tags",
@@ -223,6 +230,27 @@ _BLOCK_FIELDS = (
     "embedding_model",
     "timestamp",
 )
+
+#: What the JSONL format is, for ``--help`` and the README.
+JSONL_FIELDS = """\
+One JSON object per line; blank lines are ignored. Fields:
+  context          string, required
+  timestamp        ISO-8601 string, required
+  importance       number from 0 to 1 (default 0)
+  keywords, tags   lists of strings
+  metadata         object
+  embedding        list of numbers
+  embedding_model  string (default "default")
+  block_index, hash, prev_hash
+                   a line with block_index and hash is written as given (its
+                   index must be free); any other line is appended to the
+                   chain, which computes its index and hashes
+A block is identified by its timestamp and context: a line whose block is
+already stored, or came earlier in the file, is skipped as a duplicate, so
+importing the same file again writes nothing new."""
+
+#: Identity of a block for the import: its timestamp and context.
+_Key = tuple[str, str]
 
 
 def _arguments(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,16 +262,39 @@ def _arguments(data: Mapping[str, Any]) -> dict[str, Any]:
     return arguments
 
 
+def _present(connection: Connection, keys: Iterable[_Key]) -> set[_Key]:
+    """Which of ``keys`` (timestamp, context) are stored already (timestamps are indexed)."""
+    wanted = set(keys)
+    stamps = sorted({stamp for stamp, _ in wanted})
+    found: set[_Key] = set()
+    for start in range(0, len(stamps), _IMPORT_BATCH):
+        rows = connection.execute(
+            select(blocks_table.c.timestamp, blocks_table.c.context).where(
+                blocks_table.c.timestamp.in_(stamps[start : start + _IMPORT_BATCH])
+            )
+        )
+        found.update(key for key in map(tuple, rows) if key in wanted)
+    return found
+
+
 class _Importer:
+    """Collects valid lines in batches of one kind (as given, or to append), in file order,
+    and writes each batch without the blocks that are present already."""
+
     def __init__(self, db: Database, result: ImportResult) -> None:
         self.db = db
         self.store = BlockStore(db)
         self.result = result
         self.complete: list[tuple[int, int, str, str, PreparedBlock]] = []
-        self.loose: list[dict[str, Any]] = []
+        self.loose: list[tuple[int, dict[str, Any], PreparedBlock]] = []
+        self.batch_keys: set[_Key] = set()
 
     def add(self, number: int, data: Mapping[str, Any]) -> None:
         try:
+            if data.get("timestamp") is None:
+                raise errors.InvalidInputError(
+                    "no timestamp (it is part of what identifies a block on a re-run)"
+                )
             arguments = _arguments(data)
             block = prepare_block(arguments.pop("context"), **arguments)
             complete = "block_index" in data and "hash" in data
@@ -259,63 +310,91 @@ class _Importer:
         except errors.InvalidInputError as exc:
             self.result.skip(number, "invalid block", str(exc))
             return
+        key = (block.timestamp, block.context)
+        if key in self.batch_keys:
+            self.result.duplicates += 1  # the same block earlier in this batch
+            return
+        if (self.loose and complete) or (self.complete and not complete):
+            self.flush()
+        self.batch_keys.add(key)
         if complete:
-            if self.loose:
-                self.flush()
             self.complete.append((number, index, digest, previous, block))
         else:
-            if self.complete:
-                self.flush()
-            self.loose.append(_arguments(data))
+            self.loose.append((number, _arguments(data), block))
         if len(self.complete) + len(self.loose) >= _IMPORT_BATCH:
             self.flush()
 
     def flush(self) -> None:
         if self.complete:
             self._write_complete(self.complete)
-            self.complete = []
         if self.loose:
             self._append(self.loose)
-            self.loose = []
+        self.complete, self.loose = [], []
+        self.batch_keys = set()
 
     def _write_complete(self, batch: list[tuple[int, int, str, str, PreparedBlock]]) -> None:
-        rows = [(index, digest, previous, block) for _, index, digest, previous, block in batch]
         try:
-            self.db._run_writing(lambda connection: insert_blocks(connection, rows))
-            self.result.kept += len(rows)
-            return
+            written, duplicates = self.db._run_writing(lambda c: _insert_new(c, batch))
         except errors.IntegrityViolationError:
             pass  # some index is taken: write them one by one to skip just those
-        for number, index, digest, previous, block in batch:
-            row = (index, digest, previous, block)
+        else:
+            self.result.kept += written
+            self.result.duplicates += duplicates
+            return
+        for item in batch:
 
-            def write_one(
-                connection: Connection, row: tuple[int, str, str, PreparedBlock] = row
-            ) -> None:
-                insert_blocks(connection, [row])
+            def write_one(connection: Connection, item: Any = item) -> tuple[int, int]:
+                return _insert_new(connection, [item])
 
             try:
-                self.db._run_writing(write_one)
+                written, duplicates = self.db._run_writing(write_one)
             except errors.IntegrityViolationError:
-                self.result.skip(number, "block index already present", str(index))
+                self.result.skip(item[0], "block index already present", str(item[1]))
             else:
-                self.result.kept += 1
+                self.result.kept += written
+                self.result.duplicates += duplicates
 
-    def _append(self, batch: list[dict[str, Any]]) -> None:
+    def _append(self, batch: list[tuple[int, dict[str, Any], PreparedBlock]]) -> None:
+        with self.db._reading() as connection:
+            fresh = _new_only(connection, batch)
+        self.result.duplicates += len(batch) - len(fresh)
         # Already checked line by line, so append_many cannot refuse the batch.
-        self.result.appended += len(self.store.append_many(batch))
+        self.result.appended += len(self.store.append_many([args for _, args, _ in fresh]))
+
+
+def _new_only(connection: Connection, batch: list[Any]) -> list[Any]:
+    """The items of ``batch`` (each ending with its PreparedBlock) not stored yet."""
+    present = _present(connection, ((item[-1].timestamp, item[-1].context) for item in batch))
+    return [item for item in batch if (item[-1].timestamp, item[-1].context) not in present]
+
+
+def _insert_new(
+    connection: Connection, batch: list[tuple[int, int, str, str, PreparedBlock]]
+) -> tuple[int, int]:
+    """Insert the blocks of ``batch`` that are not stored yet; return (written, duplicates).
+
+    Checked inside the caller's write unit, so no other writer can store the same block
+    between the check and the insert.
+    """
+    fresh = _new_only(connection, batch)
+    if fresh:
+        insert_blocks(connection, [(index, digest, prev, b) for _, index, digest, prev, b in fresh])
+    return len(fresh), len(batch) - len(fresh)
 
 
 def import_jsonl(
     db: Database, path: str, *, progress: Callable[[int], None] | None = None
 ) -> ImportResult:
     """Import blocks from a JSONL file (one block dict per line), as the legacy
-    ``migrate_from_jsonl`` did.
+    ``migrate_from_jsonl`` did, and safe to run again.
 
     A line with ``block_index`` and ``hash`` is written as given (a taken index is skipped);
     a line without them is appended to the chain, which computes its index and hashes.
-    Blank lines are ignored; lines that are not JSON objects or not valid blocks are
-    skipped and counted. Lines are written in batches, in file order.
+    A block is identified by its timestamp and context: one already stored (or met earlier
+    in the file) is counted in ``duplicates`` and not written again, so a second import of
+    the same file adds nothing. Blank lines are ignored; lines that are not JSON objects or
+    not valid blocks (no timestamp, importance outside 0..1, ...) are skipped and counted.
+    Lines are written in batches, in file order. See :data:`JSONL_FIELDS` for the format.
 
     Args:
         progress: called with the number of bytes read so far.

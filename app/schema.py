@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from . import errors
 from ._engine import UNIT_OPTION
+from ._hints import command_hint
 from .models import LEGACY_TABLES, Base
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def ensure_schema(database: Database) -> None:
         return
     raise errors.SchemaOutOfDateError(
         f"{database.url} is at schema revision {current or 'none'} but this code expects "
-        f"{expected}: run `python -m app db upgrade` (or `alembic -x url=... upgrade head`)"
+        f"{expected}: run `{command_hint(database.url, 'db', 'upgrade')}`"
     )
 
 

@@ -8,13 +8,17 @@ construction, with a message that says what to change.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._hints import install_hint
 from .errors import ConfigurationError
 
 DEFAULT_URL = "sqlite:///data/memory.db"
@@ -52,6 +56,11 @@ class Settings:
         cache_size, mmap_size, journal_size_limit, temp_store: optional SQLite pragmas;
             ``None`` leaves SQLite's default. ``journal_size_limit`` (bytes) is what the WAL
             file is truncated to after a checkpoint.
+        create: create the SQLite database file (and its directory) when it does not exist,
+            logging its absolute path at INFO. ``False`` demands an existing file: a
+            missing one raises :class:`~app.errors.DatabaseUnavailableError` and nothing
+            is created (a typo in a path then fails instead of starting an empty database).
+            No effect on in-memory and server databases.
         file_mode: permission bits of a database file this layer creates (owner only), and
             of its -wal/-shm files and backups; directories made for it get the same
             bits plus search where they grant read (0700 by default).
@@ -87,6 +96,7 @@ class Settings:
     mmap_size: int | None = None
     journal_size_limit: int | None = 64 * 1024 * 1024
     temp_store: str | None = None
+    create: bool = True
     file_mode: int = 0o600
     auto_upgrade: bool | None = None
     check_schema: bool = True
@@ -124,6 +134,8 @@ class Settings:
             object.__setattr__(self, "temp_store", self.temp_store.lower())
         object.__setattr__(self, "journal_mode", self.journal_mode.lower())
         object.__setattr__(self, "synchronous", self.synchronous.lower())
+        if not isinstance(self.create, bool):
+            raise ConfigurationError(f"create must be True or False, got {self.create!r}")
         if not isinstance(self.file_mode, int) or not 0 <= self.file_mode <= 0o777:
             raise ConfigurationError(
                 f"file_mode must be permission bits such as 0o600, got {self.file_mode!r}"
@@ -194,32 +206,111 @@ class Settings:
 
 
 def _parse_url(raw: Any) -> URL:
+    """The URL, checked before anything touches the disk or loads a driver.
+
+    Raises:
+        ConfigurationError: the URL cannot be used, with a suggestion where one can be made.
+    """
     if not isinstance(raw, str) or not raw:
         raise ConfigurationError(f"url must be a non-empty string, got {raw!r}")
+    if "://" not in raw:
+        raise ConfigurationError(_not_a_url(raw))
     try:
         url = make_url(raw)
     except ArgumentError as exc:
         raise ConfigurationError(
-            f"cannot parse database URL {raw!r}: expected sqlite:///path/to/file.db, "
-            "sqlite:// (in memory) or postgresql+psycopg://user@host/dbname"
+            f"cannot parse database URL {raw!r}: expected {_EXPECTED}"
         ) from exc
     backend = url.get_backend_name()
     if backend in ("postgres", "postgresql"):
-        if "+" not in url.drivername:
-            # Only psycopg 3 is a dependency; a bare postgresql:// would pick psycopg2.
-            url = url.set(drivername="postgresql+psycopg")
-        return url
+        return _postgres_url(url)
     if backend == "sqlite":
-        if "+" in url.drivername and url.get_driver_name() != "pysqlite":
-            raise ConfigurationError(
-                f"SQLite driver {url.get_driver_name()!r} is not supported; use sqlite:///path"
-            )
-        return url
+        return _sqlite_url(raw, url)
+    shown = url.render_as_string(hide_password=True)
+    close = difflib.get_close_matches(backend, ("sqlite", "postgresql", "postgres"), 1, 0.7)
+    suggestion = ""
+    if close:
+        scheme = "sqlite" if close[0] == "sqlite" else "postgresql+psycopg"
+        suggestion = f"; did you mean {scheme}{shown[len(url.drivername) :]}?"
     raise ConfigurationError(
-        f"unsupported database URL scheme {url.drivername!r} in "
-        f"{url.render_as_string(hide_password=True)!r}: use sqlite:///path/to/file.db, "
-        "sqlite:// or postgresql+psycopg://user@host/dbname"
+        f"unsupported database URL scheme {url.drivername!r} in {shown!r}: use {_EXPECTED}"
+        + suggestion
     )
+
+
+_EXPECTED = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:// (in memory) or "
+    "postgresql+psycopg://user@host/dbname"
+)
+
+
+def _not_a_url(raw: str) -> str:
+    """The message for a string without ``scheme://``: most often a bare file path."""
+    scheme, colon, rest = raw.partition(":")
+    if colon and scheme.lower() == "sqlite" and rest.startswith("/"):
+        # sqlite:/path: one slash where SQLAlchemy needs three (relative) or four (absolute).
+        return f"{raw!r} is not a valid SQLite URL; did you mean {_sqlite_choices(rest)}?"
+    if raw == ":memory:":
+        return f"{raw!r} is not a database URL; did you mean sqlite:// (in memory)?"
+    if _PATH_LIKE.fullmatch(raw):
+        return (
+            f"{raw!r} is a file path, not a database URL; did you mean "
+            f"sqlite:///{os.path.expanduser(raw)}?"
+        )
+    return f"cannot parse database URL {raw!r}: expected {_EXPECTED}"
+
+
+#: A string that reads as a file path (letters, digits, ``._-~/\`` and spaces, no colon).
+_PATH_LIKE = re.compile(r"[\w.~/\\ -]+")
+
+
+def _sqlite_choices(path: str) -> str:
+    """Both readings of a path whose leading slashes were miscounted."""
+    path = path.lstrip("/")
+    return (
+        f"sqlite:///{path} (relative to the working directory) or sqlite:////{path} "
+        "(an absolute path)"
+    )
+
+
+def _sqlite_url(raw: str, url: URL) -> URL:
+    if "+" in url.drivername and url.get_driver_name() != "pysqlite":
+        raise ConfigurationError(
+            f"SQLite driver {url.get_driver_name()!r} is not supported; use sqlite:///path"
+        )
+    if url.host or url.port or url.username or url.password:
+        # sqlite://data/memory.db reads "data" as a host name: SQLite has none.
+        path = raw.split("://", 1)[1].split("?", 1)[0]
+        raise ConfigurationError(
+            f"{raw!r} is not a valid SQLite URL (a SQLite URL has no host; the path starts "
+            f"after the third slash): did you mean {_sqlite_choices(path)}?"
+        )
+    database = url.database or ""
+    if database.startswith("~"):
+        raise ConfigurationError(
+            f"{raw!r} names a path starting with '~', which is not expanded in a URL (it "
+            f"would create a directory called '~'): did you mean "
+            f"sqlite:///{os.path.expanduser(database)}?"
+        )
+    return url
+
+
+def _postgres_url(url: URL) -> URL:
+    shown = url.render_as_string(hide_password=True)
+    if "+" not in url.drivername:
+        # Only psycopg 3 is a dependency; a bare postgresql:// would pick psycopg2.
+        url = url.set(drivername="postgresql+psycopg")
+    elif url.get_driver_name() != "psycopg":
+        fixed = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"the PostgreSQL driver {url.get_driver_name()!r} in {shown!r} is not supported "
+            f"(this layer uses psycopg 3): did you mean {fixed}?"
+        )
+    if importlib.util.find_spec("psycopg") is None:
+        raise ConfigurationError(
+            f"{shown} needs psycopg 3, which is not installed: {install_hint('postgres')}"
+        )
+    return url
 
 
 def _positive(settings: Settings, name: str, value: Any, *, minimum: float) -> None:

@@ -1,26 +1,48 @@
 """The stress run behind ``app stress``: many threads (in one or more processes) append blocks
 through :meth:`BlockStore.append` while other threads search, then the chain is verified.
 
-It appends to the configured database (by default the embedded ``data/memory.db``), so it is
-also a quick end-to-end check of a deployment.
+Stress writes thousands of test blocks, so by default it runs on a new file of its own in a
+temporary directory (removed afterwards unless ``keep``). Given a URL, it is also an
+end-to-end check of a deployment: a database that is missing or empty is used as it is,
+one that already holds rows only when ``existing`` is set, and one whose chain does not
+verify only when ``allow_broken_chain`` is set too. Every stress block is tagged ``stress``
+and carries the run's id in its metadata, so test data can be told from real data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import multiprocessing
+import os
 import queue
 import random
+import shutil
+import sqlite3
+import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import create_engine, func, inspect, select, table
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
 
 from ._bench._workload import make_block, now, percentiles
+from ._engine import probe_sqlite_file
+from ._hints import command_hint
 from .blocks import BlockStore
 from .database import Database
-from .errors import DatabaseUnavailableError, InvalidInputError
+from .errors import AppError, ConfigurationError, DatabaseUnavailableError, InvalidInputError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 8
 DEFAULT_BLOCKS = 2000
@@ -30,12 +52,23 @@ _START_TIMEOUT = 60.0
 #: Stress blocks carry their own embedding model, so embedding searches compare only with
 #: them whatever else the database holds.
 EMBEDDING_MODEL = "stress"
+#: The tag every stress block carries.
+TAG = "stress"
 
 
 @dataclass
 class StressResult:
     """What a stress run did. Latencies are in seconds; ``stats`` sums every process's
-    ``db.stats()`` (``write_wait_max`` is the largest)."""
+    ``db.stats()`` (``write_wait_max`` is the largest).
+
+    Attributes:
+        run_id: the id every block of this run carries in its metadata (``run``).
+        fresh_file: the new file the run used when no database was named, else None.
+        kept: that file was kept (``keep``); otherwise it was removed after the run.
+        chain_problem: what the chain check after the run found wrong ('' when intact).
+        broken_before: what was wrong with the chain before the run, when it was already
+            broken and ``allow_broken_chain`` let the run go ahead ('' otherwise).
+    """
 
     url: str
     threads: int
@@ -56,6 +89,11 @@ class StressResult:
     read_p99: float | None = None
     chain_intact: bool = False
     first_bad_block: int | None = None
+    chain_problem: str = ""
+    broken_before: str = ""
+    run_id: str = ""
+    fresh_file: str | None = None
+    kept: bool = False
     blocks_before: int = 0
     blocks_after: int = 0
     stats: dict[str, float] = field(default_factory=dict)
@@ -78,7 +116,12 @@ class _Tally:
 
 
 def _append_threads(
-    store: BlockStore, threads: int, blocks: int, first_worker: int, tick: Callable[[], None]
+    store: BlockStore,
+    threads: int,
+    blocks: int,
+    first_worker: int,
+    tick: Callable[[], None],
+    run_id: str,
 ) -> _Tally:
     """Append ``blocks`` blocks from ``threads`` threads; return once all are done."""
     tally = _Tally()
@@ -95,9 +138,9 @@ def _append_threads(
                 store.append(
                     block.context,
                     keywords=block.keywords,
-                    tags=block.tags,
+                    tags=(TAG, *block.tags[1:]),
                     importance=block.importance,
-                    metadata=block.metadata,
+                    metadata={**block.metadata, "source": "app stress", "run": run_id},
                     embedding=block.embedding,
                     embedding_model=EMBEDDING_MODEL,
                     timestamp=now(),
@@ -133,6 +176,7 @@ def _process_main(
     ready: Any,
     start: Any,
     results: Any,
+    run_id: str,
 ) -> None:
     """One appending process (started with ``spawn``: no connection crosses ``fork``)."""
     with Database(url) as db:
@@ -144,7 +188,7 @@ def _process_main(
             with counter.get_lock():
                 counter.value += 1
 
-        tally = _append_threads(store, threads, blocks, first_worker, tick)
+        tally = _append_threads(store, threads, blocks, first_worker, tick, run_id)
         results.put((tally.latencies, dict(tally.errors), asdict(db.stats())))
 
 
@@ -177,7 +221,7 @@ def _read_loop(store: BlockStore, stop: threading.Event, pause: float, out: list
             elif choice < 0.6:
                 store.recent(10)
             elif choice < 0.8:
-                store.search_tags(["odd"], limit=10)
+                store.search_tags([TAG], limit=10)
             elif choice < 0.95:
                 store.search_keywords([rng.choice(("weather", "budget", "n7"))], limit=10)
             else:
@@ -202,17 +246,31 @@ def run_stress(
     processes: int = 1,
     read_threads: int = DEFAULT_READ_THREADS,
     read_pause: float = DEFAULT_READ_PAUSE,
+    existing: bool = False,
+    allow_broken_chain: bool = False,
+    keep: bool = False,
+    directory: str | None = None,
+    announce: Callable[[str], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> StressResult:
     """Append ``blocks`` blocks from ``threads`` threads in each of ``processes`` processes
     while ``read_threads`` threads search, then verify the whole chain.
 
     Args:
+        url: the database to stress. None: a new file in a new temporary directory.
         read_pause: seconds each reading thread waits between two searches.
+        existing: let the run append to a database that already holds rows.
+        allow_broken_chain: let it append to a chain that does not verify (with
+            ``existing``; the check after the run then reports the chain broken).
+        keep: keep the new file when ``url`` is None (it is removed otherwise).
+        directory: where that new file's temporary directory goes (the system's default).
+        announce: called once, before the appends start, with a line saying where they go.
         progress: called about ten times a second with the number of appends finished.
 
     Raises:
         InvalidInputError: a count below its minimum.
+        ConfigurationError: the database holds rows and ``existing`` is not set, or its
+            chain is broken and ``allow_broken_chain`` is not set (nothing was written).
         AppError: the database cannot be opened (see :class:`app.Database`).
     """
     for name, value, minimum in (
@@ -225,54 +283,203 @@ def run_stress(
             raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if not isinstance(read_pause, int | float) or read_pause < 0:
         raise InvalidInputError(f"read_pause must be a number >= 0, got {read_pause!r}")
+    result = StressResult("", threads, processes, read_threads, blocks)
+    run = functools.partial(
+        _run, result=result, read_pause=read_pause, announce=announce, progress=progress
+    )
+    if url is not None:
+        return run(url, existing=existing, allow_broken_chain=allow_broken_chain)
+    with _fresh_file(directory, keep) as path:
+        result.fresh_file, result.kept = path, keep
+        return run(f"sqlite:///{path}", existing=False, allow_broken_chain=False)
+
+
+@contextlib.contextmanager
+def _fresh_file(directory: str | None, keep: bool) -> Iterator[str]:
+    """A path for a new database in a new temporary directory, removed afterwards unless
+    ``keep``."""
+    folder = tempfile.mkdtemp(prefix="app-stress-", dir=directory)
+    try:
+        yield os.path.join(folder, "stress.db")
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(
+    url: str,
+    *,
+    result: StressResult,
+    existing: bool,
+    allow_broken_chain: bool,
+    read_pause: float,
+    announce: Callable[[str], None] | None,
+    progress: Callable[[int], None] | None,
+) -> StressResult:
+    settings = Settings.resolve(url)
+    held = _rows_held(settings)
+    if held and not existing:
+        raise ConfigurationError(
+            f"{settings.safe_url()} already holds data ({_describe(held)}) and stress would "
+            f"add {result.blocks:,} test blocks to it (nothing was written): name no database "
+            "(no --url, no APP_DATABASE_URL) to run on a new file of its own, or add "
+            "--existing (existing=True) to append the test blocks to this one"
+        )
+    result.run_id = uuid.uuid4().hex[:12]
     with Database(url) as db:
         store = BlockStore(db)
-        result = StressResult(db.url, threads, processes, read_threads, blocks)
+        result.url = db.url
         result.blocks_before = store.count()
-        stop = threading.Event()
-        reads: list[Any] = []
-        readers = [
-            threading.Thread(
-                target=_read_loop, args=(store, stop, read_pause, reads), name=f"read-{i}"
-            )
-            for i in range(read_threads)
-        ]
-        try:
-            for reader in readers:
-                reader.start()
-            if processes == 1:
-                latencies, failures, stats, seconds = _in_process(store, threads, blocks, progress)
-            else:
-                latencies, failures, stats, seconds = _in_processes(
-                    db.settings.url, threads, blocks, processes, progress
+        if result.blocks_before:
+            before = store.verify_chain()
+            if not before and not allow_broken_chain:
+                raise ConfigurationError(
+                    f"the chain of {db.url} is already broken at block {before.first_bad_index} "
+                    f"({before.problem}); find out why with "
+                    f"`{command_hint(db.url, 'doctor', '--verify-chain')}`, or add "
+                    "--allow-broken-chain (allow_broken_chain=True) to stress it anyway "
+                    "(nothing was written)"
                 )
-        finally:
-            stop.set()
-            for reader in readers:
-                reader.join()
-        result.seconds = seconds
-        result.appended = len(latencies)
-        result.errors = sum(failures.values())
-        result.error_kinds = dict(failures)
-        result.throughput = result.appended / seconds if seconds > 0 else 0.0
-        spread = percentiles(latencies)
-        result.p50, result.p99, result.max = spread["p50"], spread["p99"], spread["max"]
-        read_latencies = [x for chunk, _, _ in reads for x in chunk]
-        result.reads = len(read_latencies)
-        result.read_errors = sum(n for _, n, _ in reads)
-        for _, _, kinds in reads:
-            for kind, example in kinds.items():
-                result.read_error_kinds.setdefault(kind, example)
-        result.read_p99 = percentiles(read_latencies)["p99"]
-        result.first_bad_block = store.verify_chain()
-        result.blocks_after = store.count()
-        result.chain_intact = result.first_bad_block is None
-        result.stats = _merge_stats([*stats, asdict(db.stats())])
+            result.broken_before = "" if before else str(before)
+        target = (
+            f"a new file {result.fresh_file}"
+            if result.fresh_file is not None
+            else f"{db.url}, which holds {_describe(held)} (--existing)"
+            if held
+            else db.url
+        )
+        line = (
+            f"stress: appending {result.blocks:,} test blocks (tag {TAG!r}, run "
+            f"{result.run_id}) to {target}"
+        )
+        if announce is not None:
+            announce(line)
+        else:
+            log.info("%s", line)
+        _append_and_search(db, store, result, read_pause, progress)
     return result
 
 
+def _append_and_search(
+    db: Database,
+    store: BlockStore,
+    result: StressResult,
+    read_pause: float,
+    progress: Callable[[int], None] | None,
+) -> None:
+    threads, blocks, processes = result.threads, result.blocks, result.processes
+    stop = threading.Event()
+    reads: list[Any] = []
+    readers = [
+        threading.Thread(target=_read_loop, args=(store, stop, read_pause, reads), name=f"read-{i}")
+        for i in range(result.read_threads)
+    ]
+    try:
+        for reader in readers:
+            reader.start()
+        if processes == 1:
+            latencies, failures, stats, seconds = _in_process(
+                store, threads, blocks, progress, result.run_id
+            )
+        else:
+            latencies, failures, stats, seconds = _in_processes(
+                db.settings.url, threads, blocks, processes, progress, result.run_id
+            )
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    result.seconds = seconds
+    result.appended = len(latencies)
+    result.errors = sum(failures.values())
+    result.error_kinds = dict(failures)
+    result.throughput = result.appended / seconds if seconds > 0 else 0.0
+    spread = percentiles(latencies)
+    result.p50, result.p99, result.max = spread["p50"], spread["p99"], spread["max"]
+    read_latencies = [x for chunk, _, _ in reads for x in chunk]
+    result.reads = len(read_latencies)
+    result.read_errors = sum(n for _, n, _ in reads)
+    for _, _, kinds in reads:
+        for kind, example in kinds.items():
+            result.read_error_kinds.setdefault(kind, example)
+    result.read_p99 = percentiles(read_latencies)["p99"]
+    check = store.verify_chain()
+    result.chain_intact, result.first_bad_block = check.ok, check.first_bad_index
+    result.chain_problem = check.problem
+    result.blocks_after = store.count()
+    result.stats = _merge_stats([*stats, asdict(db.stats())])
+
+
+#: Tables whose rows belong to a block (counted as part of it).
+_BLOCK_PARTS = ("block_keywords", "block_tags", "block_metadata", "block_embeddings")
+
+
+def _describe(held: dict[str, int]) -> str:
+    """What a database holds, in words: its blocks, short-term memories and other rows."""
+    parts = []
+    if held.get("blocks"):
+        parts.append(f"{held['blocks']:,} blocks")
+    if held.get("short_term_memories"):
+        parts.append(f"{held['short_term_memories']:,} short-term memories")
+    others = ("blocks", "short_term_memories", *(_BLOCK_PARTS if held.get("blocks") else ()))
+    parts += [f"{n:,} rows in {name}" for name, n in held.items() if name not in others]
+    return ", ".join(parts)
+
+
+def _rows_held(settings: Settings) -> dict[str, int]:
+    """Rows per table of the database, for the tables that have any (the schema's own
+    bookkeeping aside), read without changing anything.
+
+    A SQLite file is read through a read-only connection, before the layer opens it: opening
+    would switch its journal mode and upgrade its schema, lasting changes to a database the
+    run may refuse.
+    """
+    if settings.is_memory:
+        return {}
+    path = settings.sqlite_path
+    if path is not None:
+        if not os.path.exists(path):
+            return {}
+        problem = probe_sqlite_file(path)
+        if isinstance(problem, AppError):
+            raise problem
+        if problem is True:
+            return {}  # an empty file: a new database
+        uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+        reader = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=True, timeout=5.0),
+            poolclass=NullPool,
+        )
+        try:
+            with reader.connect() as conn:
+                return _counts(conn)
+        finally:
+            reader.dispose()
+    with (
+        Database(settings.url, check_schema=False, auto_upgrade=False) as db,
+        db.engine.connect() as conn,
+    ):
+        return _counts(conn)
+
+
+def _counts(conn: Connection) -> dict[str, int]:
+    """Rows per table that has any, on ``conn`` (names quoted by SQLAlchemy)."""
+    names = sorted(n for n in inspect(conn).get_table_names() if n != "alembic_version")
+    counts = {
+        name: int(conn.execute(select(func.count()).select_from(table(name))).scalar_one())
+        for name in names
+    }
+    conn.rollback()
+    return {name: n for name, n in counts.items() if n}
+
+
 def _in_process(
-    store: BlockStore, threads: int, blocks: int, progress: Callable[[int], None] | None
+    store: BlockStore,
+    threads: int,
+    blocks: int,
+    progress: Callable[[int], None] | None,
+    run_id: str,
 ) -> tuple[list[float], Counter[str], list[dict[str, Any]], float]:
     done = [0]
     lock = threading.Lock()
@@ -288,7 +495,7 @@ def _in_process(
         ).start()
     started = time.perf_counter()
     try:
-        tally = _append_threads(store, threads, blocks, 0, tick)
+        tally = _append_threads(store, threads, blocks, 0, tick, run_id)
     finally:
         finished.set()
     seconds = time.perf_counter() - started
@@ -305,7 +512,12 @@ def _report(
 
 
 def _in_processes(
-    url: str, threads: int, blocks: int, processes: int, progress: Callable[[int], None] | None
+    url: str,
+    threads: int,
+    blocks: int,
+    processes: int,
+    progress: Callable[[int], None] | None,
+    run_id: str,
 ) -> tuple[list[float], Counter[str], list[dict[str, Any]], float]:
     context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
@@ -315,7 +527,7 @@ def _in_processes(
     children = [
         context.Process(
             target=_process_main,
-            args=(url, threads, shares[i], i * threads, counter, ready, start, results),
+            args=(url, threads, shares[i], i * threads, counter, ready, start, results, run_id),
             name=f"stress-{i}",
         )
         for i in range(processes)
@@ -337,7 +549,8 @@ def _in_processes(
                     progress(counter.value)
                 if not any(c.is_alive() for c in children) and results.empty():
                     raise DatabaseUnavailableError(
-                        "a stress process exited without reporting (run `app doctor`)"
+                        "a stress process exited without reporting (run `app doctor` on the "
+                        "database)"
                     ) from None
                 continue
             latencies.extend(chunk)
@@ -365,5 +578,5 @@ def _wait_ready(ready: Any, children: list[Any]) -> None:
             dead = [c for c in children if c.exitcode not in (None, 0)]
             if dead or time.monotonic() > deadline:
                 raise DatabaseUnavailableError(
-                    "a stress process failed to open the database (run `app doctor`)"
+                    "a stress process failed to open the database (run `app doctor` on it)"
                 ) from None

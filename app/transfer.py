@@ -141,11 +141,12 @@ def copy_database(
 
             target._run_writing(write)
         result.target_counts = _row_counts(target)
-        result.first_bad_block = BlockStore(target).verify_chain(
+        check = BlockStore(target).verify_chain(
             _verify_progress(progress, result.target_counts.get("blocks", 0))
         )
-        if result.first_bad_block is not None:
-            result.source_first_bad_block = BlockStore(source).verify_chain()
+        result.first_bad_block = check.first_bad_index
+        if not check:
+            result.source_first_bad_block = BlockStore(source).verify_chain().first_bad_index
     result.seconds = time.monotonic() - started
     return result
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app._bench import (
@@ -14,10 +14,8 @@ from app._bench import (
     CaseResult,
     default_cases,
     markdown_table,
-    problems,
-    rich_table,
+    print_report,
     run_cases,
-    strategy,
     write_json,
 )
 
@@ -49,16 +47,15 @@ def run(
         max_seconds=options.max_seconds,
     )
     console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # piped: do not squeeze the table
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = max(console.width, 120)  # piped: the table needs 120 columns
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
         overall = bar.add_task("cases", total=len(cases))
         current = bar.add_task("", total=options.units)
 
         def started(case: Case) -> None:
-            label = strategy(case.workload, case.strategy).label
-            bar.update(current, description=f"{label} @ {case.threads}", completed=0)
+            bar.update(current, description=f"{case.strategy} @ {case.threads}", completed=0)
 
         results = run_cases(
             cases,
@@ -66,9 +63,7 @@ def run(
             on_progress=lambda case, done: bar.update(current, completed=done),
             on_result=lambda result: bar.advance(overall),
         )
-    console.print(rich_table(results, title=title))
-    for note in problems(results):
-        console.print(f"[yellow]note[/] {escape(note)}", soft_wrap=True)
+    print_report(console, results, title)
     for goal, met in goals(results):
         console.print(f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {goal}")
     if options.markdown:

@@ -19,12 +19,15 @@ from app._bench import (
     Case,
     CaseResult,
     add_ratios,
+    chart_title,
     check_chain,
     markdown_table,
     plot,
+    print_report,
     problems,
     rich_table,
     run_cases,
+    summarise_error,
     unavailable,
     write_json,
 )
@@ -204,11 +207,12 @@ def test_reports(tmp_path: Path) -> None:
     ]
     add_ratios(results)
     assert results[3].vs_one_thread == 4.0 and results[3].vs_floor == 2.5
-    table = rich_table(results, title="t")
+    table = rich_table(results)
     assert table.row_count == 4
     text = markdown_table(results)
-    assert text.count("\n") == 5 and "| LAYER | 10 | 2,000 | 4.00 | 2.50 |" in text
-    assert problems(results) == ["LAYER @ 10 threads: 2 errors: 2 BusyError ([SQL: x])"]
+    assert "| layer | 10 | 2,000 | 4.00 | 2.50 |" in text
+    assert text.splitlines()[6:] == ["", "- `sqlite3-lock`: SQLITE3-LOCK", "- `layer`: LAYER"]
+    assert problems(results) == ["layer @ 10 threads: 2 of 100 units failed (2 BusyError)"]
     out = tmp_path / "r.json"
     write_json(str(out), results, {"units": 100})
     data = json.loads(out.read_text())
@@ -217,3 +221,114 @@ def test_reports(tmp_path: Path) -> None:
     chart = tmp_path / "r.png"
     plot(str(chart), results, title="t")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+SQL_DUMP = (
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: blocks.block_index [SQL: INSERT INTO "
+    "blocks (block_index, timestamp, context, importance, hash, prev_hash) VALUES (?, ?, ?, ?, "
+    "?, ?)] [parameters: (0, '2024-01-01T00:00:00', 'x', 0.5, 'abc', '')] (Background on this "
+    "error at: https://sqlalche.me/e/21/gkpj)"
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "example", "summary"),
+    [
+        (
+            "IntegrityError",
+            SQL_DUMP,
+            "IntegrityError: two threads read the same chain head and wrote the same block index",
+        ),
+        (
+            "OperationalError",
+            "(sqlite3.OperationalError) database is locked [SQL: BEGIN]",
+            "OperationalError: the database stayed locked past busy_timeout",
+        ),
+        ("KeyError", "(x.Y) 'missing' [SQL: SELECT 1]", "KeyError: 'missing'"),
+        ("RuntimeError", "", "RuntimeError"),
+        (
+            "ValueError",
+            "word " * 40,
+            "ValueError: " + ("word " * 18).strip() + " ...",
+        ),
+    ],
+)
+def test_errors_are_summarised_in_words(kind: str, example: str, summary: str) -> None:
+    assert summarise_error(kind, example) == summary
+
+
+def _case_rows() -> list[CaseResult]:
+    keys = ["sqlite3-lock", "sqlite3-thread-local", "sqlite3-pool", "sqlalchemy-default",
+            "layer", "facade-transaction", "facade-append-block"]  # fmt: skip
+    results = []
+    for threads in (1, 10, 100):
+        for key in keys:
+            r = _result(key, threads, 123456.0)
+            r.label = APPEND[key].label
+            r.p99, r.max = 3.3082, 4.9125
+            r.peak_rss_mib, r.peak_connections = 100.0, 100
+            if key == "sqlalchemy-default" and threads > 1:
+                r.errors, r.error_kinds = 977, {"IntegrityError": [977, SQL_DUMP]}
+            results.append(r)
+        skipped = CaseResult("append", "greeum-5.3.0", APPEND["greeum-5.3.0"].label, threads, 100)
+        skipped.skipped = "greeum is not installed (pip install --no-deps greeum==5.3.0)"
+        results.append(skipped)
+    add_ratios(results)
+    return results
+
+
+def test_the_report_fits_120_columns_one_line_per_case() -> None:
+    from rich.console import Console
+
+    results = _case_rows()
+    console = Console(width=120, record=True, highlight=False)
+    print_report(console, results, "bench: append, 2,000 units per case")
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 120
+    legend_at = next(i for i, x in enumerate(lines) if "one shared connection" in x)
+    rows = [line for line in lines[1:legend_at] if line.strip() and set(line.strip()) != {"─"}]
+    assert len(rows) == 1 + 21  # the heading and one line per case that ran, none wrapped
+    assert not [row for row in rows if row.startswith("greeum")]  # skipped: a footnote instead
+    assert lines[legend_at].rstrip().split(None, 1) == [
+        "sqlite3-lock",
+        "sqlite3: one shared connection behind a threading.Lock",
+    ]
+    text = "\n".join(lines)
+    assert text.count("greeum-5.3.0 was skipped: greeum is not installed") == 1
+    assert "Greeum 5.3.0, a later release of the legacy class's own project" in text
+    assert "[SQL:" not in text and "INSERT INTO" not in text
+    assert (
+        "failed: sqlalchemy-default @ 10 threads: 977 of 100 units failed (977 IntegrityError: two "
+        "threads read the same chain head and wrote the same block index)"
+    ) in " ".join(text.split())
+
+
+def test_failed_strategies_are_marked_in_the_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    results = _case_rows()
+    crashed = CaseResult("append", "sqlite3-pool", "pool", 100, 100, errors=100)
+    crashed.problem = "case failed: boom"
+    results = [r for r in results if (r.strategy, r.threads) != ("sqlite3-pool", 100)]
+    results.append(crashed)  # nothing measured: in the legend as failed, no point to mark
+    saved: list[Any] = []
+    real_close = plt.close
+    plt.close = lambda figure=None: saved.append(figure)  # type: ignore[assignment]
+    try:
+        plot(str(tmp_path / "c.png"), results, title=chart_title(results, {"units": 100}))
+    finally:
+        plt.close = real_close
+    (figure,) = saved
+    left, right = figure.axes
+    lines = {line.get_label(): line for line in left.get_lines()}
+    failed = lines["sqlalchemy-default  FAILED at 10, 100 threads"]
+    assert failed.get_linestyle() == "--" and failed.get_color() == "0.55"
+    layer = lines["layer  (this layer)"]
+    assert layer.get_linewidth() > lines["sqlite3-lock"].get_linewidth()
+    assert [t.get_text() for t in left.texts] == ["977 errors", "977 errors"]
+    assert "sqlite3-pool  FAILED at 100 threads" in lines
+    assert len([t for t in right.get_yticklabels() if t.get_text()]) >= 2
+    assert "append: 100 units per case at 1, 10, 100 threads" in figure._suptitle.get_text()
+    real_close(figure)
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

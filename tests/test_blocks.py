@@ -66,7 +66,7 @@ def test_first_appends_start_the_chain(store: BlockStore) -> None:
     assert store.get(1) == second
     assert store.head() == (1, second.hash)
     assert store.count() == 2
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
 
 
 @pytest.mark.parametrize(
@@ -188,19 +188,70 @@ def test_similar_returns_best_first(store: BlockStore) -> None:
 
 def test_verify_chain_finds_the_first_bad_index(db: Database, store: BlockStore) -> None:
     _fill(store, 6)
-    assert store.verify_chain() is None
+    intact = store.verify_chain()
+    assert intact and intact.ok
+    assert (intact.first_bad_index, intact.checked, intact.problem) == (None, 6, "")
+    assert str(intact) == "intact (6 blocks)"
     with db.unit_of_work() as session:
         session.execute(text("UPDATE blocks SET context = 'tampered' WHERE block_index = 4"))
-    assert store.verify_chain() == 4
+    check = store.verify_chain()
+    assert not check and not check.ok
+    assert (check.first_bad_index, check.checked) == (4, 5)
+    assert "block 4's hash does not match" in check.problem
     with db.unit_of_work() as session:
         session.execute(text("UPDATE blocks SET prev_hash = 'x' WHERE block_index = 2"))
-    assert store.verify_chain() == 2
+    check = store.verify_chain()
+    assert (check.first_bad_index, check.checked) == (2, 3)
+    assert check.problem == "block 2's prev_hash is not block 1's hash"
+    assert str(check) == "broken at block 2: block 2's prev_hash is not block 1's hash"
+
+
+def _delete_block(db: Database, index: int) -> None:
+    with db.unit_of_work() as session:
+        for table in ("block_keywords", "block_tags", "block_metadata", "block_embeddings"):
+            session.execute(text(f"DELETE FROM {table} WHERE block_index = {index}"))
+        session.execute(text(f"DELETE FROM blocks WHERE block_index = {index}"))
+
+
+def test_verify_chain_broken_at_block_zero_is_false(db: Database, store: BlockStore) -> None:
+    # The old return value (the bad index) was 0 here, which read as "no problem".
+    _fill(store, 3)
+    with db.unit_of_work() as session:
+        session.execute(text("UPDATE blocks SET context = 'tampered' WHERE block_index = 0"))
+    check = store.verify_chain()
+    assert not check  # `if not store.verify_chain():` now means "broken"
+    assert (check.ok, check.first_bad_index, check.checked) == (False, 0, 1)
+
+
+def test_verify_chain_names_a_missing_block(db: Database, store: BlockStore) -> None:
+    _fill(store, 5)
+    _delete_block(db, 2)
+    check = store.verify_chain()
+    assert (check.ok, check.first_bad_index, check.checked) == (False, 2, 3)
+    assert check.problem == "block 2 is missing (the next block is 3)"
+    _delete_block(db, 0)
+    check = store.verify_chain()
+    assert (check.first_bad_index, check.problem) == (0, "block 0 is missing (the next block is 1)")
+
+
+def test_verify_chain_first_block_must_not_link(db: Database, store: BlockStore) -> None:
+    _fill(store, 2)
+    with db.unit_of_work() as session:
+        session.execute(text("UPDATE blocks SET prev_hash = 'abc' WHERE block_index = 0"))
+    check = store.verify_chain()
+    assert (check.first_bad_index, check.checked) == (0, 1)
+    assert "block 0's prev_hash is not empty" in check.problem
+
+
+def test_verify_chain_of_an_empty_store(store: BlockStore) -> None:
+    check = store.verify_chain()
+    assert check and (check.checked, check.first_bad_index, check.problem) == (0, None, "")
 
 
 def test_verify_chain_reports_progress(store: BlockStore) -> None:
     _fill(store, 3)
     seen: list[int] = []
-    assert store.verify_chain(progress=seen.append) is None
+    assert store.verify_chain(progress=seen.append).ok
     assert seen[-1] == 3
 
 
@@ -211,6 +262,9 @@ BAD_APPENDS: list[tuple[dict[str, Any], str]] = [
     ({"context": "x", "tags": [None]}, r"tags\[0\] must be a string"),
     ({"context": "x", "importance": float("nan")}, "importance must be finite"),
     ({"context": "x", "importance": "high"}, "importance must be a number"),
+    ({"context": "x", "importance": 1.5}, r"importance must be between 0 and 1 \(inclusive\)"),
+    ({"context": "x", "importance": -0.01}, r"between 0 and 1 \(inclusive\), got -0.01"),
+    ({"context": "x", "importance": 7}, r"between 0 and 1 \(inclusive\), got 7$"),
     ({"context": "x", "metadata": {"bad": {1, 2}}}, "metadata is not JSON"),
     ({"context": "x", "metadata": {"nan": float("nan")}}, "metadata is not JSON"),
     ({"context": "x", "metadata": ["list"]}, "metadata must be a dict"),
@@ -235,7 +289,21 @@ def test_bad_input_is_refused_and_nothing_is_written(
     with pytest.raises(InvalidInputError, match=message):
         store.append(context, **arguments)
     assert table_counts(db) == before
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
+
+
+def test_importance_bounds_are_included(store: BlockStore) -> None:
+    low, high, zero = (store.append(f"i{x}", importance=x) for x in (0, 1, -0.0))
+    assert (low.importance, high.importance, zero.importance) == (0.0, 1.0, 0.0)
+    assert store.verify_chain().ok
+
+
+def test_importance_out_of_range_in_append_many_writes_nothing(
+    db: Database, store: BlockStore
+) -> None:
+    with pytest.raises(InvalidInputError, match=r"blocks\[1\]: importance .* got 2"):
+        store.append_many([{"context": "ok", "importance": 1}, {"context": "x", "importance": 2}])
+    assert table_counts(db)["blocks"] == 0
 
 
 def test_bad_block_in_append_many_writes_nothing(db: Database, store: BlockStore) -> None:
@@ -244,7 +312,7 @@ def test_bad_block_in_append_many_writes_nothing(db: Database, store: BlockStore
     assert table_counts(db)["blocks"] == 0
     written = store.append_many({"context": f"bulk {i}", "keywords": ["b"]} for i in range(5))
     assert [b.block_index for b in written] == [0, 1, 2, 3, 4]
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
 
 
 def test_bad_read_arguments(store: BlockStore) -> None:

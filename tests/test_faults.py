@@ -108,7 +108,7 @@ def orphan_rows(db: Database) -> dict[str, int]:
 
 def assert_chain_intact(db: Database, store: BlockStore, count: int) -> None:
     assert store.count() == count
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
     assert orphan_rows(db) == dict.fromkeys(CHAIN_TABLES[1:], 0)
     if db.settings.is_sqlite:
         assert quick_check(db) == "ok"
@@ -551,7 +551,9 @@ def test_file_made_read_only_while_open_refuses_writes_and_recovers(
         assert_chain_intact(db, store, 3)
 
         # The command line says so in one line (stress) or in its report (doctor).
-        line = assert_one_line_error(run_cli("--url", url, "stress", "-t", "2", "-n", "4"))
+        line = assert_one_line_error(
+            run_cli("--url", url, "stress", "-t", "2", "-n", "4", "--existing")
+        )
         assert "read-only" in line
         doctor = run_cli("--url", url, "doctor")
         assert doctor.exit_code == 1 and "Traceback" not in doctor.output
@@ -773,7 +775,7 @@ def test_exhausted_pool_makes_extra_callers_wait_then_fail_and_recovers(
     assert store.append("after").block_index == 1
     with db.read() as session:
         assert session.execute(text("SELECT count(*) FROM blocks")).scalar_one() == 2
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
 
 
 # -- 4. writers that die inside a unit -------------------------------------------------------

@@ -904,7 +904,7 @@ def assert_refused(manager: DatabaseManager, call: Call, argument: str, detail: 
     assert re.search(rf"(?<![\w.]){re.escape(argument)}(?!\w)", message), message
     assert re.search(detail, message), message
     assert snapshot(manager) == before
-    assert manager.blocks.verify_chain() is None
+    assert manager.blocks.verify_chain().ok
     assert manager.health_check() is True
 
 
@@ -979,7 +979,7 @@ def test_hostile_strings_round_trip_and_match_literally(
     assert manager.blocks.get(record.block_index) == record
     assert (record.context, record.keywords, record.tags) == (word, (word,), (word,))
     assert dict(record.metadata) == {word: word}
-    assert manager.blocks.verify_chain() is None
+    assert manager.blocks.verify_chain().ok
     assert {table: len(rows) for table, rows in snapshot(manager).items()} == {
         "blocks": 3,
         "block_keywords": 4,
@@ -1053,7 +1053,7 @@ def test_negative_zero_importance_keeps_the_chain_verifiable(manager: DatabaseMa
     assert [manager.get_block(i)["importance"] for i in (0, 1)] == [0.0, 0.0]  # type: ignore[index]
     assert manager.get_block(0)["hash"] == block["hash"]  # type: ignore[index]
     assert math.copysign(1.0, record.importance) == 1.0  # the append hashed +0.0, as stored
-    assert manager.blocks.verify_chain() is None
+    assert manager.blocks.verify_chain().ok
 
 
 def test_huge_context_is_stored_and_read_back_exactly(manager: DatabaseManager) -> None:
@@ -1067,7 +1067,7 @@ def test_huge_context_is_stored_and_read_back_exactly(manager: DatabaseManager) 
     assert [b.block_index for b in manager.blocks.search_keywords([needle.upper()])] == [0, 1]
     manager.add_short_term_memory(memory_with(id="big", content=context))
     assert manager.get_short_term_memory_by_id("big")["content"] == context  # type: ignore[index]
-    assert manager.blocks.verify_chain() is None
+    assert manager.blocks.verify_chain().ok
 
 
 def test_search_with_many_and_very_long_keywords(manager: DatabaseManager) -> None:

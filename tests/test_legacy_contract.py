@@ -169,6 +169,19 @@ def test_add_block_defaults_and_what_is_not_stored(manager: DatabaseManager) -> 
     assert (counts["blocks"], counts["block_metadata"], counts["block_embeddings"]) == (2, 0, 0)
 
 
+@pytest.mark.parametrize("importance", [-0.5, 1.5, 42.5, 1e300])
+def test_add_block_keeps_accepting_any_finite_importance(
+    manager: DatabaseManager, importance: float
+) -> None:
+    # The new API keeps importance within 0..1; the legacy call stores what it stored.
+    block = next_block(None, importance=importance)
+    manager.add_block(block)
+    stored = manager.get_block(0)
+    assert stored is not None and stored["importance"] == importance
+    assert chain_is_intact(manager) == (1, None)
+    assert manager.blocks.verify_chain().ok
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_add_block_accepts_a_numpy_embedding(manager: DatabaseManager, dtype: Any) -> None:
     manager.add_block(next_block(None, embedding=np.array([0.25, 0.5, 1.0], dtype=dtype)))

@@ -84,7 +84,7 @@ def test_downgrade_and_upgrade_keep_every_row(db: Database) -> None:
     schema.upgrade(db)
     assert "ix_blocks_importance" in _indexes(db, "blocks")
     assert [store.get(b.block_index) for b in written] == written
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
 
 
 def test_models_and_migrations_agree(db: Database) -> None:
@@ -136,10 +136,10 @@ def test_the_real_legacy_fixture_is_adopted(legacy_copy: Path) -> None:
         "short_term_memories": 30,
     }
     store = BlockStore(db)
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
     appended = store.append("first block written by the new layer")
     assert appended.block_index == 240
-    assert store.verify_chain() is None
+    assert store.verify_chain().ok
     db.dispose()
 
 
@@ -171,7 +171,7 @@ def test_partial_legacy_schema_names_the_missing_tables(tmp_path: Path) -> None:
 
 
 def test_old_schema_is_refused_without_auto_upgrade(db_url: str) -> None:
-    with pytest.raises(SchemaOutOfDateError, match="run `python -m app db upgrade`"):
+    with pytest.raises(SchemaOutOfDateError, match=r"run `python -m app --url \S+ db upgrade`"):
         Database(db_url, auto_upgrade=False)
     migrating = Database(db_url, check_schema=False)
     schema.upgrade(migrating, "0001")

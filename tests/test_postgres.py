@@ -376,7 +376,7 @@ def test_cli_upgrade_stress_and_doctor(db_url: str) -> None:
         cli, ["--url", db_url, "stress", "-t", "8", "-n", "400", "-r", "1", "--json"]
     )
     assert stressed.exit_code == 0, stressed.output
-    report = json.loads(stressed.output)
+    report = json.loads(stressed.stdout)
     assert (report["appended"], report["errors"], report["chain_intact"]) == (400, 0, True)
     doctor = runner.invoke(cli, ["--url", db_url, "doctor", "--verify-chain"])
     assert doctor.exit_code == 0, doctor.output

@@ -7,6 +7,7 @@ import app
 EXPECTED = {
     "BlockRecord",
     "BlockStore",
+    "ChainCheck",
     "ChainHead",
     "Database",
     "DatabaseManager",

@@ -406,7 +406,7 @@ def test_an_injected_sort_column_is_refused_naming_the_allowed_ones(
         message = str(info.value)
         assert message.startswith("sort_by must be one of block_index, timestamp, importance")
         assert repr(sort_by) in message
-    assert store.count() == 2 and store.verify_chain() is None
+    assert store.count() == 2 and store.verify_chain().ok
     assert store.get(0) == first
 
 

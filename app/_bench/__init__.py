@@ -11,7 +11,21 @@ Used by ``python -m app bench`` and the scripts in ``benchmarks/``::
     results = run_cases(default_cases(["sqlite3-lock", "layer"], threads=(1, 100)))
 """
 
-from ._report import machine, markdown_table, plot, problems, rich_table, to_json, write_json
+from ._report import (
+    chart_title,
+    failed,
+    footnotes,
+    legend,
+    machine,
+    markdown_table,
+    plot,
+    print_report,
+    problems,
+    rich_table,
+    summarise_error,
+    to_json,
+    write_json,
+)
 from ._runner import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_THREADS,
@@ -43,18 +57,24 @@ __all__ = [
     "Target",
     "Verdict",
     "add_ratios",
+    "chart_title",
     "check_chain",
     "check_counter",
     "default_cases",
+    "failed",
+    "footnotes",
     "legacy_hash",
+    "legend",
     "machine",
     "make_block",
     "markdown_table",
     "plot",
+    "print_report",
     "problems",
     "rich_table",
     "run_cases",
     "strategy",
+    "summarise_error",
     "to_json",
     "unavailable",
     "write_json",

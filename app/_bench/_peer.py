@@ -72,7 +72,8 @@ class _Peer(Target):
 
 
 def greeum_queue(path: str) -> Target:
-    """Greeum 5.3.0 write queue: run_serialized(read last + add_block)"""
+    """Greeum 5.3.0, a later release of the legacy class's own project: its write queue,
+    run_serialized(read last + add_block)"""
     return _Peer(path)
 
 

@@ -49,4 +49,5 @@ class Strategy:
 
     @property
     def label(self) -> str:
-        return inspect.getdoc(self.factory) or self.key
+        """The factory's docstring on one line."""
+        return " ".join((inspect.getdoc(self.factory) or self.key).split())
