@@ -96,10 +96,16 @@ def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:
     return value
 
 
-def check_timestamp(value: Any, what: str = "timestamp") -> str:
-    """An ISO-8601 string (a datetime is converted with ``isoformat()``)."""
+def check_timestamp(value: Any, what: str = "timestamp", *, legacy: bool = False) -> str:
+    """An ISO-8601 string (a datetime is converted with ``isoformat()``).
+
+    ``legacy=True`` accepts any text, as the old class did: it stored and compared
+    timestamps as text without judging them (``'2025-08-05T06:00:60'``, say).
+    """
     if isinstance(value, datetime):
         return value.isoformat()
+    if legacy:
+        return check_text(value, what)
     text = check_text(value, what, allow_empty=False)
     try:
         datetime.fromisoformat(text)
@@ -254,12 +260,12 @@ def prepare_block(
     embedding: Any = None,
     embedding_model: Any = "default",
     timestamp: Any = None,
-    bounded_importance: bool = True,
+    legacy: bool = False,
 ) -> PreparedBlock:
     """Check every argument of an append and encode it for storage.
 
-    ``bounded_importance=False`` accepts any finite importance, as the legacy ``add_block``
-    did; everything else keeps importance within 0..1.
+    ``legacy=True`` accepts what the old class's ``add_block`` stored: any finite
+    importance (everything else keeps it within 0..1) and any timestamp text.
     """
     raw, values = (None, None) if embedding is None else _embedding(embedding, "embedding")
     model = None
@@ -268,11 +274,11 @@ def prepare_block(
     metadata_json = _metadata_json(metadata)
     return PreparedBlock(
         context=check_text(context, "context"),
-        timestamp=check_timestamp(datetime.now() if timestamp is None else timestamp),
+        timestamp=check_timestamp(
+            datetime.now() if timestamp is None else timestamp, legacy=legacy
+        ),
         importance=(
-            check_importance(importance)
-            if bounded_importance
-            else check_number(importance, "importance")
+            check_number(importance, "importance") if legacy else check_importance(importance)
         ),
         keywords=check_words(keywords, "keywords"),
         tags=check_words(tags, "tags"),

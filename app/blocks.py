@@ -336,24 +336,30 @@ class BlockStore:
     def date_range(
         self, start: str | datetime, end: str | datetime, *, limit: int = 100
     ) -> list[BlockRecord]:
-        """Blocks with ``start <= timestamp <= end`` (ISO strings or datetimes), newest first."""
-        low, high = check_timestamp(start, "start"), check_timestamp(end, "end")
+        """Blocks with ``start <= timestamp <= end`` (ISO strings or datetimes), newest first.
+
+        Timestamps are compared as text (ISO-8601 strings of one form sort in time order).
+        """
+        return self._date_range(check_timestamp(start, "start"), check_timestamp(end, "end"), limit)
+
+    def _date_range(self, low: str, high: str | None, limit: Any) -> list[BlockRecord]:
+        """``date_range`` with checked bounds (the facade passes any text, as before)."""
+        bounds = [blocks_table.c.timestamp >= low]
+        if high is not None:
+            bounds.append(blocks_table.c.timestamp <= high)
         query = (
             select(blocks_table.c.block_index)
-            .where(blocks_table.c.timestamp >= low, blocks_table.c.timestamp <= high)
+            .where(*bounds)
             .order_by(blocks_table.c.timestamp.desc(), blocks_table.c.block_index.desc())
         )
         return self._load(query.limit(check_limit(limit)))
 
     def since(self, timestamp: str | datetime, *, limit: int = 100) -> list[BlockRecord]:
         """Blocks stamped at or after ``timestamp``, newest first."""
-        low = check_timestamp(timestamp)
-        query = (
-            select(blocks_table.c.block_index)
-            .where(blocks_table.c.timestamp >= low)
-            .order_by(blocks_table.c.timestamp.desc(), blocks_table.c.block_index.desc())
-        )
-        return self._load(query.limit(check_limit(limit)))
+        return self._since(check_timestamp(timestamp), limit)
+
+    def _since(self, low: str, limit: Any) -> list[BlockRecord]:
+        return self._date_range(low, None, limit)
 
     def by_importance(
         self,

@@ -42,7 +42,14 @@ from sqlalchemy.engine import URL, Connection
 from . import errors
 from ._hints import install_hint
 from ._legacy_conn import ThreadConnection, UseTracker
-from ._validate import PreparedBlock, check_index, check_text, encode_json, prepare_block
+from ._validate import (
+    PreparedBlock,
+    check_index,
+    check_text,
+    check_timestamp,
+    encode_json,
+    prepare_block,
+)
 from .blocks import BlockRecord, BlockStore, index_value, insert_blocks
 from .database import Database
 from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table
@@ -415,7 +422,11 @@ class DatabaseManager:
         """Blocks stamped within ``[start_date, end_date]`` (dates, datetimes or ISO
         strings), newest first."""
         with self._users:
-            records = self.blocks.date_range(_iso(start_date), _iso(end_date), limit=limit)
+            records = self.blocks._date_range(
+                check_timestamp(_iso(start_date), "start_date", legacy=True),
+                check_timestamp(_iso(end_date), "end_date", legacy=True),
+                limit,
+            )
         return [_block_dict(r) for r in records]
 
     def get_blocks_since_time(self, since_timestamp: Any, limit: int = 100) -> list[dict[str, Any]]:
@@ -423,7 +434,8 @@ class DatabaseManager:
         if not since_timestamp:
             return []
         with self._users:
-            return [_block_dict(r) for r in self.blocks.since(_iso(since_timestamp), limit=limit)]
+            low = check_timestamp(_iso(since_timestamp), "since_timestamp", legacy=True)
+            return [_block_dict(r) for r in self.blocks._since(low, limit)]
 
     def filter_blocks_by_importance(
         self, threshold: float, limit: int = 100, sort_by: str = "importance", order: str = "desc"
@@ -629,7 +641,7 @@ def _legacy_block(data: Any) -> tuple[int, str, str, PreparedBlock]:
         embedding=embedding,
         embedding_model=data.get("embedding_model", "default"),
         timestamp=_iso(data["timestamp"]),
-        bounded_importance=False,  # the legacy add_block stored any importance
+        legacy=True,  # the old add_block stored any importance and any timestamp text
     )
     return (
         check_index(data["block_index"]),

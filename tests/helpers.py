@@ -56,7 +56,7 @@ def assert_chain_intact(db: Database, expected: int) -> None:
     assert all(rows[i][2] == rows[i - 1][1] for i in range(1, len(rows)))
     if rows:
         assert rows[0][2] == ""
-    assert BlockStore(db).verify_chain() is None
+    assert BlockStore(db).verify_chain().ok
 
 
 def counter_value(db: Database) -> int:

@@ -182,6 +182,77 @@ def test_add_block_keeps_accepting_any_finite_importance(
     assert manager.blocks.verify_chain().ok
 
 
+#: Timestamps the old class stored as given (it never parsed them): second 60, a space
+#: instead of the T, a bare date, a date out of range, free text and the empty string.
+LEGACY_TIMESTAMPS = [
+    "2025-08-05T06:00:60",
+    "2025-08-05 06:00:00",
+    "2025-08-05",
+    "2025-13-40T25:61:61",
+    "yesterday afternoon",
+    "",
+]
+
+
+@pytest.mark.parametrize("timestamp", LEGACY_TIMESTAMPS)
+def test_add_block_stores_any_timestamp_text_as_given(
+    manager: DatabaseManager, timestamp: str
+) -> None:
+    block = next_block(None)
+    block["timestamp"] = timestamp
+    block["hash"] = legacy_hash(0, timestamp, block["context"], block["importance"], "")
+    manager.add_block(block)
+    stored = manager.get_block(0)
+    assert stored is not None and stored["timestamp"] == timestamp
+    assert chain_is_intact(manager) == (1, None)
+    assert manager.blocks.verify_chain().ok
+
+
+def test_date_range_queries_compare_legacy_timestamps_as_text(manager: DatabaseManager) -> None:
+    """As before: bounds and stored values are compared as text, whatever they look like."""
+    last = None
+    for timestamp in ["2025-08-05T06:00:59", "2025-08-05T06:00:60", "2025-08-05T06:01:00"]:
+        block = next_block(last)
+        block["timestamp"] = timestamp
+        block["hash"] = legacy_hash(
+            block["block_index"],
+            timestamp,
+            block["context"],
+            block["importance"],
+            block["prev_hash"],
+        )
+        manager.add_block(block)
+        last = manager.get_last_block_info()
+    second_60 = manager.search_blocks_by_date_range("2025-08-05T06:00:60", "2025-08-05T06:00:60")
+    assert [b["block_index"] for b in second_60] == [1]
+    since = manager.get_blocks_since_time("2025-08-05T06:00:60")
+    assert [b["block_index"] for b in since] == [2, 1]
+    # The new API keeps to ISO-8601 and says so, without touching anything.
+    with pytest.raises(errors.InvalidInputError, match="not an ISO-8601"):
+        manager.blocks.date_range("2025-08-05T06:00:60", "2025-08-06")
+
+
+def test_the_legacy_fixture_takes_a_legacy_timestamp_through_the_facade(
+    legacy_copy: Path,
+) -> None:
+    with DatabaseManager(str(legacy_copy)) as manager:
+        last = manager.get_last_block_info()
+        block = next_block(last)
+        block["timestamp"] = "2025-08-05T06:00:60"
+        block["hash"] = legacy_hash(
+            block["block_index"],
+            block["timestamp"],
+            block["context"],
+            block["importance"],
+            block["prev_hash"],
+        )
+        index = manager.add_block(block)
+        assert index == 240
+        assert manager.get_block(240)["timestamp"] == "2025-08-05T06:00:60"
+        assert manager.blocks.verify_chain().ok
+        assert manager.blocks.count() == 241
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_add_block_accepts_a_numpy_embedding(manager: DatabaseManager, dtype: Any) -> None:
     manager.add_block(next_block(None, embedding=np.array([0.25, 0.5, 1.0], dtype=dtype)))
@@ -203,7 +274,7 @@ def test_add_block_accepts_a_numpy_embedding(manager: DatabaseManager, dtype: An
         ("tags", ["fine", None]),
         ("metadata", {"when": object()}),
         ("importance", "high"),
-        ("timestamp", "yesterday"),
+        ("timestamp", ["2024-01-01"]),  # sqlite3 could not bind it either
     ],
     ids=[
         "embedding-text",
@@ -213,7 +284,7 @@ def test_add_block_accepts_a_numpy_embedding(manager: DatabaseManager, dtype: An
         "tag-none",
         "metadata-object",
         "importance-text",
-        "timestamp-text",
+        "timestamp-list",
     ],
 )
 def test_add_block_refuses_bad_input_and_writes_nothing(
