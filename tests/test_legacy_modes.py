@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from app import errors
-from app._legacy_conn import Row, statement_kind, to_pyformat
+from app._legacy_conn import Row
+from app._sql_text import statement_kind, to_pyformat
 from app.legacy import DatabaseManager
 
 from .conftest import in_thread
