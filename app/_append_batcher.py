@@ -37,7 +37,7 @@ from ._shared_transaction import WriteOutcome
 # cores with 100 appending threads, where waking 100 callers takes about 5 ms.
 _GATHER_LIMIT = 0.02
 # A sleeping caller looks at its append's state at least this often.
-_SLICE = 0.05
+_SLICE = 0.25
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -459,7 +459,10 @@ def _install_postgres_hooks(engine: Engine, settings: Settings) -> None:
             # One stable snapshot for the whole unit, and writes refused by the server.
             conn.exec_driver_sql(read_begin)
         else:
-            conn.exec_driver_sql("BEGIN")
+            # A transaction outside any unit (the thread's Session used directly): one
+            # snapshot for its reads, and a write based on rows another transaction changed
+            # since fails (ConflictError) instead of overwriting them, as on SQLite.
+            conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
 
 
 def _lock_timeout_ms(milliseconds: float) -> int:

@@ -15,15 +15,23 @@ from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    scoped_session,
+    sessionmaker,
+)
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.util import ThreadLocalRegistry
 
 from . import errors
 from ._engine import BUSY_OPTION, UNIT_OPTION, build_engine, raw_execute
 from ._shared_transaction import CommitWaiter, SharedTransaction, WriteOutcome
+from ._sql_text import statement_kind
 from ._write_side import WriteSide, write_side
 from .settings import Settings
 
@@ -81,6 +89,9 @@ class _Unit:
         # Set while a later unit is to commit this unit's work (see Database._end_turn).
         self.waiter: CommitWaiter | None = None
 
+
+#: Session.info key: the thread's Session wrote outside a unit and holds the write turn.
+_WROTE = "app_wrote_outside_units"
 
 #: ``PRAGMA wal_checkpoint`` modes, mildest first (see :meth:`Database.checkpoint`).
 CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
@@ -238,7 +249,9 @@ class Database:
         self._factory = sessionmaker(
             self.engine, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )
-        event.listen(self._factory, "before_flush", _refuse_flush_in_read_unit)
+        event.listen(self._factory, "before_flush", self._before_flush)
+        event.listen(self._factory, "do_orm_execute", self._on_execute)
+        event.listen(self._factory, "after_transaction_end", self._after_transaction_end)
         self.session = scoped_session(self._factory)
         self._reset_thread_state()
         _LIVE.add(self)
@@ -868,15 +881,74 @@ class Database:
                 time.sleep(pause)
 
     def _end_stray_transaction(self, session: Session) -> None:
-        """Close a transaction the thread's Session began outside any unit (e.g. a lazy load)."""
-        if not session.in_transaction():
-            return
-        if session.new or session.dirty or session.deleted:
-            raise errors.TransactionStateError(
-                "this thread's Session holds changes made outside a unit of work; "
-                "make changes inside Database.unit_of_work() or Database.run()"
+        """Before a unit: end a transaction the thread's Session began outside any unit (it
+        only read), and expire its objects, so the unit reads every row afresh."""
+        if session.in_transaction():
+            if session.new or session.dirty or session.deleted or session.info.get(_WROTE):
+                raise errors.TransactionStateError(
+                    "this thread's Session holds changes made outside a unit of work and not "
+                    "committed; commit or roll them back first (or make them inside "
+                    "Database.unit_of_work() or Database.run())"
+                )
+            session.commit()
+        # Objects loaded in earlier units (maybe on other threads' turns) may be stale: a
+        # read-modify-write on them would lose updates.
+        session.expire_all()
+
+    # -- the thread's Session outside units ---------------------------------------------
+
+    def _before_flush(self, session: Session, *args: Any) -> None:
+        if session.info.get("read_unit"):
+            raise errors.ReadOnlyUnitError(
+                "objects were added, changed or deleted inside a read unit; "
+                "use Database.unit_of_work() or Database.run() for writes"
             )
-        session.commit()
+        if session.new or session.dirty or session.deleted:
+            self._plain_session_writes(session)
+            if self._unit() is None:
+                _refuse_stale_changes(session)
+
+    def _on_execute(self, state: ORMExecuteState) -> Any:
+        """Statements of the thread's Session outside units: a write takes the write turn
+        first; a lazy load that began a transaction ends it (no pooled connection stays
+        with an idle Session); an empty pool is PoolExhaustedError."""
+        session = state.session
+        if self._unit() is not None or session.info.get("read_unit"):
+            return None
+        if state.is_insert or state.is_update or state.is_delete or _writes(state.statement):
+            self._plain_session_writes(session)
+            return None
+        short_read = (
+            (state.is_relationship_load or state.is_column_load)
+            and not session.in_transaction()
+            and not (session.new or session.dirty or session.deleted)
+        )
+        try:
+            result = state.invoke_statement()
+            if not short_read:
+                return result
+            frozen = result.freeze()
+        except PoolTimeout as exc:
+            raise self._pool_exhausted() from exc
+        session.commit()  # only read: gives the connection back, keeps objects loaded
+        return frozen()
+
+    def _plain_session_writes(self, session: Session) -> None:
+        """The thread's Session writes outside a unit: it takes the process's write turn
+        first (writers of the process queue instead of meeting "database is locked"), and
+        keeps it until its transaction ends. Its reads came before, in its own snapshot:
+        if another writer committed since, the write fails with ConflictError on both
+        backends (never a silent lost update)."""
+        if session.info.get(_WROTE) or self._unit() is not None:
+            return
+        self.check_may_wait_for_turn()
+        deadline = time.monotonic() + self.settings.retry_deadline
+        self._record_wait(self._side.take_turn(deadline, None, self.url))
+        session.info[_WROTE] = True
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None and session.info.pop(_WROTE, False):
+            self._side.release_if_held()
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -964,12 +1036,38 @@ def _rollback_quietly(session: Session) -> None:
         log.debug("rollback after error failed", exc_info=True)
 
 
-def _refuse_flush_in_read_unit(session: Session, *args: Any) -> None:
-    if session.info.get("read_unit"):
-        raise errors.ReadOnlyUnitError(
-            "objects were added, changed or deleted inside a read unit; "
-            "use Database.unit_of_work() or Database.run() for writes"
-        )
+def _refuse_stale_changes(session: Session) -> None:
+    """Outside units, a change to an object may rest on values read in an earlier
+    transaction (the object stayed in the Session). Before it is written, each changed
+    column's value as the object loaded it is compared with the database's: if another
+    writer changed it meanwhile, writing would lose that update, so ConflictError."""
+    for obj in list(session.dirty):
+        state = inspect(obj)
+        if not state.persistent or state.identity is None:
+            continue
+        mapper = state.mapper
+        loaded: dict[str, Any] = {}
+        for attribute in state.attrs:
+            history = attribute.history
+            if history.deleted and history.has_changes() and attribute.key in mapper.column_attrs:
+                loaded[attribute.key] = history.deleted[0]
+        if not loaded:
+            continue  # nothing read before it was changed: a blind write loses nothing
+        columns = [mapper.column_attrs[key].columns[0] for key in loaded]
+        where = [c == v for c, v in zip(mapper.primary_key, state.identity, strict=True)]
+        row = session.connection().execute(select(*columns).where(*where)).first()
+        if row is None or tuple(row) != tuple(loaded.values()):
+            raise errors.ConflictError(
+                f"{mapper.class_.__name__} {state.identity} was changed by another writer "
+                "after this Session read it (nothing was written): read it again in this "
+                "transaction, or make read-modify-write changes inside "
+                "Database.unit_of_work() or Database.run()",
+            )
+
+
+def _writes(statement: Any) -> bool:
+    """A textual statement that may change the database (INSERT, UPDATE, DDL, ...)."""
+    return isinstance(statement, TextClause) and statement_kind(statement.text) == "write"
 
 
 def _wal_to_bound(settings: Settings) -> str | None:

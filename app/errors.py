@@ -41,7 +41,10 @@ class DatabaseBusyError(AppError):
 
 
 class ConflictError(DatabaseBusyError):
-    """A server database aborted the unit to keep it serializable (SQLSTATE 40001, 40P01).
+    """A transaction may not write because another one changed the database since it
+    read: PostgreSQL aborted it to keep it serializable (SQLSTATE 40001, 40P01), or SQLite
+    refused to let a transaction that began by reading write after another writer's commit
+    (SQLITE_BUSY_SNAPSHOT). Nothing of it was written.
 
     :meth:`app.Database.run` re-runs such units from scratch.
     """
@@ -124,6 +127,7 @@ class UnitAbortedError(TransactionStateError):
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_CONSTRAINT = 11, 13, 14, 19
 _SQLITE_NOTADB = 26
+_SQLITE_BUSY_SNAPSHOT = _SQLITE_BUSY | (2 << 8)
 
 
 def translate(exc: BaseException, *, database: str, read_unit: bool = False) -> AppError | None:
@@ -151,6 +155,15 @@ def _translate_sqlite(orig: sqlite3.Error, database: str, read_unit: bool) -> Ap
     code = getattr(orig, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     text = str(orig)
+    if code == _SQLITE_BUSY_SNAPSHOT:
+        # A transaction that began by reading tried to write after another writer had
+        # committed: SQLite refuses, so the write cannot be based on stale reads.
+        return ConflictError(
+            f"{database}: another writer committed after this transaction read, so it may "
+            "not write (nothing of it was written); read again in a new transaction, or use "
+            "Database.unit_of_work() / Database.run(), whose reads and writes are one unit",
+            database=database,
+        )
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
         return DatabaseBusyError(
             f"{database} is locked by another writer ({text}); retry later or raise "
