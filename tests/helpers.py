@@ -62,3 +62,11 @@ def assert_chain_intact(db: Database, expected: int) -> None:
 def counter_value(db: Database) -> int:
     with db.read() as session:
         return int(session.execute(text("SELECT value FROM counter WHERE id = 1")).scalar_one())
+
+
+def wait_for_queue(db: Database, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``count`` writers of ``db`` queue for the write turn."""
+    deadline = time.monotonic() + timeout
+    while db.stats().writers_queued < count:
+        assert time.monotonic() < deadline, f"{count} writers never queued"
+        time.sleep(0.001)

@@ -30,7 +30,7 @@ from app._shared_transaction import SharedTransaction
 from app._write_side import WriteSide
 
 from .conftest import increment_counter, make_counter_table
-from .helpers import assert_chain_intact, counter_value, run_threads
+from .helpers import assert_chain_intact, counter_value, run_threads, wait_for_queue
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,13 +94,6 @@ class InterruptOnce:
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         return self if instance is None else functools.partial(self, instance)
-
-
-def wait_for_queue(db: Database, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while db.stats().writers_queued < count:
-        assert time.monotonic() < deadline, "the units never queued"
-        time.sleep(0.001)
 
 
 def queue_behind_a_unit(db: Database, targets: list[Callable[[], None]]) -> None:
