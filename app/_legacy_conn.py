@@ -373,7 +373,7 @@ class ThreadConnection:
         """End this thread's implicit unit after a write call of the manager, unless that
         call ran inside an explicit unit nested in it."""
         unit = getattr(self._local, "unit", None)
-        if unit is not None and self._db._write_depth() <= 1:
+        if unit is not None and self._db.write_depth() <= 1:
             self._take_unit()
             unit.end(commit=True)
 
@@ -390,7 +390,7 @@ class ThreadConnection:
         if getattr(self._local, "unit", None) is None:
             return True
         # A unit opened inside the implicit one is nested in it (a SAVEPOINT).
-        return self._db._write_depth() > 1
+        return self._db.write_depth() > 1
 
     def _begin(self) -> None:
         # A BEGIN inside a unit is a no-op: old code guarded it with ``in_transaction``.
@@ -415,7 +415,7 @@ class ThreadConnection:
                 self._begin()
             if self._db.unit_kind() is not None:
                 # Inside a unit the statement joins it, on the unit's own connection.
-                with self._db._reading() as connection:
+                with self._db.reading() as connection:
                     self._run(connection, cursor, sql, parameters, many, in_unit=True)
                 return
             with self._db.read() as session:

@@ -43,10 +43,17 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection
 
 from . import errors
 from ._fairlock import FairLock
-from ._shared_transaction import SharedTransaction
+from ._shared_transaction import CommitWaiter, SharedTransaction
+
+if TYPE_CHECKING:
+    from ._units import Unit
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +124,65 @@ class WriteSide:
             )
         return waited
 
-    def hand_over(self, owner: object) -> bool:
-        """Pass the turn, with the open transaction, to the next writer if it is a unit of
-        ``owner``. Returns False (the turn still held) otherwise."""
-        return self.turn.hand_over(owner)
+    def begin(
+        self,
+        connection: Connection,
+        owner: object,
+        after_commit: Callable[[Connection], None],
+        counted: Callable[[bool, int], None],
+    ) -> SharedTransaction:
+        """Begin the write transaction (``BEGIN IMMEDIATE``, or the PostgreSQL write lock)
+        on ``connection`` in the turn this thread holds, and leave it open for the turn's
+        units (see :class:`~app._shared_transaction.SharedTransaction` for the arguments)."""
+        try:
+            connection.begin()
+            self.shared = SharedTransaction(connection, owner, after_commit, counted)
+        except BaseException:
+            # Closing rolls back: no transaction may be left open without an owner, so
+            # close again if the first close is interrupted.
+            try:
+                connection.close()
+            except BaseException:
+                connection.close()
+                raise
+            raise
+        return self.shared
+
+    def end_unit(
+        self,
+        owner: object,
+        shared: SharedTransaction,
+        unit: Unit,
+        failure: BaseException | None,
+        max_units: int,
+    ) -> BaseException | None:
+        """End the turn of ``unit`` (of the Database ``owner``): hand the open transaction
+        with the turn to the next writer if it is a unit of ``owner`` (and the transaction
+        holds fewer than ``max_units`` units), else commit it and pass the turn on.
+
+        When a later unit will commit this unit's work, ``unit.waiter`` is where to wait for
+        it. Returns the error of the commit this unit made (None when it committed, kept
+        nothing, or left the commit to a later unit).
+        """
+        kept = shared.holds(unit)
+        if self.turn.queued() and shared.units < max_units and shared.alive():
+            if kept:  # nothing to wait for after a failure
+                waiter = CommitWaiter()
+                shared.waiters.append(waiter)  # before the next writer can commit
+                unit.waiter = waiter
+            # The writer seen waiting may have given up since (its deadline passed), or be
+            # no unit of this Database: then it cannot take the open transaction.
+            if self.turn.hand_over(owner):
+                return None
+            if unit.waiter is not None:
+                unit.waiter = None
+                shared.waiters.remove(waiter)
+        if failure is not None and not kept and shared.aborted_by is None and shared.aborted():
+            # The database aborted the whole transaction under this unit (SQLite does on
+            # a full disk or an I/O error): the units sharing it fail with that error.
+            shared.aborted_by = failure
+        error = self.release()
+        return error if kept else None
 
     def release(self) -> BaseException | None:
         """End this thread's turn: commit the open transaction, if any, and pass the turn on.

@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
 from ._append_batcher import AppendBatcher
-from ._engine import pipeline, placeholder, raw_execute, raw_execute_all
+from ._driver import pipeline, placeholder, raw_execute, raw_execute_all
 from ._shared_transaction import WriteOutcome
 from ._validate import (
     PreparedBlock,
@@ -206,7 +206,7 @@ class BlockStore:
         if kind is UnitKind.WRITE:
             # Inside the caller's own unit: write directly (the queue's leader would wait
             # for the lock this thread holds).
-            with self.db._writing() as connection:
+            with self.db.writing() as connection:
                 return write_chain(connection, list(blocks))
         if kind is not None:
             raise errors.TransactionStateError("cannot append inside a read unit")
@@ -214,41 +214,37 @@ class BlockStore:
         return self._committer().submit(blocks)
 
     def _committer(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
-        per_process = self.db._per_process
-        committer = per_process.get("chain")
-        if committer is None:
-            db = self.db
+        return self.db.process_local("chain", self._new_batcher)
 
-            def write(items: list[PreparedBlock], outcome: WriteOutcome) -> list[BlockRecord]:
-                def body(connection: Connection) -> list[BlockRecord]:
-                    outcome.value = write_chain(connection, items)
-                    return outcome.value  # type: ignore[no-any-return]
+    def _new_batcher(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
+        db = self.db
 
-                return db._run_writing(body, outcome)
+        def write(items: list[PreparedBlock], outcome: WriteOutcome) -> list[BlockRecord]:
+            def body(connection: Connection) -> list[BlockRecord]:
+                outcome.value = write_chain(connection, items)
+                return outcome.value  # type: ignore[no-any-return]
 
-            committer = per_process.setdefault(
-                "chain",
-                AppendBatcher(write, db.settings.max_batch, db.settings.retry_deadline, db.url),
-            )
-        return committer  # type: ignore[no-any-return]
+            return db.run_on_connection(body, outcome)
+
+        return AppendBatcher(write, db.settings.max_batch, db.settings.retry_deadline, db.url)
 
     # -- reading ----------------------------------------------------------------------------
 
     def head(self) -> ChainHead | None:
         """Index and hash of the last block, or None for an empty chain."""
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             row = raw_execute(connection, _HEAD_SQL).fetchone()
         return None if row is None else ChainHead(row[0], row[1])
 
     def count(self) -> int:
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             return int(raw_execute(connection, "SELECT count(*) FROM blocks").fetchone()[0])
 
     def get(self, block_index: int) -> BlockRecord | None:
         """The block at ``block_index``, or None."""
         index = check_index(block_index)
         # Straight to the five loading queries: a block that is not there loads nothing.
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             found = _load_records(connection, [index])
         return found[0] if found else None
 
@@ -279,7 +275,7 @@ class BlockStore:
     def recent(self, limit: int = 10) -> list[BlockRecord]:
         """The newest blocks (highest index first)."""
         count = check_limit(limit)
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             rows = raw_execute(connection, _RECENT_SQL[placeholder(connection)], (count,))
             return _load_records(connection, [row[0] for row in rows])
 
@@ -296,7 +292,7 @@ class BlockStore:
         if not words:
             return []
         found: set[int] = set()
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             # A position search rather than LIKE: no wildcards to escape, and no pattern
             # length limit (SQLite refuses LIKE patterns over 50,000 bytes).
             position = func.instr if connection.dialect.name == "sqlite" else func.strpos
@@ -415,7 +411,7 @@ class BlockStore:
             stmt = stmt.where(embeddings_table.c.embedding_model == check_text(model, "model"))
         best_index = np.empty(0, dtype=np.int64)
         best_score = np.empty(0, dtype=np.float64)
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
             for chunk in result.partitions():
                 indices, matrix = _decode_embeddings(chunk, dimension)
@@ -457,7 +453,7 @@ class BlockStore:
             blocks_table.c.prev_hash,
         ).order_by(blocks_table.c.block_index)
         expected_index, previous = 0, ""
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
             for chunk in result.partitions():
                 for index, timestamp, context, importance, digest, prev_hash in chunk:
@@ -485,7 +481,7 @@ class BlockStore:
         return ChainCheck(checked=expected_index)
 
     def _load(self, query: Select[Any]) -> list[BlockRecord]:
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             indices = list(connection.execute(query).scalars())
             return _load_records(connection, indices)
 

@@ -20,8 +20,8 @@ import sqlalchemy
 from sqlalchemy import inspect, text
 
 from . import __version__, errors
-from ._engine import probe_sqlite_file
 from ._hints import command_hint, install_hint
+from ._sqlite_file import probe_sqlite_file
 from .blocks import BlockStore
 from .database import Database, Stats
 from .schema import current_revision, head_revision, history
@@ -334,7 +334,7 @@ def _report_pragmas(report: Report, db: Database) -> None:
     report.add("pragmas (pooled connection)", ", ".join(f"{k}={v}" for k, v in shown.items()))
     expected: dict[str, Any] = {
         "foreign_keys": 1,
-        "busy_timeout": int(settings.busy_timeout * 1000),
+        "busy_timeout": settings.busy_timeout_ms,
         "synchronous": settings.synchronous,
     }
     if not settings.is_memory and not settings.single_connection:

@@ -180,7 +180,7 @@ class DatabaseManager:
     def _write(self, fn: Callable[[Connection], R]) -> R:
         """Run ``fn(connection)`` as one write (its own unit, or a SAVEPOINT of an open one)."""
         with self._users:
-            result = self.database._run_writing(fn)
+            result = self.database.run_on_connection(fn)
             if self._proxy is not None:
                 self._proxy.commit_after_write()
             return result

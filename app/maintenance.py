@@ -334,7 +334,7 @@ class _Importer:
 
     def _write_complete(self, batch: list[tuple[int, int, str, str, PreparedBlock]]) -> None:
         try:
-            written, duplicates = self.db._run_writing(lambda c: _insert_new(c, batch))
+            written, duplicates = self.db.run_on_connection(lambda c: _insert_new(c, batch))
         except errors.IntegrityViolationError:
             pass  # some index is taken: write them one by one to skip just those
         else:
@@ -347,7 +347,7 @@ class _Importer:
                 return _insert_new(connection, [item])
 
             try:
-                written, duplicates = self.db._run_writing(write_one)
+                written, duplicates = self.db.run_on_connection(write_one)
             except errors.IntegrityViolationError:
                 self.result.skip(item[0], "block index already present", str(item[1]))
             else:
@@ -355,7 +355,7 @@ class _Importer:
                 self.result.duplicates += duplicates
 
     def _append(self, batch: list[tuple[int, dict[str, Any], PreparedBlock]]) -> None:
-        with self.db._reading() as connection:
+        with self.db.reading() as connection:
             fresh = _new_only(connection, batch)
         self.result.duplicates += len(batch) - len(fresh)
         # Already checked line by line, so append_many cannot refuse the batch.

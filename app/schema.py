@@ -22,7 +22,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from . import errors
-from ._engine import UNIT_OPTION
+from ._driver import UNIT_OPTION
 from ._hints import command_hint
 from .models import LEGACY_TABLES, Base
 
@@ -111,7 +111,7 @@ def migration_database(url: str | None) -> Iterator[Database]:
 @contextmanager
 def write_connection(database: Database) -> Iterator[Connection]:
     """A connection whose transaction is a write unit, taken in this process's turn order."""
-    with database._exclusive_turn(), database.engine.connect() as connection:
+    with database.exclusive_turn(), database.engine.connect() as connection:
         yield connection.execution_options(**{UNIT_OPTION: "write"})
 
 

@@ -175,6 +175,11 @@ class Settings:
         return self.parsed_url.get_backend_name()
 
     @property
+    def busy_timeout_ms(self) -> int:
+        """``busy_timeout`` in whole milliseconds, as ``PRAGMA busy_timeout`` takes it."""
+        return int(self.busy_timeout * 1000)
+
+    @property
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
 

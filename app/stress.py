@@ -35,8 +35,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from ._bench._workload import make_block, now, percentiles
-from ._engine import probe_sqlite_file
 from ._hints import command_hint
+from ._sqlite_file import probe_sqlite_file
 from .blocks import BlockStore
 from .database import Database
 from .errors import AppError, ConfigurationError, DatabaseUnavailableError, InvalidInputError

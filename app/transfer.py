@@ -130,7 +130,7 @@ def copy_database(
                 "use --force (force=True) to replace these rows (nothing was changed)"
             )
         schema.upgrade(target)
-        with source._reading() as reader:
+        with source.reading() as reader:
             result.source_counts = {name: _count(reader, name) for name in LEGACY_TABLES}
 
             def write(writer: Connection) -> None:
@@ -139,7 +139,7 @@ def copy_database(
                     _copy_table(reader, writer, name, batch_size, result, progress)
                 _advance_sequences(writer)
 
-            target._run_writing(write)
+            target.run_on_connection(write)
         result.target_counts = _row_counts(target)
         check = BlockStore(target).verify_chain(
             _verify_progress(progress, result.target_counts.get("blocks", 0))
@@ -215,7 +215,7 @@ def _check_source_schema(database: Database) -> None:
             f"the source {database.url} is at schema revision {revision!r}, which this code "
             "does not know: upgrade the package before copying it"
         )
-    with database._reading() as connection:
+    with database.reading() as connection:
         problems = schema.legacy_schema_differences(connection)
     if problems:
         raise errors.SchemaMismatchError(
@@ -233,7 +233,7 @@ def _count(connection: Connection, name: str) -> int:
 
 
 def _row_counts(database: Database, *, present_only: bool = False) -> dict[str, int]:
-    with database._reading() as connection:
+    with database.reading() as connection:
         present = set(inspect(connection).get_table_names())
         return {
             name: _count(connection, name) if name in present else 0

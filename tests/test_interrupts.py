@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session
 import app._append_batcher
 import app._fairlock
 from app import BlockStore, Database
+from app._fairlock import FairLock
 from app._shared_transaction import SharedTransaction
-from app._write_side import WriteSide
+from app._wal_bound import WalBound
 
 from .conftest import increment_counter, make_counter_table
 from .helpers import assert_chain_intact, counter_value, run_threads, wait_for_queue
@@ -179,8 +180,8 @@ def test_interrupted_just_after_handing_the_transaction_on(
         return run
 
     names = [f"unit {n}" for n in range(4)]
-    hand_over = InterruptOnce(WriteSide.hand_over, exc, skip=1)  # the first is the holder's
-    monkeypatch.setattr(WriteSide, "hand_over", hand_over)
+    hand_over = InterruptOnce(FairLock.hand_over, exc, skip=1)  # the first is the holder's
+    monkeypatch.setattr(FairLock, "hand_over", hand_over)
     queue_behind_a_unit(db, [unit(name) for name in names])
     assert hand_over.fired.is_set()
     assert sorted(results.values()) == ["interrupted", "ok", "ok", "ok"]
@@ -198,8 +199,8 @@ def test_interrupted_while_the_shared_transaction_ends(
     outcome (committed when the driver committed, else nothing written), nobody waits for
     ever, and the next writer gets the turn."""
     if where == "after_commit":
-        real = Database._bound_wal
-        monkeypatch.setattr(Database, "_bound_wal", InterruptOnce(real, KeyboardInterrupt))
+        real = WalBound.after_commit
+        monkeypatch.setattr(WalBound, "after_commit", InterruptOnce(real, KeyboardInterrupt))
     elif where == "alive":
         monkeypatch.setattr(
             SharedTransaction,
@@ -303,7 +304,9 @@ def test_an_append_leader_interrupted_while_writing_a_batch(
         monkeypatch.setattr(app.blocks, "write_chain", interrupted)
     else:
         monkeypatch.setattr(
-            Database, "_bound_wal", InterruptOnce(Database._bound_wal, KeyboardInterrupt, skip=2)
+            WalBound,
+            "after_commit",
+            InterruptOnce(WalBound.after_commit, KeyboardInterrupt, skip=2),
         )
     store = BlockStore(db)
     results: dict[str, str] = {}

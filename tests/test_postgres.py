@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from app import BlockStore, Database
-from app._engine import PG_WRITE_LOCK_KEY, _quiet
+from app._postgres_hooks import PG_WRITE_LOCK_KEY, _quiet
 from app.cli import cli
 from app.errors import DatabaseBusyError, ReadOnlyUnitError, SchemaOutOfDateError
 from app.legacy import DatabaseManager
@@ -136,7 +136,7 @@ def test_read_units_are_read_only_repeatable_read_snapshots(db: Database) -> Non
         appended.join()
         assert scalar(session, "SELECT count(*) FROM blocks") == 1  # the same snapshot
     assert store.count() == 2
-    with db._reading() as connection:  # the layer's own reads (searches, chain checks)
+    with db.reading() as connection:  # the layer's own reads (searches, chain checks)
         assert connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
     with pytest.raises(ReadOnlyUnitError, match="inside a read unit"), db.read() as session:
         session.execute(text("INSERT INTO short_term_memories VALUES ('x', 't', 'c', '', '')"))

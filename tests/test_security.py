@@ -204,32 +204,40 @@ _SQL = re.compile(
 #: validated setting. SQL that mentions caller data uses bound parameters, always.
 SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
     ("_bench/_workload.py", "check_chain", ("table",)): "keys of a literal dict of table names",
-    ("_engine.py", "_install_sqlite_hooks._on_connect", ("int(settings.busy_timeout * 1000)",)): (
+    ("_sqlite_hooks.py", "install_sqlite_hooks._on_connect", ("settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),
-    ("_engine.py", "_install_sqlite_hooks._on_connect", ("settings.journal_mode",)): (
+    ("_sqlite_hooks.py", "install_sqlite_hooks._on_connect", ("settings.journal_mode",)): (
         "one of Settings' fixed journal modes (refused otherwise)"
     ),
-    ("_engine.py", "_install_sqlite_hooks._on_begin", ("int(busy_ms)",)): (
+    ("_sqlite_hooks.py", "install_sqlite_hooks._on_begin", ("int(busy_ms)",)): (
         "an int from an execution option the layer sets"
     ),
-    ("_engine.py", "_install_sqlite_hooks._on_checkin", ("int(settings.busy_timeout * 1000)",)): (
+    ("_sqlite_hooks.py", "install_sqlite_hooks._on_checkin", ("settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),
-    ("_engine.py", "_sqlite_pragmas", ("settings.synchronous.upper()",)): (
+    ("_sqlite_hooks.py", "_sqlite_pragmas", ("settings.synchronous.upper()",)): (
         "one of Settings' fixed synchronous modes"
     ),
-    ("_engine.py", "_sqlite_pragmas", ("int(settings.cache_size)",)): "an int setting",
-    ("_engine.py", "_sqlite_pragmas", ("int(settings.mmap_size)",)): "an int setting",
-    ("_engine.py", "_sqlite_pragmas", ("int(settings.journal_size_limit)",)): "an int setting",
-    ("_engine.py", "_sqlite_pragmas", ("settings.temp_store.upper()",)): (
+    ("_sqlite_hooks.py", "_sqlite_pragmas", ("int(settings.cache_size)",)): "an int setting",
+    ("_sqlite_hooks.py", "_sqlite_pragmas", ("int(settings.mmap_size)",)): "an int setting",
+    (
+        "_sqlite_hooks.py",
+        "_sqlite_pragmas",
+        ("int(settings.journal_size_limit)",),
+    ): "an int setting",
+    ("_sqlite_hooks.py", "_sqlite_pragmas", ("settings.temp_store.upper()",)): (
         "one of Settings' fixed temp_store values"
     ),
-    ("_engine.py", "_install_postgres_hooks", ("PG_WRITE_LOCK_KEY",)): "a module constant int",
-    ("_engine.py", "_install_postgres_hooks._on_begin", ("wait_ms", "lock")): (
+    (
+        "_postgres_hooks.py",
+        "install_postgres_hooks",
+        ("PG_WRITE_LOCK_KEY",),
+    ): "a module constant int",
+    ("_postgres_hooks.py", "install_postgres_hooks._on_begin", ("wait_ms", "lock")): (
         "an int from _lock_timeout_ms and the constant lock statement"
     ),
-    ("_engine.py", "_install_postgres_hooks._on_begin", ("take_lock",)): (
+    ("_postgres_hooks.py", "install_postgres_hooks._on_begin", ("take_lock",)): (
         "the statement assembled just above from constants"
     ),
     ("_legacy_conn.py", "ThreadConnection._run_postgres", ("_PG_STATEMENT_SAVEPOINT",)): (
@@ -247,9 +255,9 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
     ("blocks.py", "_load_chunk.rows", ("columns", "table", "where")): (
         "literal column and table names, and the placeholder clause above"
     ),
-    ("database.py", "Database._savepoint", ("name",)): "'app_unit_' and an int depth",
-    ("database.py", "Database._bound_wal", ("_WAL_WAIT_MS",)): "a module constant int",
-    ("database.py", "Database._bound_wal", ("int(self.settings.busy_timeout * 1000)",)): (
+    ("_units.py", "savepoint", ("name",)): "'app_unit_' and an int depth",
+    ("_wal_bound.py", "WalBound.after_commit", ("_WAL_WAIT_MS",)): "a module constant int",
+    ("_wal_bound.py", "WalBound.after_commit", ("self._settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),
     ("database.py", "Database.checkpoint", ("name.upper()",)): (

@@ -1,0 +1,137 @@
+"""Units of work: what one may do, who opened it, and its SAVEPOINT.
+
+A unit is the body of ``Database.unit_of_work()``, ``read()`` or ``run()`` (or one of the
+layer's own reads and writes). Its state lives in a :class:`Unit` object rather than in
+thread-local flags, because a unit may end on another thread than it began on (a generator
+resumed elsewhere), and because asyncio tasks share a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from ._driver import raw_execute
+from ._shared_transaction import CommitWaiter, SharedTransaction
+
+log = logging.getLogger(__name__)
+
+
+class UnitKind(enum.Enum):
+    """What a unit of work may do; the value is what the engine's ``begin`` hook reads."""
+
+    WRITE = "write"  # BEGIN IMMEDIATE (the advisory lock on PostgreSQL)
+    READ = "read"  # Database.read(): a snapshot in which writes are refused
+    SNAPSHOT = "snapshot"  # the layer's own reads: a snapshot without the ORM
+
+
+def current_task() -> object:
+    """The asyncio task running on this thread, or None."""
+    loop = asyncio.events._get_running_loop()
+    return None if loop is None else asyncio.current_task(loop)
+
+
+class Unit:
+    """One open unit of work: what it may do, and where it runs.
+
+    A unit belongs to the thread and the asyncio task that opened it. Its ``with`` block
+    may end elsewhere (a generator resumed on another thread): it is then closed, and the
+    thread it began on no longer counts as inside it.
+    """
+
+    __slots__ = (
+        "connection",
+        "counted",
+        "depth",
+        "kind",
+        "open",
+        "task",
+        "thread",
+        "unclean",
+        "waiter",
+    )
+
+    def __init__(self, kind: UnitKind) -> None:
+        self.kind = kind
+        self.depth = 1
+        self.open = True
+        self.thread = threading.get_ident()
+        self.task = current_task()
+        self.connection: Connection | None = None
+        self.counted = False  # counted among the Database's units in progress
+        # A SAVEPOINT of this unit was neither released nor rolled back (interrupted):
+        # the transaction it is in can only be rolled back.
+        self.unclean = False
+        # Set while a later unit is to commit this unit's work (see WriteSide.end_unit).
+        self.waiter: CommitWaiter | None = None
+
+
+@contextmanager
+def savepoint(unit: Unit, session: Session, shared: SharedTransaction | None) -> Iterator[None]:
+    """Run the body so that a failure rolls back its work alone.
+
+    ``shared`` is given for the outermost unit: the unit is then recorded as kept by the
+    transaction once its body and flush have succeeded. The first unit of a transaction
+    needs no SAVEPOINT: if it fails, the caller rolls back the whole transaction, as
+    nobody else's work is in it yet.
+    """
+    if shared is not None and not shared.units:
+        try:
+            yield
+            if session.in_transaction():
+                session.commit()
+        except BaseException:
+            if session.in_transaction():
+                rollback_quietly(session)
+            raise
+        shared.keep(unit)
+        return
+    unit.unclean = True  # until the SAVEPOINT is released or rolled back
+    if session.in_transaction():
+        # The Session already works in this unit: let it track the savepoint, so a
+        # rollback also expires the objects it changed.
+        with session.begin_nested():
+            yield
+        if shared is not None:
+            shared.keep(unit)
+        unit.unclean = False
+        return
+    connection = unit.connection
+    assert connection is not None
+    name = f"app_unit_{unit.depth}"
+    raw_execute(connection, f"SAVEPOINT {name}")
+    try:
+        yield
+        if session.in_transaction():  # the body used the Session: flush and end it
+            session.commit()
+    except BaseException:
+        if session.in_transaction():
+            rollback_quietly(session)
+        try:
+            raw_execute(connection, f"ROLLBACK TO SAVEPOINT {name}")
+            raw_execute(connection, f"RELEASE SAVEPOINT {name}")
+            unit.unclean = False
+        except Exception:
+            log.debug("rolling back %s failed", name, exc_info=True)
+        raise
+    # From here the work stays: COMMIT includes a SAVEPOINT that was never released.
+    if shared is not None:
+        shared.keep(unit)
+    unit.unclean = False
+    raw_execute(connection, f"RELEASE SAVEPOINT {name}")
+
+
+def rollback_quietly(session: Session) -> None:
+    # The error that brought us here matters more than a failed rollback (for example on a
+    # connection the error already broke); the pool discards such a connection.
+    try:
+        session.rollback()
+    except Exception:
+        log.debug("rollback after error failed", exc_info=True)

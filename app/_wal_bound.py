@@ -1,0 +1,140 @@
+"""Keeping SQLite's WAL small while readers never stop (see docs/architecture.md).
+
+SQLite copies the WAL into the database file at its automatic checkpoints, but the WAL
+starts over (and is cut back to ``journal_size_limit``) only at a moment when no reader uses
+it; under a steady stream of readers that moment never comes. :class:`WalBound` makes one:
+after a commit that leaves the WAL too large, new snapshots of this process wait briefly,
+the ones in progress get a moment to end, and a TRUNCATE checkpoint runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: ``PRAGMA wal_checkpoint`` modes, mildest first (see ``Database.checkpoint``).
+CHECKPOINT_MODES = ("passive", "full", "restart", "truncate")
+
+# Below SQLite's own checkpoint size (1000 pages of 4 KiB) its automatic checkpoints
+# suffice. The checkpoint's own wait (for other processes' readers) is short because
+# writers of the process wait for it too; after a failure, a long snapshot is the likely
+# cause, and the next try waits longer.
+_WAL_FLOOR = 4 * 1024 * 1024
+_WAL_WAIT_MS = 100
+_RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
+#: Longest a new snapshot waits for the checkpoint (copying a large WAL takes time), and
+#: longest the checkpoint waits for this process's snapshots in progress to end.
+READER_HOLD_MAX = 1.0
+
+
+class _Snapshots:
+    """The read snapshots of this process in progress, and when each began."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._began: dict[object, float] = {}
+
+    def begin(self, token: object) -> None:
+        with self._changed:
+            self._began[token] = time.monotonic()
+
+    def end(self, token: object) -> None:
+        """Forget a snapshot (again is harmless)."""
+        with self._changed:
+            if self._began.pop(token, None) is not None:
+                self._changed.notify_all()
+
+    def drain(self, limit: float) -> bool:
+        """Wait until every snapshot in progress has ended, for at most ``limit`` seconds.
+
+        Returns False at once when one began more than ``limit`` seconds ago: such a long
+        snapshot is not about to end, and waiting for it would only hold everyone up.
+        """
+        deadline = time.monotonic() + limit
+        with self._changed:
+            while self._began:
+                now = time.monotonic()
+                if now >= deadline or now - min(self._began.values()) > limit:
+                    return False
+                self._changed.wait(deadline - now)
+            return True
+
+
+class WalBound:
+    """The WAL bound of one Database in this process (rebuilt after fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        path = settings.sqlite_path
+        bounded = settings.journal_mode == "wal" and not settings.single_connection
+        self._wal_path = path + "-wal" if path is not None and bounded else None
+        self._retry_at = 0.0
+        self._retry_pause = _RETRY_FIRST
+        # Cleared while a checkpoint empties the WAL: new snapshots wait.
+        self._readers_may_start = threading.Event()
+        self._readers_may_start.set()
+        self._snapshots = _Snapshots()
+
+    @contextmanager
+    def snapshot(self, token: object) -> Iterator[None]:
+        """Around a read snapshot: wait (at most ``READER_HOLD_MAX``) while a checkpoint
+        empties the WAL, then count the snapshot as in progress until it ends."""
+        if not self._readers_may_start.is_set():
+            self._readers_may_start.wait(READER_HOLD_MAX)  # bounded: goes on after it
+        try:
+            self._snapshots.begin(token)
+            yield
+        finally:
+            try:
+                self._snapshots.end(token)
+            except BaseException:
+                self._snapshots.end(token)  # interrupted: once more, it is idempotent
+                raise
+
+    def after_commit(self, connection: Connection) -> None:
+        """Empty the WAL when it has grown past half of ``journal_size_limit``; called after
+        a commit, in the writer's turn. Never raises: the units are committed already.
+
+        A long read snapshot makes the checkpoint give up at once; it is then tried again
+        after a pause that doubles with each failure, so a pinned WAL costs little.
+        """
+        limit = self._settings.journal_size_limit
+        if self._wal_path is None or limit is None:
+            return
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            return
+        now = time.monotonic()
+        if size <= max(limit // 2, _WAL_FLOOR) or now < self._retry_at:
+            return
+        busy = 1
+        self._readers_may_start.clear()
+        try:
+            self._snapshots.drain(READER_HOLD_MAX)
+            raw: Any = connection.connection.dbapi_connection
+            raw.execute(f"PRAGMA busy_timeout = {_WAL_WAIT_MS}")
+            try:
+                busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {self._settings.busy_timeout_ms}")
+        except Exception:
+            log.debug("checkpoint of %s failed", self._settings.safe_url(), exc_info=True)
+        finally:
+            self._readers_may_start.set()
+        if busy:
+            self._retry_at = now + self._retry_pause
+            self._retry_pause = min(2 * self._retry_pause, _RETRY_MAX)
+        else:
+            self._retry_pause = _RETRY_FIRST
