@@ -30,6 +30,7 @@ from ._stats import Counters, Stats
 from ._units import Unit, UnitKind, current_task, rollback_quietly, savepoint
 from ._wal_bound import CHECKPOINT_MODES, WalBound
 from ._write_side import WriteSide, write_side
+from .schema import ensure_schema
 from .settings import Settings
 
 __all__ = ["CHECKPOINT_MODES", "Database", "Stats", "UnitKind"]
@@ -98,8 +99,6 @@ class Database:
         _LIVE.add(self)
         try:
             if self.settings.check_schema:
-                from .schema import ensure_schema
-
                 ensure_schema(self)
         except BaseException:
             self.dispose()
@@ -647,6 +646,16 @@ class Database:
                 connections_checked_out=checked_out,
                 connections_open=opened,
             )
+
+
+@contextmanager
+def migration_database(url: str | None) -> Iterator[Database]:
+    """A Database for running migrations (no schema check: that is what they fix)."""
+    database = Database(url, check_schema=False)
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()

@@ -9,34 +9,36 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
-from sqlalchemy.engine import Connection
+from sqlalchemy import MetaData, inspect
+from sqlalchemy.engine import Connection, Engine
 
 from . import errors
 from ._driver import UNIT_OPTION
 from ._hints import command_hint
-from .models import LEGACY_TABLES, Base
+from .settings import Settings
 
-if TYPE_CHECKING:
-    from .database import Database
+
+class Migratable(Protocol):
+    """What these functions need of a :class:`~app.Database` (it is passed in, so this
+    module never imports the database module that calls it)."""
+
+    url: str
+    settings: Settings
+    engine: Engine
+
+    def exclusive_turn(self) -> AbstractContextManager[None]: ...
+
 
 log = logging.getLogger(__name__)
-
-_LEGACY_INDEXES = {
-    "idx_blocks_timestamp",
-    "idx_block_keywords",
-    "idx_block_tags",
-    "idx_stm_timestamp",
-}
 
 
 def migrations_dir() -> Path:
@@ -97,50 +99,38 @@ def history() -> list[Revision]:
 
 
 @contextmanager
-def migration_database(url: str | None) -> Iterator[Database]:
-    """A Database for running migrations (no schema check: that is what they fix)."""
-    from .database import Database
-
-    database = Database(url, check_schema=False)
-    try:
-        yield database
-    finally:
-        database.dispose()
-
-
-@contextmanager
-def write_connection(database: Database) -> Iterator[Connection]:
+def write_connection(database: Migratable) -> Iterator[Connection]:
     """A connection whose transaction is a write unit, taken in this process's turn order."""
     with database.exclusive_turn(), database.engine.connect() as connection:
         yield connection.execution_options(**{UNIT_OPTION: "write"})
 
 
-def current_revision(database: Database) -> str | None:
+def current_revision(database: Migratable) -> str | None:
     """The revision recorded in the database, or None (empty or legacy database)."""
     with database.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(database: Database, revision: str = "head") -> None:
+def upgrade(database: Migratable, revision: str = "head") -> None:
     """Upgrade (adopting a legacy database first when there is one)."""
     _run(database, command.upgrade, revision)
 
 
-def downgrade(database: Database, revision: str) -> None:
+def downgrade(database: Migratable, revision: str) -> None:
     _run(database, command.downgrade, revision)
 
 
-def stamp(database: Database, revision: str) -> None:
+def stamp(database: Migratable, revision: str) -> None:
     """Record ``revision`` without running migrations."""
     _run(database, command.stamp, revision)
 
 
-def _run(database: Database, action: object, revision: str) -> None:
+def _run(database: Migratable, action: object, revision: str) -> None:
     with write_connection(database) as connection:
         action(alembic_config(connection), revision)  # type: ignore[operator]
 
 
-def ensure_schema(database: Database) -> None:
+def ensure_schema(database: Migratable) -> None:
     """Make sure the schema is the one this code expects.
 
     Raises:
@@ -167,16 +157,28 @@ def ensure_schema(database: Database) -> None:
     )
 
 
-def legacy_schema_differences(connection: Connection) -> list[str]:
-    """How the existing tables differ from the legacy layout ([] when they match)."""
+def legacy_layout() -> MetaData:
+    """The legacy tables as revision 0001 defines them (frozen in the revision itself)."""
+    module = _script().get_revision("0001").module
+    layout: MetaData = module.LAYOUT
+    return layout
+
+
+def legacy_schema_differences(connection: Connection, layout: MetaData | None = None) -> list[str]:
+    """How the existing tables differ from the legacy layout ([] when they match).
+
+    Args:
+        layout: the legacy tables (revision 0001's ``LAYOUT`` when not given).
+    """
+    tables = (layout or legacy_layout()).sorted_tables
     inspector = inspect(connection)
     present = set(inspector.get_table_names())
-    problems = [f"table {name} is missing" for name in LEGACY_TABLES if name not in present]
+    problems = [f"table {t.name} is missing" for t in tables if t.name not in present]
     dialect = connection.dialect
-    for name in LEGACY_TABLES:
+    for table in tables:
+        name = table.name
         if name not in present:
             continue
-        table = Base.metadata.tables[name]
         found = {c["name"]: c for c in inspector.get_columns(name)}
         primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
         for column in table.columns:
@@ -203,24 +205,24 @@ def legacy_schema_differences(connection: Connection) -> list[str]:
     return problems
 
 
-def adopt_legacy_schema(connection: Connection) -> bool:
-    """Adopt tables made by the legacy class. Returns False when there are none.
+def adopt_legacy_schema(connection: Connection, layout: MetaData) -> bool:
+    """Adopt tables made by the legacy class (revision 0001 calls this with its layout).
+    Returns False when there are none.
 
     Raises:
         SchemaMismatchError: some legacy tables exist but differ from the legacy layout.
     """
     present = set(inspect(connection).get_table_names())
-    if not present.intersection(LEGACY_TABLES):
+    if not present.intersection(layout.tables):
         return False
-    problems = legacy_schema_differences(connection)
+    problems = legacy_schema_differences(connection, layout)
     if problems:
         raise errors.SchemaMismatchError(
             "the existing tables do not match the legacy schema, so the database was not "
             "adopted (nothing was changed): " + "; ".join(problems)
         )
-    for name in LEGACY_TABLES:
-        for index in Base.metadata.tables[name].indexes:
-            if index.name in _LEGACY_INDEXES:
-                index.create(connection, checkfirst=True)
+    for table in layout.sorted_tables:
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
     log.info("adopted an existing legacy database at revision 0001")
     return True

@@ -11,8 +11,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from app.database import migration_database
 from app.models import Base
-from app.schema import migration_database, write_connection
+from app.schema import write_connection
 
 config = context.config
 
