@@ -1,7 +1,7 @@
 """The command line: ``app`` (console script) or ``python -m app``.
 
 A thin layer: each command parses its options, calls library functions (``app.schema``,
-``app.doctor``, ``app.stress``, ``app._bench``, ``app.maintenance``) and prints their
+``app.doctor``, ``app.stress``, ``app.maintenance``) and prints their
 results. Errors are turned into one line and a non-zero exit in one place,
 :meth:`_AppGroup.invoke`; ``-v`` adds logging and progress lines, ``-vv`` also tracebacks.
 Progress bars go to stderr when it is a terminal; elsewhere ``-v`` prints plain progress
@@ -39,8 +39,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import __version__, errors
 from . import stress as stress_defaults
 from . import transfer as transfer_defaults
-from ._bench import _runner as bench_defaults
-from ._hints import install_hint
 from .settings import URL_ENV
 
 URL_HELP = (
@@ -111,7 +109,7 @@ def _title(console: Console, title: str) -> None:
 
 
 def _table(*columns: str, header: bool = True) -> Table:
-    """The one table style of the command line (the bench table uses it too)."""
+    """The one table style of the command line."""
     table = Table(box=box.SIMPLE_HEAD, show_header=header, show_edge=False, pad_edge=False)
     for column in columns:
         table.add_column(column)
@@ -276,7 +274,7 @@ def _configure_logging(verbose: int) -> None:
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, verbose: int) -> None:
     """A thread-safe database layer for a hash-chained block store: check, migrate,
-    stress and benchmark it."""
+    stress, copy and back it up."""
     _configure_logging(verbose)
     ctx.obj = Options(url, verbose)
 
@@ -608,145 +606,6 @@ def _stress_table(result: Any) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
-
-
-# -- bench -----------------------------------------------------------------------------------
-
-
-def _thread_counts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter("give thread counts separated by commas, e.g. 1,10,100") from None
-    if not counts or min(counts) < 1:
-        raise click.BadParameter("thread counts must be whole numbers >= 1")
-    return counts
-
-
-def _all_strategy_keys() -> list[str]:
-    from ._bench import STRATEGIES
-
-    return sorted({key for table in STRATEGIES.values() for key in table})
-
-
-@cli.command()
-@click.option(
-    "--threads",
-    default=",".join(map(str, bench_defaults.DEFAULT_THREADS)),
-    show_default=True,
-    callback=_thread_counts,
-    help="Thread counts to run each strategy at.",
-)
-@click.option(
-    "--blocks",
-    default=bench_defaults.DEFAULT_UNITS,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Units of work per case, shared by its threads.",
-)
-@click.option(
-    "-s",
-    "--strategy",
-    "strategies",
-    multiple=True,
-    metavar="NAME",
-    help="Run only these strategies (repeatable; default: all).",
-)
-@click.option(
-    "--workload",
-    type=click.Choice(["append", "counter"]),
-    default="append",
-    show_default=True,
-    help="Chain appends, or a read-modify-write counter.",
-)
-@click.option("--json-out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
-@click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False),
-    help="Draw throughput and p99 against threads (needs the plot extra).",
-)
-@click.option("--markdown", is_flag=True, help="Also print the table as Markdown.")
-@click.option(
-    "--max-seconds",
-    default=bench_defaults.DEFAULT_MAX_SECONDS,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    help="Stop starting new units in a case after this many seconds (slow strategies).",
-)
-@click.option(
-    "--timeout",
-    default=bench_defaults.DEFAULT_TIMEOUT,
-    show_default=True,
-    type=click.FloatRange(1),
-    help="Seconds a case may run before it is stopped.",
-)
-@click.pass_context
-def bench(
-    ctx: click.Context,
-    threads: tuple[int, ...],
-    blocks: int,
-    strategies: tuple[str, ...],
-    workload: str,
-    json_out: str | None,
-    plot_path: str | None,
-    markdown: bool,
-    max_seconds: float,
-    timeout: float,
-) -> None:
-    """Run the same workload for every strategy at each thread count, side by side.
-
-    Each case runs on a fresh file in its own process. Strategies: sqlite3-lock (the
-    floor), sqlite3-thread-local, sqlite3-pool, sqlalchemy-default, layer,
-    facade-transaction, facade-append-block, and greeum-5.3.0: the write queue of Greeum
-    5.3.0, a release of the project the legacy class comes from (when installed). The
-    table names them by these keys, with a legend below it.
-    """
-    from . import _bench
-
-    table = _bench.STRATEGIES[workload]
-    keys = list(strategies) or list(table)
-    unknown = [k for k in keys if k not in table]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown strategy {', '.join(unknown)}; {workload} strategies: {', '.join(table)}",
-            param_hint="--strategy",
-        )
-    if plot_path and not _can_import("matplotlib"):
-        raise click.UsageError(f"--plot needs matplotlib: {install_hint('plot')}")
-    cases = _bench.default_cases(
-        keys, workload=workload, threads=threads, units=blocks, max_seconds=max_seconds
-    )
-    console = _console()
-    with _Progress(ctx.obj) as progress:
-        overall = progress.add("cases", total=len(cases))
-        current = progress.add("", total=blocks)
-
-        def started(case: _bench.Case) -> None:
-            progress.update(current, description=f"{case.strategy} @ {case.threads}", completed=0)
-
-        results = _bench.run_cases(
-            cases,
-            timeout=timeout,
-            on_start=started,
-            on_progress=lambda case, done: progress.update(current, completed=done),
-            on_result=lambda result: progress.update(overall, advance=1),
-        )
-    settings = {
-        "workload": workload,
-        "threads": list(threads),
-        "units": blocks,
-        "max_seconds": max_seconds,
-    }
-    _bench.print_report(console, results, f"bench: {workload}, {blocks:,} units per case")
-    if markdown:
-        click.echo(_bench.markdown_table(results))
-    if json_out:
-        _bench.write_json(json_out, results, settings)
-        console.print(f"results written to {escape(json_out)}")
-    if plot_path:
-        _bench.plot(plot_path, results, title=_bench.chart_title(results, settings))
-        console.print(f"chart written to {escape(plot_path)}")
 
 
 # -- copy ------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from sqlalchemy import create_engine, func, inspect, select, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from ._bench._workload import make_block, now, percentiles
 from ._hints import command_hint
 from ._sqlite_file import probe_sqlite_file
+from ._stress_blocks import make_block, now, percentiles
 from .blocks import BlockStore
 from .database import Database
 from .errors import AppError, ConfigurationError, DatabaseUnavailableError, InvalidInputError

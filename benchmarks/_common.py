@@ -1,33 +1,121 @@
-"""Shared by the scripts in this directory: argument parsing, a progress bar, the table."""
+"""The one front-end of the benchmarks: options, a progress bar, the table, JSON, the chart.
+
+``python -m benchmarks`` runs every strategy of a workload; ``python -m benchmarks.append``
+and ``python -m benchmarks.session_layer`` run a chosen few and check the design's goals.
+Run them from the root of a clone (they are not part of the installed package).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app._bench import (
+from .harness import (
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_THREADS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_UNITS,
+    STRATEGIES,
     Case,
     CaseResult,
+    chart_title,
     default_cases,
     markdown_table,
+    plot,
     print_report,
     run_cases,
     write_json,
 )
 
+Goals = Callable[[list[CaseResult]], list[tuple[str, bool]]]
 
-def arguments(description: str, threads: str, units: int) -> argparse.Namespace:
+
+def _thread_counts(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "give thread counts separated by commas, e.g. 1,10,100"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("thread counts must be whole numbers >= 1")
+    return counts
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def arguments(
+    description: str,
+    *,
+    threads: Sequence[int] = DEFAULT_THREADS,
+    units: int = DEFAULT_UNITS,
+    choose: bool = False,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """Parse the options every benchmark takes (``choose``: also --workload/--strategy)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--threads", default=threads, help=f"comma-separated (default {threads})")
-    parser.add_argument("--units", type=int, default=units, help=f"per case (default {units})")
-    parser.add_argument("--max-seconds", type=float, default=15.0, help="time limit per case")
-    parser.add_argument("--json-out", help="write the results as JSON")
+    default_threads = ",".join(map(str, threads))
+    parser.add_argument(
+        "--threads",
+        type=_thread_counts,
+        default=tuple(threads),
+        help=f"thread counts, comma-separated (default {default_threads})",
+    )
+    parser.add_argument(
+        "--units", "--blocks", type=int, default=units, help=f"per case (default {units})"
+    )
+    if choose:
+        parser.add_argument(
+            "--workload", choices=sorted(STRATEGIES), default="append", help="default: append"
+        )
+        parser.add_argument(
+            "-s",
+            "--strategy",
+            dest="strategies",
+            action="append",
+            metavar="NAME",
+            help="run only these strategies (repeatable; default: all)",
+        )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help=f"stop starting new units in a case after this (default {DEFAULT_MAX_SECONDS})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds a case may run before it is stopped (default {DEFAULT_TIMEOUT})",
+    )
+    parser.add_argument("--json-out", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and p99 (matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
-    return parser.parse_args()
+    options = parser.parse_args(argv)
+    if options.units < 1:
+        parser.error("--units must be at least 1")
+    if options.plot and not _has_matplotlib():
+        parser.error("--plot needs matplotlib: pip install matplotlib (or the plot extra)")
+    if choose:
+        table = STRATEGIES[options.workload]
+        unknown = [key for key in options.strategies or () if key not in table]
+        if unknown:
+            parser.error(
+                f"unknown strategy {', '.join(unknown)}; {options.workload} strategies: "
+                + ", ".join(table)
+            )
+    return options
 
 
 def run(
@@ -35,10 +123,11 @@ def run(
     keys: Sequence[str],
     options: argparse.Namespace,
     title: str,
-    goals: Callable[[list[CaseResult]], list[tuple[str, bool]]],
+    goals: Goals | None = None,
 ) -> list[CaseResult]:
-    """Run ``keys`` at each thread count, print the table, the notes and the goals."""
-    threads = tuple(int(n) for n in options.threads.split(","))
+    """Run ``keys`` at each thread count, print the table (and the goals), write JSON and
+    the chart when asked."""
+    threads = tuple(options.threads)
     cases = default_cases(
         keys,
         workload=workload,
@@ -46,11 +135,12 @@ def run(
         units=options.units,
         max_seconds=options.max_seconds,
     )
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = max(console.width, 120)  # piped: the table needs 120 columns
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+    progress_console = Console(stderr=True)
+    with Progress(*columns, TimeElapsedColumn(), console=progress_console, transient=True) as bar:
         overall = bar.add_task("cases", total=len(cases))
         current = bar.add_task("", total=options.units)
 
@@ -59,18 +149,28 @@ def run(
 
         results = run_cases(
             cases,
+            timeout=options.timeout,
             on_start=started,
             on_progress=lambda case, done: bar.update(current, completed=done),
             on_result=lambda result: bar.advance(overall),
         )
     print_report(console, results, title)
-    for goal, met in goals(results):
+    for goal, met in (goals or (lambda _: []))(results):
         console.print(f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {goal}")
+    settings = {
+        "workload": workload,
+        "threads": list(threads),
+        "units": options.units,
+        "max_seconds": options.max_seconds,
+    }
     if options.markdown:
         print(markdown_table(results))
     if options.json_out:
-        settings = {"workload": workload, "threads": list(threads), "units": options.units}
         write_json(options.json_out, results, settings)
+        console.print(f"results written to {options.json_out}")
+    if options.plot:
+        plot(options.plot, results, title=chart_title(results, settings))
+        console.print(f"chart written to {options.plot}")
     return results
 
 
@@ -79,3 +179,25 @@ def pick(results: list[CaseResult], key: str, threads: int) -> CaseResult | None
         if r.strategy == key and r.threads == threads and not r.skipped and r.ok:
             return r
     return None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks``: every strategy of a workload, side by side."""
+    options = arguments(
+        "Run the same workload for every strategy at each thread count, side by side. Each "
+        "case runs on a fresh file in its own process.",
+        choose=True,
+        argv=argv,
+    )
+    table = STRATEGIES[options.workload]
+    keys = options.strategies or list(table)
+    run(
+        options.workload,
+        keys,
+        options,
+        f"bench: {options.workload}, {options.units:,} units per case",
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

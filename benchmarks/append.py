@@ -1,6 +1,6 @@
 """Chain appends: bare sqlite3, the write-queue peer, this layer, and the legacy facade.
 
-Cases (labels are the docstrings of the strategy functions in ``app/_bench/``):
+Cases (labels are the docstrings of the strategy functions in ``benchmarks/harness/``):
 
 - ``sqlite3-lock``: bare sqlite3, one transaction per append under a lock (the floor)
 - ``greeum-5.3.0``: Greeum 5.3.0 ``ThreadSafeDatabaseManager``, ``run_serialized`` around
@@ -10,14 +10,13 @@ Cases (labels are the docstrings of the strategy functions in ``app/_bench/``):
 - ``facade-append-block``: ``DatabaseManager.append_block`` (group commit)
 
 Every case appends the same blocks, computes hashes with the legacy formula, and checks the
-chain afterwards. Run: ``python benchmarks/append.py [--json-out FILE]``.
+chain afterwards. Run from the repository root: ``python -m benchmarks.append [--json-out FILE]``.
 """
 
 from __future__ import annotations
 
-from _common import arguments, pick, run
-
-from app._bench import CaseResult
+from ._common import arguments, pick, run
+from .harness import CaseResult
 
 KEYS = ("sqlite3-lock", "greeum-5.3.0", "layer", "facade-transaction", "facade-append-block")
 
@@ -61,5 +60,5 @@ def goals(results: list[CaseResult]) -> list[tuple[str, bool]]:
 
 
 if __name__ == "__main__":
-    options = arguments(__doc__.splitlines()[0], threads="1,100", units=2000)
+    options = arguments(__doc__.splitlines()[0], threads=(1, 100), units=2000)
     run("append", KEYS, options, "chain appends", goals)

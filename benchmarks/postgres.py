@@ -8,7 +8,8 @@ After each run the chain is checked independently of the library: indices 0..n-1
 gaps, every hash and link right by the legacy formula, and every block's keywords, tags,
 metadata and embedding present.
 
-Run: ``python benchmarks/postgres.py --url postgresql+psycopg://user@host/db`` (default:
+Run from the repository root:
+``python -m benchmarks.postgres --url postgresql+psycopg://user@host/db`` (default:
 ``$APP_TEST_POSTGRES_URL``). The database must exist; schemas named ``bench_*`` are created
 in it and dropped afterwards.
 """
@@ -34,10 +35,11 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from app import Database
-from app._bench import legacy_hash, machine
-from app._bench._workload import KEYWORDS_PER_BLOCK, TAGS_PER_BLOCK
 from app.models import blocks_table
 from app.stress import run_stress
+
+from .harness import legacy_hash, machine
+from .harness._workload import KEYWORDS_PER_BLOCK, TAGS_PER_BLOCK
 
 URL_ENV = "APP_TEST_POSTGRES_URL"
 

@@ -1,21 +1,21 @@
 """Read-modify-write units on one counter row: this layer against a plain scoped_session.
 
 Each unit reads the counter and writes it back plus one. Cases (labels are the docstrings of
-the strategy functions in ``app/_bench/_counter.py``):
+the strategy functions in ``benchmarks/harness/_counter.py``):
 
 - ``sqlalchemy-default``: plain ``scoped_session`` on ``create_engine(url)``, default settings
 - ``layer-run``: ``db.run(increment)``
 - ``layer-unit``: ``with db.unit_of_work() as session: increment(session)``
 
 The "check" column says whether the final counter equals the number of successful units
-(no lost update). Run: ``python benchmarks/session_layer.py [--json-out FILE]``.
+(no lost update). Run from the repository root:
+``python -m benchmarks.session_layer [--json-out FILE]``.
 """
 
 from __future__ import annotations
 
-from _common import arguments, pick, run
-
-from app._bench import CaseResult
+from ._common import arguments, pick, run
+from .harness import CaseResult
 
 KEYS = ("sqlalchemy-default", "layer-run", "layer-unit")
 
@@ -46,5 +46,5 @@ def goals(results: list[CaseResult]) -> list[tuple[str, bool]]:
 
 
 if __name__ == "__main__":
-    options = arguments(__doc__.splitlines()[0], threads="1,100", units=2000)
+    options = arguments(__doc__.splitlines()[0], threads=(1, 100), units=2000)
     run("counter", KEYS, options, "session layer: read-modify-write counter units", goals)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from app import Database
-from app._bench import (
+from benchmarks._common import main as bench_main
+from benchmarks.harness import (
     APPEND,
     COUNTER,
     Case,
@@ -31,7 +33,7 @@ from app._bench import (
     unavailable,
     write_json,
 )
-from app._bench._child import run_case
+from benchmarks.harness._child import run_case
 
 #: Strategies that promise an intact chain (or an exact counter) and no error.
 SAFE = {
@@ -186,7 +188,7 @@ def test_hanging_case_is_stopped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 def test_unavailable_strategy_is_skipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("app._bench._runner.unavailable", lambda item: "not installed here")
+    monkeypatch.setattr("benchmarks.harness._runner.unavailable", lambda item: "not installed here")
     (result,) = run_cases([Case("append", "greeum-5.3.0", 1, 5)], directory=str(tmp_path))
     assert result.skipped == "not installed here" and result.ok == 0
 
@@ -332,3 +334,64 @@ def test_failed_strategies_are_marked_in_the_chart(tmp_path: Path) -> None:
     assert "append: 100 units per case at 1, 10, 100 threads" in figure._suptitle.get_text()
     real_close(figure)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the command line: python -m benchmarks ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_python_m_benchmarks_writes_table_json_and_plot(tmp_path: Path) -> None:
+    """As a user runs it from a clone: a subprocess, from the repository root."""
+    pytest.importorskip("matplotlib", reason="--plot needs the plot extra")
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "-s", "sqlite3-lock", "-s", "layer",
+            "--threads", "1,3", "--units", "30", "--json-out", str(out), "--plot", str(chart),
+            "--markdown",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "this layer: BlockStore.append" in done.stdout
+    assert "| strategy | threads |" in done.stdout
+    data = json.loads(out.read_text())
+    assert [(r["strategy"], r["threads"]) for r in data["results"]] == [
+        ("sqlite3-lock", 1),
+        ("layer", 1),
+        ("sqlite3-lock", 3),
+        ("layer", 3),
+    ]
+    assert all(r["ok"] == 30 and r["intact"] for r in data["results"])
+    assert data["machine"]["cpus"] >= 1
+    assert chart.stat().st_size > 1000
+
+
+def test_plot_without_matplotlib_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["-s", "layer", "--threads", "1", "--plot", str(tmp_path / "c.png")])
+    assert exited.value.code == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-s", "nope"], "unknown strategy nope"),
+        (["--threads", "1,x"], "separated by commas"),
+        (["--threads", "0"], "whole numbers >= 1"),
+        (["--units", "0"], "--units must be at least 1"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench_main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from app import BlockStore, Database, Settings
-from app._bench import legacy_hash
 from app.schema import head_revision
 
 from .conftest import assert_one_line_error
 from .conftest import run_cli as run
+from .legacy_helpers import legacy_hash
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,6 @@ COMMANDS = [
     ["db", "stamp"],
     ["doctor"],
     ["stress"],
-    ["bench"],
     ["import-jsonl"],
     ["backup"],
     ["checkpoint"],
@@ -484,47 +483,6 @@ def test_stress_refuses_a_broken_chain_unless_asked(path: Path, url: str) -> Non
 def test_stress_refuses_bad_counts(url: str) -> None:
     result = run("--url", url, "stress", "--threads", "0")
     assert result.exit_code == 2
-
-
-# -- bench -----------------------------------------------------------------------------------
-
-
-def test_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="--plot needs the plot extra")
-    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = run(
-        "bench", "-s", "sqlite3-lock", "-s", "layer", "--threads", "1,3", "--blocks", "30",
-        "--json-out", str(out), "--plot", str(chart), "--markdown",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "this layer: BlockStore.append" in result.output
-    assert "| strategy | threads |" in result.output
-    data = json.loads(out.read_text())
-    assert [(r["strategy"], r["threads"]) for r in data["results"]] == [
-        ("sqlite3-lock", 1),
-        ("layer", 1),
-        ("sqlite3-lock", 3),
-        ("layer", 3),
-    ]
-    assert all(r["ok"] == 30 and r["intact"] for r in data["results"])
-    assert data["machine"]["cpus"] >= 1
-    assert chart.stat().st_size > 1000
-
-
-def test_bench_plot_without_matplotlib_is_a_usage_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    result = run("bench", "-s", "layer", "--threads", "1", "--plot", str(tmp_path / "c.png"))
-    assert result.exit_code == 2
-    assert "--plot needs matplotlib" in result.output
-    assert not (tmp_path / "c.png").exists()
-
-
-def test_bench_unknown_strategy() -> None:
-    result = run("bench", "-s", "nope")
-    assert result.exit_code == 2
-    assert "unknown strategy nope" in result.output
 
 
 # -- import-jsonl ----------------------------------------------------------------------------

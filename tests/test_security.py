@@ -203,7 +203,6 @@ _SQL = re.compile(
 #: interpolated expressions), and why each value can only be a constant of the code or a
 #: validated setting. SQL that mentions caller data uses bound parameters, always.
 SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
-    ("_bench/_workload.py", "check_chain", ("table",)): "keys of a literal dict of table names",
     ("_sqlite_hooks.py", "install_sqlite_hooks._on_connect", ("settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),

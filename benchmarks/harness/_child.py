@@ -1,4 +1,4 @@
-"""Runs one benchmark case in its own process (``python -m app._bench._child`` with the case
+"""Runs one benchmark case in its own process (``python -m benchmarks.harness._child`` with the case
 as JSON on stdin), so its peak memory and open connections belong to that case alone.
 
 Prints ``PROGRESS <units done>`` lines while running and one ``RESULT <json>`` line at the end.

@@ -8,9 +8,10 @@ import numpy as np
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from ..blocks import BlockStore
-from ..database import Database
-from ..models import Block, BlockEmbedding, BlockKeyword, BlockMetadata, BlockTag
+from app.blocks import BlockStore
+from app.database import Database
+from app.models import Block, BlockEmbedding, BlockKeyword, BlockMetadata, BlockTag
+
 from ._target import Target
 from ._workload import BenchBlock, legacy_block, now
 

@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import __version__, errors
-from .._hints import install_hint
+from app import __version__, errors
+from app._hints import install_hint
+
 from ._runner import CaseResult
 
 #: Column headings, short enough for the whole table to fit in 120 columns.

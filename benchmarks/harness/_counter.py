@@ -9,7 +9,8 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from ..database import Database
+from app.database import Database
+
 from ._target import Target
 from ._workload import COUNTER_DDL, BenchBlock
 

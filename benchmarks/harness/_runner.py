@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from ..database import Database
+from app.database import Database
+
 from ._strategies import FLOOR, strategy, unavailable
 
 #: Thread counts and units per case that fit a laptop (the whole default run in ~2 minutes).
@@ -153,18 +154,26 @@ def _template(root: str, workload: str) -> str:
     return path
 
 
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _run_child(
     case: Case, label: str, path: str, timeout: float, on_progress: ProgressFn | None
 ) -> CaseResult:
     result = CaseResult(case.workload, case.strategy, label, case.threads, case.units)
     spec = {**asdict(case), "path": path}
+    # The child runs in the case's own directory; the repository root goes on its path so
+    # that it imports this harness wherever the benchmark was started from.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (_REPOSITORY, env.get("PYTHONPATH"))))
     process = subprocess.Popen(
-        [sys.executable, "-m", "app._bench._child"],
+        [sys.executable, "-m", "benchmarks.harness._child"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=os.path.dirname(path),
+        env=env,
     )
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None

@@ -5,9 +5,9 @@ database, so its peak memory and its peak number of open connections are its own
 case, the database is checked: for appends, indices without gaps and every hash and link
 right by the legacy formula; for the counter, no lost update.
 
-Used by ``python -m app bench`` and the scripts in ``benchmarks/``::
+Used by ``python -m benchmarks`` and the other benchmark modules (run from a clone's root)::
 
-    from app._bench import default_cases, run_cases, rich_table
+    from benchmarks.harness import default_cases, run_cases, rich_table
     results = run_cases(default_cases(["sqlite3-lock", "layer"], threads=(1, 100)))
 """
 
