@@ -78,7 +78,7 @@ def prepare_sqlite_file(
         _check_existing_file(target)
         return
     try:
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode)
+        create_file(target, file_mode)
     except FileExistsError:
         return  # another process created it first
     except OSError as exc:
@@ -86,10 +86,6 @@ def prepare_sqlite_file(
             f"cannot create database file {target} ({exc.strerror}); check the directory's "
             "permissions or choose another path"
         ) from exc
-    try:
-        os.fchmod(fd, file_mode)  # exact bits, whatever the umask
-    finally:
-        os.close(fd)
     log.info("created a new database file %s", target)
 
 
@@ -125,11 +121,10 @@ def probe_sqlite_file(target: str) -> errors.AppError | bool:
     """
     if os.path.getsize(target) == 0:
         return True
-    uri = f"file:{quote(os.path.abspath(target))}?mode=ro"
     companions = [target + suffix for suffix in ("-wal", "-shm")]
     existing = [os.path.exists(name) for name in companions]
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as probe:
+        with contextlib.closing(read_only(target)) as probe:
             probe.execute("PRAGMA schema_version").fetchone()
     except sqlite3.DatabaseError as exc:
         code = getattr(exc, "sqlite_errorcode", None)
@@ -161,3 +156,32 @@ def file_id(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return status.st_dev, status.st_ino
+
+
+def create_file(path: str, mode: int) -> None:
+    """Create ``path`` empty with exactly the permission bits ``mode``, whatever the umask.
+
+    Raises:
+        FileExistsError: it exists already (nothing is changed).
+        OSError: it cannot be created.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def read_only(path: str, timeout: float = 5.0) -> sqlite3.Connection:
+    """A sqlite3 connection that never writes the database file (``mode=ro``); a WAL-mode
+    file still gets its -wal and -shm companions if they are absent, as for any reader."""
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout)
+
+
+def file_size(path: str) -> int | None:
+    """The size of ``path`` in bytes, or None when it cannot be read."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None

@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import sqlalchemy
 from sqlalchemy import inspect, text
 
 from . import __version__, errors
 from ._hints import command_hint, install_hint
-from ._sqlite_file import probe_sqlite_file
+from ._sqlite_file import file_size, probe_sqlite_file, read_only
 from .blocks import BlockStore
 from .database import Database, Stats
 from .schema import current_revision, head_revision, history
@@ -137,23 +136,13 @@ def _versions(settings: Settings) -> str:
     return ", ".join(parts)
 
 
-def _size(path: str) -> int | None:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None
-
-
 def _mib(size: int | None) -> str:
     return "absent" if size is None else f"{size / 1024 / 1024:.2f} MiB ({size:,} bytes)"
 
 
 @contextmanager
 def _read_only(path: str) -> Iterator[sqlite3.Connection]:
-    # mode=ro: SQLite never writes the database file through this connection. (A WAL-mode
-    # file gets its -wal/-shm companions if absent, as for any reader.)
-    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as conn:
+    with closing(read_only(path)) as conn:
         yield conn
 
 
@@ -178,7 +167,7 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
     if isinstance(problem, errors.NotADatabaseError):
         raise problem
     empty = problem is True
-    size, wal = _size(path), _size(path + "-wal")
+    size, wal = file_size(path), file_size(path + "-wal")
     report.add("database file", f"{os.path.abspath(path)}, {_mib(size)}")
     limit = settings.journal_size_limit
     if wal is not None and limit is not None and wal > 2 * limit:

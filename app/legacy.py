@@ -26,7 +26,6 @@ Modes, chosen when the manager is built from the environment variable
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -52,7 +51,9 @@ from ._validate import (
 )
 from .blocks import BlockRecord, BlockStore, index_value, insert_blocks
 from .database import Database
+from .maintenance import import_jsonl
 from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table
+from .settings import parse_flag
 from .short_term import MemoryRecord
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ THREAD_SAFE_ENV = "GREEUM_THREAD_SAFE"
 _SORT_FIELDS = ("block_index", "timestamp", "importance")
 #: ``blocks.block_index`` is a 4-byte INTEGER on PostgreSQL (8 bytes on SQLite).
 _POSTGRES_MAX_INDEX = 2**31 - 1
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 class DatabaseManager:
@@ -275,7 +274,8 @@ class DatabaseManager:
         """Import blocks from a JSON-lines file, one block dict per line (see add_block).
 
         Lines that are not JSON objects, and blocks that add_block refuses (bad fields, an
-        index that exists already), are skipped with a warning.
+        index that exists already), are skipped with a warning; so is a block already stored
+        (the same timestamp and context), so importing a file again adds nothing.
 
         Returns:
             How many blocks were imported; 0 when the file does not exist.
@@ -290,21 +290,15 @@ class DatabaseManager:
         if not os.path.exists(block_file_path):
             log.warning("%s does not exist: nothing to migrate", block_file_path)
             return 0
-        imported = 0
-        with open(block_file_path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    block = json.loads(line)
-                    if not isinstance(block, dict):
-                        raise errors.InvalidInputError("the line is not a JSON object")
-                    self.add_block(block)
-                except (ValueError, errors.IntegrityViolationError) as exc:
-                    log.warning("%s line %d skipped: %s", block_file_path, number, exc)
-                    continue
-                imported += 1
-        return imported
+        with self._users:
+            result = import_jsonl(self.database, os.fspath(block_file_path), as_given=_legacy_block)
+        for example in result.examples:
+            log.warning("%s %s: skipped", block_file_path, example)
+        if result.skipped > len(result.examples):
+            log.warning("%s: %d lines skipped in all", block_file_path, result.skipped)
+        if self._proxy is not None:
+            self._proxy.commit_after_write()
+        return result.kept
 
     # -- blocks: reading --------------------------------------------------------------------
 
@@ -531,11 +525,10 @@ class DatabaseManager:
 
 
 def _thread_safe_from_env() -> bool:
-    raw = os.environ.get(THREAD_SAFE_ENV, "").strip().lower()
-    if raw in ("", *_TRUE):
-        return True
-    if raw in _FALSE:
-        return False
+    raw = os.environ.get(THREAD_SAFE_ENV, "")
+    flag = parse_flag(raw) if raw.strip() else True
+    if flag is not None:
+        return flag
     raise errors.ConfigurationError(
         f"{THREAD_SAFE_ENV}={os.environ[THREAD_SAFE_ENV]!r} is not understood: set it to "
         "'true' (the default, thread-safe) or 'false' (the single-connection legacy mode)"

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from . import errors
+from ._sqlite_file import create_file, file_size
 from ._validate import PreparedBlock, prepare_block
 from .blocks import BlockStore, insert_blocks
 from .database import CHECKPOINT_MODES, Database
@@ -50,11 +51,8 @@ def _raw_connection(db: Database) -> Iterator[sqlite3.Connection]:
         proxy.close()
 
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+def _bytes(path: str) -> int:
+    return file_size(path) or 0
 
 
 # -- backup ----------------------------------------------------------------------------------
@@ -99,15 +97,13 @@ def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
     mode = db.settings.file_mode
     started = time.monotonic()
     try:
-        fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+        create_file(partial, mode)
     except OSError as exc:
         raise errors.ConfigurationError(
             f"cannot create {partial} ({exc.strerror}); check that the directory exists and "
             "is writable"
         ) from exc
     try:
-        os.fchmod(fd, mode)  # exact bits, whatever the umask
-        os.close(fd)
         copy = sqlite3.connect(partial, isolation_level=None)
         try:
             with _raw_connection(db) as conn:
@@ -128,7 +124,7 @@ def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
             with contextlib.suppress(OSError):
                 os.remove(leftover)
         raise
-    return BackupResult(target, _size(target), blocks, time.monotonic() - started, mode)
+    return BackupResult(target, _bytes(target), blocks, time.monotonic() - started, mode)
 
 
 def _count_blocks(conn: sqlite3.Connection) -> int:
@@ -178,9 +174,9 @@ def checkpoint(db: Database, mode: str = "passive") -> CheckpointResult:
             f"checkpoint mode must be one of {', '.join(CHECKPOINT_MODES)}; got {mode!r}"
         )
     wal = _sqlite_file(db, "checkpoint") + "-wal"
-    before = _size(wal)
+    before = _bytes(wal)
     busy, frames, done = db.checkpoint(mode)
-    return CheckpointResult(mode.lower(), bool(busy), frames, done, before, _size(wal))
+    return CheckpointResult(mode.lower(), bool(busy), frames, done, before, _bytes(wal))
 
 
 # -- JSONL import ----------------------------------------------------------------------------
@@ -281,15 +277,24 @@ class _Importer:
     """Collects valid lines in batches of one kind (as given, or to append), in file order,
     and writes each batch without the blocks that are present already."""
 
-    def __init__(self, db: Database, result: ImportResult) -> None:
+    def __init__(self, db: Database, result: ImportResult, as_given: AsGiven | None) -> None:
         self.db = db
         self.store = BlockStore(db)
         self.result = result
+        self.as_given = as_given
         self.complete: list[tuple[int, int, str, str, PreparedBlock]] = []
         self.loose: list[tuple[int, dict[str, Any], PreparedBlock]] = []
         self.batch_keys: set[_Key] = set()
 
     def add(self, number: int, data: Mapping[str, Any]) -> None:
+        if self.as_given is not None:
+            try:
+                index, digest, previous, block = self.as_given(data)
+            except errors.InvalidInputError as exc:
+                self.result.skip(number, "invalid block", str(exc))
+                return
+            self._queue(number, data, block, (index, digest, previous))
+            return
         try:
             if data.get("timestamp") is None:
                 raise errors.InvalidInputError(
@@ -310,15 +315,26 @@ class _Importer:
         except errors.InvalidInputError as exc:
             self.result.skip(number, "invalid block", str(exc))
             return
+        self._queue(number, data, block, (index, digest, previous) if complete else None)
+
+    def _queue(
+        self,
+        number: int,
+        data: Mapping[str, Any],
+        block: PreparedBlock,
+        chain: tuple[int, str, str] | None,
+    ) -> None:
+        """Add a checked line to the batch of its kind: written as given (``chain``: its
+        index, hash and previous hash) or appended."""
         key = (block.timestamp, block.context)
         if key in self.batch_keys:
             self.result.duplicates += 1  # the same block earlier in this batch
             return
-        if (self.loose and complete) or (self.complete and not complete):
+        if (self.loose and chain) or (self.complete and not chain):
             self.flush()
         self.batch_keys.add(key)
-        if complete:
-            self.complete.append((number, index, digest, previous, block))
+        if chain:
+            self.complete.append((number, *chain, block))
         else:
             self.loose.append((number, _arguments(data), block))
         if len(self.complete) + len(self.loose) >= _IMPORT_BATCH:
@@ -382,8 +398,16 @@ def _insert_new(
     return len(fresh), len(batch) - len(fresh)
 
 
+#: Prepares a line as the legacy ``add_block`` took it: (index, hash, prev_hash, block).
+AsGiven = Callable[[Mapping[str, Any]], tuple[int, str, str, PreparedBlock]]
+
+
 def import_jsonl(
-    db: Database, path: str, *, progress: Callable[[int], None] | None = None
+    db: Database,
+    path: str,
+    *,
+    progress: Callable[[int], None] | None = None,
+    as_given: AsGiven | None = None,
 ) -> ImportResult:
     """Import blocks from a JSONL file (one block dict per line), as the legacy
     ``migrate_from_jsonl`` did, and safe to run again.
@@ -398,12 +422,15 @@ def import_jsonl(
 
     Args:
         progress: called with the number of bytes read so far.
+        as_given: the legacy ``migrate_from_jsonl``'s rules: every line is a complete block,
+            checked and prepared by this function (as ``add_block`` does), and written as
+            given; a line it refuses is skipped.
 
     Raises:
         InvalidInputError: the file cannot be read.
     """
     result = ImportResult()
-    importer = _Importer(db, result)
+    importer = _Importer(db, result, as_given)
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; bytes give exact progress
     except OSError as exc:

@@ -109,8 +109,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parsed_url", _parse_url(self.url))
-        _positive(self, "pool_size", self.pool_size, minimum=1)
-        _positive(self, "max_overflow", self.max_overflow, minimum=0)
+        _whole_at_least("pool_size", self.pool_size, 1)
+        _whole_at_least("max_overflow", self.max_overflow, 0)
         for name in (
             "pool_timeout",
             "pool_recycle",
@@ -118,13 +118,13 @@ class Settings:
             "retry_deadline",
             "slow_wait_threshold",
         ):
-            _positive(self, name, getattr(self, name), minimum=0)
-        _positive(self, "max_batch", self.max_batch, minimum=1)
-        _positive(self, "max_units_per_commit", self.max_units_per_commit, minimum=1)
+            _at_least(name, getattr(self, name), 0)
+        _whole_at_least("max_batch", self.max_batch, 1)
+        _whole_at_least("max_units_per_commit", self.max_units_per_commit, 1)
         for name in ("mmap_size", "journal_size_limit"):
             value = getattr(self, name)
             if value is not None:
-                _positive(self, name, value, minimum=0)
+                _whole_at_least(name, value, 0)
         if self.cache_size is not None and not isinstance(self.cache_size, int):
             raise ConfigurationError(f"cache_size must be an integer, got {self.cache_size!r}")
         _choice("journal_mode", self.journal_mode, _JOURNAL_MODES)
@@ -318,9 +318,25 @@ def _postgres_url(url: URL) -> URL:
     return url
 
 
-def _positive(settings: Settings, name: str, value: Any, *, minimum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+def _at_least(name: str, value: Any, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
         raise ConfigurationError(f"{name} must be a number >= {minimum}, got {value!r}")
+
+
+def _whole_at_least(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def parse_flag(raw: str) -> bool | None:
+    """``1/true/yes/on`` is True, ``0/false/no/off`` False (any case, spaces ignored);
+    anything else None."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    return None
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -332,12 +348,10 @@ def _from_env(env_name: str, raw: str, spec: dataclasses.Field[Any]) -> Any:
     kind = str(spec.type)
     try:
         if kind.startswith("bool"):
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
+            flag = parse_flag(raw)
+            if flag is None:
+                raise ValueError(raw)
+            return flag
         if kind.startswith("int"):
             if raw.strip().lower() == "none" and "None" in kind:
                 return None

@@ -19,7 +19,6 @@ import os
 import queue
 import random
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -28,14 +27,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import create_engine, func, inspect, select, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from ._hints import command_hint
-from ._sqlite_file import probe_sqlite_file
+from ._sqlite_file import probe_sqlite_file, read_only
 from ._stress_blocks import make_block, now, percentiles
 from .blocks import BlockStore
 from .database import Database
@@ -445,12 +443,7 @@ def _rows_held(settings: Settings) -> dict[str, int]:
             raise problem
         if problem is True:
             return {}  # an empty file: a new database
-        uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-        reader = create_engine(
-            "sqlite://",
-            creator=lambda: sqlite3.connect(uri, uri=True, timeout=5.0),
-            poolclass=NullPool,
-        )
+        reader = create_engine("sqlite://", creator=lambda: read_only(path), poolclass=NullPool)
         try:
             with reader.connect() as conn:
                 return _counts(conn)

@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import Table, delete, func, insert, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from . import errors
+from ._sqlite_file import read_only
 from .blocks import BlockStore
 from .database import Database
 from .models import LEGACY_TABLES, Base
@@ -197,9 +197,8 @@ def _open(settings: Settings, **overrides: Any) -> Iterator[Database]:
 
 
 def _journal_mode(path: str) -> str:
-    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
     try:
-        with closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as conn:
+        with closing(read_only(path)) as conn:
             return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
     except sqlite3.DatabaseError as exc:
         translated = errors.translate(exc, database=path)

@@ -48,7 +48,9 @@ def test_postgres_urls_use_psycopg3_and_hide_passwords() -> None:
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
-        ({"pool_size": 0}, "pool_size must be a number >= 1"),
+        ({"pool_size": 0}, "pool_size must be a whole number >= 1"),
+        ({"pool_size": 2.5}, "pool_size must be a whole number >= 1"),
+        ({"busy_timeout": float("nan")}, "busy_timeout must be a number >= 0"),
         ({"busy_timeout": -1}, "busy_timeout must be a number >= 0"),
         ({"journal_mode": "wall"}, "journal_mode must be one of"),
         ({"synchronous": "sometimes"}, "synchronous must be one of"),
