@@ -23,20 +23,22 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
 from ._append_batcher import AppendBatcher
+from ._block_values import (
+    PreparedBlock,
+    block_hash,
+    decode_json_object,
+    encode_embedding,
+    prepare_block,
+)
 from ._driver import pipeline, placeholder, raw_execute, raw_execute_all
 from ._shared_transaction import WriteOutcome
 from ._validate import (
-    PreparedBlock,
-    block_hash,
     check_index,
     check_limit,
     check_number,
     check_text,
     check_timestamp,
     check_words,
-    decode_json_object,
-    encode_embedding,
-    prepare_block,
 )
 from .database import Database, UnitKind
 from .models import (

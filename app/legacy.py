@@ -39,16 +39,10 @@ from sqlalchemy import delete, insert, inspect, select, text
 from sqlalchemy.engine import URL, Connection
 
 from . import errors
+from ._block_values import PreparedBlock, encode_json, prepare_block
 from ._hints import install_hint
 from ._legacy_conn import ThreadConnection, UseTracker
-from ._validate import (
-    PreparedBlock,
-    check_index,
-    check_text,
-    check_timestamp,
-    encode_json,
-    prepare_block,
-)
+from ._validate import check_index, check_text, check_timestamp
 from .blocks import BlockRecord, BlockStore, index_value, insert_blocks
 from .database import Database
 from .maintenance import import_jsonl

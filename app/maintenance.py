@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from . import errors
+from ._block_values import PreparedBlock, prepare_block
 from ._sqlite_file import create_file, file_size
-from ._validate import PreparedBlock, prepare_block
 from .blocks import BlockStore, insert_blocks
 from .database import CHECKPOINT_MODES, Database
 from .models import blocks_table

@@ -1,0 +1,208 @@
+"""A block's values: checked (see ``_validate``), encoded for storage, hashed as the legacy
+class hashed them, and read back."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import struct
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._validate import (
+    check_importance,
+    check_number,
+    check_text,
+    check_timestamp,
+    check_words,
+)
+from .errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class PreparedBlock(NamedTuple):
+    """A validated block, ready to be chained and written."""
+
+    context: str
+    timestamp: str
+    importance: float
+    keywords: tuple[str, ...]
+    tags: tuple[str, ...]
+    metadata_json: str | None
+    embedding: bytes | None
+    embedding_values: tuple[float, ...] | None
+    embedding_dim: int | None
+    embedding_model: str | None
+
+
+def block_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:
+    """The legacy block hash: sha256 of ``json.dumps`` of five fields with sorted keys and
+    ``ensure_ascii=False``.
+
+    The JSON text is assembled here exactly as ``json.dumps`` writes it (same key order,
+    separators, string escapes and number forms) because hashing sits on the append path;
+    a test holds the two byte-for-byte equal.
+    """
+    text = (
+        '{"block_index": '
+        + int.__repr__(index)
+        + ', "context": '
+        + _json_string(context)
+        + ', "importance": '
+        + _json_number(importance)
+        + ', "prev_hash": '
+        + _json_string(prev_hash)
+        + ', "timestamp": '
+        + _json_string(timestamp)
+        + "}"
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_json_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
+
+
+def _json_number(value: float) -> str:
+    if isinstance(value, int):  # legacy callers sometimes hashed an int importance
+        return int.__repr__(value)
+    return float.__repr__(value)
+
+
+# Made once: json.dumps with any non-default option builds a new encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Strict JSON text (no NaN/Infinity) of a mapping."""
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        text = _JSON_ENCODER.encode(value if type(value) is dict else dict(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what} is nested too deeply to be stored as JSON") from None
+    return check_text(text, what)
+
+
+def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
+    """float32 bytes (native order, as the legacy class wrote them) and the dimension."""
+    raw, values = _embedding(value, what)
+    return raw, len(values)
+
+
+def _embedding(value: Any, what: str) -> tuple[bytes, tuple[float, ...]]:
+    """An embedding as float32 bytes and the float values those bytes hold."""
+    # The usual case on the append path, a list of numbers, without numpy: packing refuses
+    # non-numbers and values beyond float32, and a finite sum of the packed values (which
+    # cannot overflow a double) means none is NaN or infinite. A list of bools, which numpy
+    # would not take for numbers, and anything refused here take the general path, which
+    # explains what is wrong.
+    if (type(value) is list or type(value) is tuple) and value and type(value[0]) is not bool:
+        layout = _float32_layout(len(value))
+        try:
+            raw = layout.pack(*value)
+        except (struct.error, OverflowError):
+            pass
+        else:
+            values = layout.unpack(raw)
+            if math.isfinite(sum(values)):
+                return raw, values
+    array = _float32_vector(value, what)
+    return array.tobytes(), tuple(array.tolist())
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_layout(dimension: int) -> struct.Struct:
+    return struct.Struct(f"{dimension}f")  # native order and size, like numpy's float32
+
+
+def _float32_vector(value: Any, what: str) -> np.ndarray[Any, Any]:
+    if isinstance(value, str | bytes | Mapping):
+        raise InvalidInputError(f"{what} must be a list, tuple or numpy array of numbers")
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        array = np.empty(0, dtype=object)  # ragged: reported below
+    if array.dtype.kind not in "iuf":  # not bool, text, objects or ragged lists
+        raise InvalidInputError(
+            f"{what} must be a flat list of numbers (ragged or non-numeric values given)"
+        )
+    if array.ndim != 1:
+        raise InvalidInputError(f"{what} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise InvalidInputError(f"{what} must not be empty")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError(f"{what} contains NaN or infinite values")
+    if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
+        raise InvalidInputError(f"{what} has values too large for float32")
+    return array.astype(np.float32)
+
+
+def prepare_block(
+    context: Any,
+    *,
+    keywords: Any = (),
+    tags: Any = (),
+    importance: Any = 0.0,
+    metadata: Any = None,
+    embedding: Any = None,
+    embedding_model: Any = "default",
+    timestamp: Any = None,
+    legacy: bool = False,
+) -> PreparedBlock:
+    """Check every argument of an append and encode it for storage.
+
+    ``legacy=True`` accepts what the old class's ``add_block`` stored: any finite
+    importance (everything else keeps it within 0..1) and any timestamp text.
+    """
+    raw, values = (None, None) if embedding is None else _embedding(embedding, "embedding")
+    model = None
+    if values is not None and embedding_model is not None:
+        model = check_text(embedding_model, "embedding_model")
+    metadata_json = _metadata_json(metadata)
+    return PreparedBlock(
+        context=check_text(context, "context"),
+        timestamp=check_timestamp(
+            datetime.now() if timestamp is None else timestamp, legacy=legacy
+        ),
+        importance=(
+            check_number(importance, "importance") if legacy else check_importance(importance)
+        ),
+        keywords=check_words(keywords, "keywords"),
+        tags=check_words(tags, "tags"),
+        metadata_json=metadata_json,
+        embedding=raw,
+        embedding_values=values,
+        embedding_dim=None if values is None else len(values),
+        embedding_model=model,
+    )
+
+
+def _metadata_json(metadata: Any) -> str | None:
+    # The legacy class stored metadata only when it was truthy; {} reads back as {} anyway.
+    if metadata is None:
+        return None
+    text = encode_json(metadata, "metadata")
+    return None if text == "{}" else text
+
+
+def decode_json_object(text: str | None) -> dict[str, Any]:
+    """Stored JSON metadata as a dict; missing or unreadable metadata reads as {}."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        log.warning("unreadable JSON metadata %r read as {}", text[:80])
+        return {}
+    return value if isinstance(value, dict) else {}
