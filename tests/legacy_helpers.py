@@ -7,9 +7,62 @@ import json
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.legacy import DatabaseManager
+
+#: A real database written by the legacy class (copy it before opening).
+LEGACY_FIXTURE = Path(__file__).parent / "fixtures" / "greeum-2.1.0-memory.db"
+
+#: The legacy class's DDL, verbatim (Greeum 2.1.0 DatabaseManager._create_schemas).
+LEGACY_DDL = [
+    """CREATE TABLE IF NOT EXISTS blocks (
+        block_index INTEGER PRIMARY KEY,
+        timestamp TEXT NOT NULL,
+        context TEXT NOT NULL,
+        importance REAL NOT NULL,
+        hash TEXT NOT NULL,
+        prev_hash TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_keywords (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        block_index INTEGER NOT NULL,
+        keyword TEXT NOT NULL,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index),
+        UNIQUE(block_index, keyword)
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_tags (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        block_index INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index),
+        UNIQUE(block_index, tag)
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_metadata (
+        block_index INTEGER PRIMARY KEY,
+        metadata TEXT NOT NULL,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index)
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_embeddings (
+        block_index INTEGER PRIMARY KEY,
+        embedding BLOB NOT NULL,
+        embedding_model TEXT,
+        embedding_dim INTEGER,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index)
+    )""",
+    """CREATE TABLE IF NOT EXISTS short_term_memories (
+        id TEXT PRIMARY KEY,
+        timestamp TEXT NOT NULL,
+        content TEXT NOT NULL,
+        speaker TEXT,
+        metadata TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_blocks_timestamp ON blocks(timestamp)",
+    "CREATE INDEX IF NOT EXISTS idx_block_keywords ON block_keywords(keyword)",
+    "CREATE INDEX IF NOT EXISTS idx_block_tags ON block_tags(tag)",
+    "CREATE INDEX IF NOT EXISTS idx_stm_timestamp ON short_term_memories(timestamp)",
+]
 
 
 def legacy_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:

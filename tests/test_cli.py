@@ -17,8 +17,8 @@ from app import BlockStore, Database, Settings
 from app._bench import legacy_hash
 from app.schema import head_revision
 
-from .conftest import assert_one_line_error
-from .conftest import run_cli as run
+from .helpers import assert_one_line_error
+from .helpers import run_cli as run
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from app import Database
 from app.errors import DatabaseBusyError
 
-from .conftest import increment_counter, make_counter_table, open_fds
+from .helpers import increment_counter, make_counter_table, open_fds
 
 THREADS = 100
 UNITS = 20

@@ -19,8 +19,7 @@ from sqlalchemy import text
 import app.blocks
 from app import BlockStore, Database, errors
 
-from .conftest import increment_counter, make_counter_table
-from .helpers import counter_value
+from .helpers import counter_value, increment_counter, make_counter_table
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -39,7 +39,7 @@ from app.errors import (
 )
 from app.maintenance import backup
 
-from .conftest import assert_one_line_error, in_thread, run_cli
+from .helpers import assert_one_line_error, in_thread, run_cli
 
 CHAIN_TABLES = ("blocks", "block_keywords", "block_tags", "block_metadata", "block_embeddings")
 #: Far above any database a test builds: "no limit" for ``PRAGMA max_page_count``.

@@ -12,7 +12,6 @@ text argument on both backends alike; inside metadata they are written as JSON e
 from __future__ import annotations
 
 import math
-import os
 import re
 import string
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from app import errors
 from app._validate import MAX_TEXT_BYTES
 from app.legacy import DatabaseManager
 
-from .conftest import POSTGRES_ENV, postgres_schema, postgres_url
+from .helpers import postgres_schema, require_backend
 from .legacy_helpers import legacy_hash, next_block
 
 #: Every legacy table and the column its rows are ordered by in a snapshot.
@@ -136,14 +135,6 @@ def _fresh_manager(backend: str, directory: Path) -> Iterator[DatabaseManager]:
             manager.close()
 
 
-def _need_backend(backend: str) -> None:
-    if backend == "postgres" and not postgres_url():
-        reason = f"PostgreSQL tests need {POSTGRES_ENV}"
-        if os.environ.get("APP_REQUIRE_POSTGRES"):
-            pytest.fail(f"APP_REQUIRE_POSTGRES is set, but {reason}")
-        pytest.skip(reason)
-
-
 @pytest.fixture(
     scope="module",
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
@@ -153,7 +144,7 @@ def seeded(
 ) -> Iterator[DatabaseManager]:
     """One database per backend for the whole refusal table (refusals never write, which
     every case checks): a short chain with embeddings of dimension 3, and two memories."""
-    _need_backend(str(request.param))
+    require_backend(str(request.param))
     for manager in _fresh_manager(str(request.param), tmp_path_factory.mktemp("hostile")):
         last = None
         for number in range(3):

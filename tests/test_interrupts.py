@@ -29,8 +29,14 @@ from app import BlockStore, Database
 from app._shared_transaction import SharedTransaction
 from app._write_side import WriteSide
 
-from .conftest import increment_counter, make_counter_table
-from .helpers import assert_chain_intact, counter_value, run_threads, wait_for_queue
+from .helpers import (
+    assert_chain_intact,
+    counter_value,
+    increment_counter,
+    make_counter_table,
+    run_threads,
+    wait_for_queue,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,8 +22,7 @@ from app import errors
 from app.legacy import DatabaseManager
 from app.schema import legacy_schema_differences
 
-from .conftest import LEGACY_DDL
-from .legacy_helpers import chain_is_intact, legacy_hash, next_block, row_counts
+from .legacy_helpers import LEGACY_DDL, chain_is_intact, legacy_hash, next_block, row_counts
 
 BLOCK_KEYS = ["block_index", "timestamp", "context", "importance", "hash", "prev_hash"]
 ALL_KEYS = [*BLOCK_KEYS, "keywords", "tags", "metadata"]

@@ -15,7 +15,7 @@ from app._legacy_conn import Row
 from app._sql_text import statement_kind, to_pyformat
 from app.legacy import DatabaseManager
 
-from .conftest import in_thread
+from .helpers import in_thread
 from .legacy_helpers import chain_is_intact, next_block
 
 SAME_THREAD = "SQLite objects created in a thread can only be used in that same thread"

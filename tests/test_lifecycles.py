@@ -19,8 +19,13 @@ from sqlalchemy import text
 
 from app import BlockStore, Database, DatabaseManager, errors, schema
 
-from .conftest import increment_counter, make_counter_table
-from .helpers import assert_chain_intact, counter_value, run_threads
+from .helpers import (
+    assert_chain_intact,
+    counter_value,
+    increment_counter,
+    make_counter_table,
+    run_threads,
+)
 from .legacy_helpers import next_block
 
 pytestmark = pytest.mark.timeout(180)

@@ -39,7 +39,7 @@ from sqlalchemy.pool import NullPool
 from app import BlockStore, Database
 from app.maintenance import checkpoint
 
-from .conftest import increment_counter, make_counter_table, open_fds, postgres_url
+from .helpers import increment_counter, make_counter_table, open_fds, postgres_url
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from app._shared_transaction import SharedTransaction
 from app.errors import ReadOnlyUnitError, TransactionStateError
 from app.models import ShortTermMemory
 
-from .conftest import increment_counter, make_counter_table
+from .helpers import increment_counter, make_counter_table
 
 
 def _make_table(db: Database) -> None:
