@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.legacy import DatabaseManager
+
+from .helpers import run_threads
 
 #: A real database written by the legacy class (copy it before opening).
 LEGACY_FIXTURE = Path(__file__).parent / "fixtures" / "greeum-2.1.0-memory.db"
@@ -115,28 +115,6 @@ def chain_is_intact(db: DatabaseManager) -> tuple[int, int | None]:
     return len(rows), None
 
 
-def run_threads(count: int, target: Callable[[int], None]) -> list[str]:
-    """Run ``target(i)`` in ``count`` threads started together; return their error reports."""
-    failures: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(count)
-
-    def body(number: int) -> None:
-        try:
-            barrier.wait()
-            target(number)
-        except BaseException:  # noqa: BLE001 - every failure is reported by the test
-            with lock:
-                failures.append(traceback.format_exc())
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return failures
-
-
 def append_with_transaction(db: DatabaseManager, blocks: int) -> None:
     """The legacy pattern: read the last block, then add the next one, in one transaction."""
     for _ in range(blocks):
@@ -149,9 +127,10 @@ def process_appender(url: str, threads: int, blocks: int, start: Any, results: A
     """Body of one process of the multi-process test (spawned: module-level, picklable)."""
     db = DatabaseManager(url)
     try:
-        start.wait(60)
+        assert start.wait(60), "the parent never gave the start"
         failures = run_threads(threads, lambda _: append_with_transaction(db, blocks))
-        results.put(failures)
+        # Tracebacks as text: an exception object may not survive the trip between processes.
+        results.put(["".join(traceback.format_exception(exc)) for exc in failures])
     except BaseException:  # noqa: BLE001 - reported to the parent process
         results.put([traceback.format_exc()])
     finally:

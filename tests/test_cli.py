@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from app import BlockStore, Database, Settings
-from app._bench import legacy_hash
 from app.schema import head_revision
 
 from .helpers import assert_one_line_error
 from .helpers import run_cli as run
+from .legacy_helpers import legacy_hash
 
 
 @pytest.fixture(autouse=True)

@@ -17,37 +17,25 @@ from sqlalchemy.orm import sessionmaker
 from app import Database
 from app.errors import DatabaseBusyError
 
-from .helpers import increment_counter, make_counter_table, open_fds
+from .helpers import in_thread, increment_counter, make_counter_table, open_fds, run_threads
 
 THREADS = 100
 UNITS = 20
 
 
-def _run_threads(target: object, count: int) -> None:
-    threads = [threading.Thread(target=target) for _ in range(count)]  # type: ignore[arg-type]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
 def test_read_modify_write_units_lose_nothing(make_db: object) -> None:
     db: Database = make_db(pool_size=5, max_overflow=5)  # type: ignore[operator]
     make_counter_table(db)
-    errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(_: int) -> None:
         try:
             for _ in range(UNITS):
                 with db.unit_of_work() as session:
                     increment_counter(session)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
         finally:
             db.session.remove()
 
-    _run_threads(worker, THREADS)
-    assert errors == []
+    assert run_threads(THREADS, worker) == []
     with db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == THREADS * UNITS
     stats = db.stats()
@@ -74,7 +62,7 @@ def test_plain_sessions_with_deferred_transactions_lose_updates_or_fail(tmp_path
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def worker() -> None:
+    def worker(_: int) -> None:
         for unit in range(UNITS):
             try:
                 with factory() as session, session.begin():
@@ -86,7 +74,7 @@ def test_plain_sessions_with_deferred_transactions_lose_updates_or_fail(tmp_path
                 with lock:
                     errors.append(exc)
 
-    _run_threads(worker, THREADS)
+    assert run_threads(THREADS, worker) == []  # every failure of a unit is counted in errors
     with engine.connect() as connection:
         final = connection.execute(text("SELECT value FROM counter")).scalar_one()
     engine.dispose()
@@ -160,15 +148,11 @@ def test_short_lived_threads_leak_no_connections(db: Database) -> None:
         db.session().execute(text("SELECT 1"))  # a transaction left open on purpose
 
     for _ in range(50):  # warm up the pool and the interpreter's caches
-        thread = threading.Thread(target=touch)
-        thread.start()
-        thread.join()
+        assert in_thread(touch) is None
     gc.collect()
     fds_before = open_fds()
     for _ in range(2000):
-        thread = threading.Thread(target=touch)
-        thread.start()
-        thread.join()
+        assert in_thread(touch) is None  # the thread ended without an error
     gc.collect()
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert open_fds() <= fds_before + 2

@@ -39,7 +39,7 @@ from app.errors import (
 )
 from app.maintenance import backup
 
-from .helpers import assert_one_line_error, in_thread, run_cli
+from .helpers import assert_one_line_error, in_thread, run_cli, run_threads
 
 CHAIN_TABLES = ("blocks", "block_keywords", "block_tags", "block_metadata", "block_embeddings")
 #: Far above any database a test builds: "no limit" for ``PRAGMA max_page_count``.
@@ -169,15 +169,6 @@ class Outcomes:
     def error(self, exc: BaseException) -> None:
         with self.lock:
             self.errors.append(exc)
-
-
-def run_threads(target: Callable[[int], None], count: int) -> None:
-    threads = [threading.Thread(target=target, args=(i,), name=f"fault-{i}") for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(thread.is_alive() for thread in threads), "threads deadlocked"
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -410,7 +401,7 @@ def _fill_from_threads(
             outcomes.record(record)
         outcomes.error(AssertionError(f"worker {worker} never met a full disk"))
 
-    run_threads(append_until_full, threads)
+    assert run_threads(threads, append_until_full) == []
     return outcomes
 
 
@@ -453,7 +444,7 @@ def test_concurrent_appends_on_a_full_disk_get_their_record_or_storage_full(
         except Exception as exc:  # noqa: BLE001 - checked below
             resumed.error(exc)
 
-    run_threads(append_once, threads)
+    assert run_threads(threads, append_once) == []
     assert resumed.errors == []
     assert sorted(r.block_index for r in resumed.records) == list(range(count, count + threads))
     assert_chain_intact(db, store, count + threads)
@@ -490,14 +481,13 @@ def test_disk_filling_in_a_shared_transaction_fails_every_unit_in_it_as_storage_
             session.execute(text(f"PRAGMA max_page_count = {page_count(db)}"))
             return store.append(**{**big_block("too big", 1), "context": "x" * 20_000})
 
-    run_threads(
-        lambda i: (
+    def either(number: int) -> None:
+        if number == 0:
             outcome(results, "first", first_unit)
-            if i == 0
-            else outcome(results, "filling", filling_unit)
-        ),
-        2,
-    )
+        else:
+            outcome(results, "filling", filling_unit)
+
+    assert run_threads(2, either) == []
     assert type(results["filling"]) is StorageFullError
     first = results["first"]
     if isinstance(first, BaseException):
@@ -759,7 +749,7 @@ def test_exhausted_pool_makes_extra_callers_wait_then_fail_and_recovers(
         inside.wait(JOIN_TIMEOUT)  # both connections are in use from here on
         assert db.engine.pool.checkedout() == holders  # type: ignore[attr-defined]
         names = list(callers)
-        run_threads(lambda i: call(names[i]), len(names))
+        assert run_threads(len(names), lambda i: call(names[i])) == []
     finally:
         release.set()
         for thread in holding:
@@ -862,14 +852,13 @@ def test_unit_dying_in_a_shared_transaction_leaves_no_lock_held(
 
     results: dict[str, Any] = {}
 
-    run_threads(
-        lambda i: (
+    def either(number: int) -> None:
+        if number == 0:
             outcome(results, "first", first_unit)
-            if i == 0
-            else outcome(results, "dying", dying_unit)
-        ),
-        2,
-    )
+        else:
+            outcome(results, "dying", dying_unit)
+
+    assert run_threads(2, either) == []
     assert results["first"] == 1
     assert type(results["dying"]) is fatal
     assert_chain_intact(db, store, 2)

@@ -36,8 +36,8 @@ from app.legacy import DatabaseManager
 from app.models import LEGACY_TABLES
 from app.schema import current_revision, head_revision
 
-from .legacy_helpers import append_with_transaction, next_block, run_threads
-from .test_chain_concurrency import assert_intact_chain
+from .helpers import assert_chain_intact, run_threads
+from .legacy_helpers import append_with_transaction, next_block
 
 pytestmark = pytest.mark.parametrize(
     "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -415,7 +415,7 @@ def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str
     for process in processes:
         process.join(timeout=240)
     assert [p.exitcode for p in processes] == [0, 0, 0, 0]
-    assert_intact_chain(db, 4 * 25 * 20)
+    assert_chain_intact(db, 4 * 25 * 20)
     with db.read() as session:
         tags = dict(
             session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()
