@@ -9,6 +9,7 @@ back to the test (returned, or raised in the test's own thread).
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import uuid
@@ -79,15 +80,14 @@ class Background:
     ) -> None:
         self._fn = fn
         self.timeout = timeout
-        self._result: list[Any] = []
-        self._error: list[BaseException] = []
+        self._outcome: list[tuple[bool, Any]] = []  # (raised, value), once fn has ended
         self.thread = threading.Thread(target=self._body, name=name, daemon=True)
 
     def _body(self) -> None:
         try:
-            self._result.append(self._fn())
+            self._outcome.append((False, self._fn()))
         except BaseException as exc:  # noqa: BLE001 - handed to the test by join()/outcome()
-            self._error.append(exc)
+            self._outcome.append((True, exc))
 
     def start(self) -> Background:
         self.thread.start()
@@ -102,19 +102,27 @@ class Background:
         """
         wait = self.timeout if timeout is None else timeout
         self.thread.join(wait)
-        assert not self.thread.is_alive(), f"thread {self.thread.name} still running after {wait}s"
-        return self._error[0] if self._error else self._result[0]
+        name = self.thread.name
+        assert not self.thread.is_alive(), f"thread {name} still running after {wait}s"
+        # Empty only if an exception was raised into the thread from outside (the
+        # interruption tests do) after fn had ended.
+        assert self._outcome, f"thread {name} ended without finishing its function"
+        return self._outcome[0][1]
 
     def join(self, timeout: float | None = None) -> Any:
         """What ``fn()`` returned.
 
         Raises:
-            BaseException: what ``fn()`` raised, raised again here.
-            AssertionError: the thread is still running after ``timeout`` seconds.
+            Exception: what ``fn()`` raised, raised again here.
+            AssertionError: the thread is still running after ``timeout`` seconds, or
+                ``fn()`` raised a BaseException that is not an Exception (raised here,
+                a KeyboardInterrupt would stop the whole test run).
         """
         result = self.outcome(timeout)
-        if self._error:
-            raise self._error[0]
+        if self._outcome[0][0]:
+            if isinstance(result, Exception):
+                raise result
+            raise AssertionError(f"thread {self.thread.name} raised {result!r}") from result
         return result
 
     def __enter__(self) -> Background:
@@ -134,6 +142,42 @@ def in_thread(fn: Callable[[], Any], timeout: float = JOIN_TIMEOUT) -> Any:
         AssertionError: the thread was still running after ``timeout`` seconds.
     """
     return Background(fn, timeout=timeout).start().outcome()
+
+
+def join_processes(processes: list[Any], timeout: float) -> list[int | None]:
+    """Wait for ``multiprocessing`` processes, ``timeout`` seconds for all of them together;
+    kill any still running then (a hung child must not outlive the test).
+
+    Returns:
+        Their exit codes, in order (a killed one's is ``-SIGKILL``).
+    """
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(10)
+    return [process.exitcode for process in processes]
+
+
+def wait_for_child(pid: int, timeout: float = JOIN_TIMEOUT) -> int:
+    """The exit code of the forked child ``pid``.
+
+    Raises:
+        AssertionError: the child was still running after ``timeout`` seconds (it is
+            killed first).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # returns at once: SIGKILL cannot be ignored
+            raise AssertionError(f"the forked child {pid} still ran after {timeout}s")
+        time.sleep(0.01)
 
 
 def wait_until(

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from app import BlockStore, Database
 from app.errors import IntegrityViolationError
 
-from .helpers import assert_chain_intact, run_threads
+from .helpers import assert_chain_intact, join_processes, run_threads
 
 THREADS = 100
 APPENDS = 20
@@ -57,9 +57,7 @@ def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join(timeout=240)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    assert join_processes(processes, timeout=240) == [0, 0, 0, 0]
     assert_chain_intact(db, 4 * 25 * APPENDS)
     with db.read() as session:
         tags = dict(

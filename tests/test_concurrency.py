@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -17,7 +18,14 @@ from sqlalchemy.orm import sessionmaker
 from app import Database
 from app.errors import DatabaseBusyError
 
-from .helpers import in_thread, increment_counter, make_counter_table, open_fds, run_threads
+from .helpers import (
+    in_thread,
+    increment_counter,
+    make_counter_table,
+    open_fds,
+    run_threads,
+    wait_for_child,
+)
 
 THREADS = 100
 UNITS = 20
@@ -99,6 +107,8 @@ def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
         text=True,
     )
     assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    assert ready, "the blocking process did not take the lock within 30s"
     assert process.stdout.readline().strip() == "locked"
     return process
 
@@ -115,7 +125,7 @@ def test_run_gives_up_at_the_deadline_when_another_process_keeps_the_lock(tmp_pa
         waited = time.monotonic() - started
     finally:
         blocker.kill()
-        blocker.wait()
+        blocker.wait(timeout=30)
     assert 1.4 <= waited <= 3.0
     assert str(path) in str(raised.value) and "stayed busy" in str(raised.value)
     assert raised.value.waited is not None and raised.value.waited >= 1.4
@@ -133,7 +143,7 @@ def test_run_succeeds_after_retrying_when_the_lock_is_released(tmp_path: Path) -
     try:
         db.run(increment_counter)
     finally:
-        blocker.wait()
+        blocker.wait(timeout=30)
     assert db.stats().busy_retries >= 1
     with db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == 1
@@ -172,8 +182,7 @@ def test_forked_child_uses_its_own_connections(sqlite_db: Database) -> None:
             code = 0 if value == 2 else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid) == 0
     sqlite_db.run(increment_counter)  # the parent's connections still work
     with sqlite_db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == 3

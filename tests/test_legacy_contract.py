@@ -301,7 +301,7 @@ def test_add_block_refuses_bad_input_and_writes_nothing(
     bad[field] = value
     with pytest.raises(ValueError) as info:
         manager.add_block(bad)
-    assert isinstance(info.value, errors.InvalidInputError)
+    assert type(info.value) is errors.InvalidInputError
     assert row_counts(manager) == before
     assert manager.get_block(1) is None
 
@@ -327,7 +327,7 @@ def test_duplicate_block_index_raises_integrity_error_and_leaves_nothing(
     )
     with pytest.raises(sqlite3.IntegrityError) as info:
         manager.add_block(duplicate)
-    assert isinstance(info.value, errors.IntegrityViolationError)
+    assert type(info.value) is errors.IntegrityViolationError
     assert row_counts(manager) == before
     assert manager.get_block(0) == stored
 

@@ -41,7 +41,9 @@ from .helpers import (
     Background,
     assert_chain_intact,
     in_thread,
+    join_processes,
     run_threads,
+    wait_for_child,
     wait_until,
 )
 from .legacy_helpers import append_with_transaction, next_block
@@ -246,8 +248,7 @@ def test_forked_child_uses_its_own_connections(db: Database) -> None:
             code = 0 if _values(db)[1] == 2 else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid) == 0
     db.run(_increment)  # the parent's connections still work
     assert _values(db) == {1: 3, 2: 0}
 
@@ -432,9 +433,7 @@ def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join(timeout=240)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    assert join_processes(processes, timeout=240) == [0, 0, 0, 0]
     assert_chain_intact(db, 4 * 25 * 20)
     with db.read() as session:
         tags = dict(
