@@ -4,12 +4,65 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import traceback
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.legacy import DatabaseManager
+
+from .helpers import run_threads
+
+#: A real database written by the legacy class (copy it before opening).
+LEGACY_FIXTURE = Path(__file__).parent / "fixtures" / "greeum-2.1.0-memory.db"
+
+#: The legacy class's DDL, verbatim (Greeum 2.1.0 DatabaseManager._create_schemas).
+LEGACY_DDL = [
+    """CREATE TABLE IF NOT EXISTS blocks (
+        block_index INTEGER PRIMARY KEY,
+        timestamp TEXT NOT NULL,
+        context TEXT NOT NULL,
+        importance REAL NOT NULL,
+        hash TEXT NOT NULL,
+        prev_hash TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_keywords (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        block_index INTEGER NOT NULL,
+        keyword TEXT NOT NULL,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index),
+        UNIQUE(block_index, keyword)
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_tags (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        block_index INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index),
+        UNIQUE(block_index, tag)
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_metadata (
+        block_index INTEGER PRIMARY KEY,
+        metadata TEXT NOT NULL,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index)
+    )""",
+    """CREATE TABLE IF NOT EXISTS block_embeddings (
+        block_index INTEGER PRIMARY KEY,
+        embedding BLOB NOT NULL,
+        embedding_model TEXT,
+        embedding_dim INTEGER,
+        FOREIGN KEY (block_index) REFERENCES blocks(block_index)
+    )""",
+    """CREATE TABLE IF NOT EXISTS short_term_memories (
+        id TEXT PRIMARY KEY,
+        timestamp TEXT NOT NULL,
+        content TEXT NOT NULL,
+        speaker TEXT,
+        metadata TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_blocks_timestamp ON blocks(timestamp)",
+    "CREATE INDEX IF NOT EXISTS idx_block_keywords ON block_keywords(keyword)",
+    "CREATE INDEX IF NOT EXISTS idx_block_tags ON block_tags(tag)",
+    "CREATE INDEX IF NOT EXISTS idx_stm_timestamp ON short_term_memories(timestamp)",
+]
 
 
 def legacy_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:
@@ -62,28 +115,6 @@ def chain_is_intact(db: DatabaseManager) -> tuple[int, int | None]:
     return len(rows), None
 
 
-def run_threads(count: int, target: Callable[[int], None]) -> list[str]:
-    """Run ``target(i)`` in ``count`` threads started together; return their error reports."""
-    failures: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(count)
-
-    def body(number: int) -> None:
-        try:
-            barrier.wait()
-            target(number)
-        except BaseException:  # noqa: BLE001 - every failure is reported by the test
-            with lock:
-                failures.append(traceback.format_exc())
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return failures
-
-
 def append_with_transaction(db: DatabaseManager, blocks: int) -> None:
     """The legacy pattern: read the last block, then add the next one, in one transaction."""
     for _ in range(blocks):
@@ -96,9 +127,10 @@ def process_appender(url: str, threads: int, blocks: int, start: Any, results: A
     """Body of one process of the multi-process test (spawned: module-level, picklable)."""
     db = DatabaseManager(url)
     try:
-        start.wait(60)
+        assert start.wait(60), "the parent never gave the start"
         failures = run_threads(threads, lambda _: append_with_transaction(db, blocks))
-        results.put(failures)
+        # Tracebacks as text: an exception object may not survive the trip between processes.
+        results.put(["".join(traceback.format_exception(exc)) for exc in failures])
     except BaseException:  # noqa: BLE001 - reported to the parent process
         results.put([traceback.format_exc()])
     finally:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,17 +12,7 @@ from sqlalchemy import text
 from app import BlockStore, Database
 from app.errors import InvalidInputError, TransactionStateError
 
-
-def legacy_hash(index: int, timestamp: str, context: str, importance: float, prev: str) -> str:
-    payload = {
-        "block_index": index,
-        "timestamp": timestamp,
-        "context": context,
-        "importance": importance,
-        "prev_hash": prev,
-    }
-    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
-    return hashlib.sha256(encoded).hexdigest()
+from .legacy_helpers import legacy_hash
 
 
 def table_counts(db: Database) -> dict[str, int]:

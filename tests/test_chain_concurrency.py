@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -12,41 +11,10 @@ from sqlalchemy import text
 from app import BlockStore, Database
 from app.errors import IntegrityViolationError
 
+from .helpers import assert_chain_intact, join_processes, run_threads
+
 THREADS = 100
 APPENDS = 20
-
-
-def _run_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    start = threading.Barrier(count)
-
-    def runner(number: int) -> None:
-        try:
-            start.wait()
-            work(number)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted
-            with lock:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
-
-
-def assert_intact_chain(db: Database, expected: int) -> None:
-    store = BlockStore(db)
-    with db.read() as session:
-        rows = session.execute(
-            text("SELECT block_index, hash, prev_hash FROM blocks ORDER BY block_index")
-        ).all()
-    assert [r[0] for r in rows] == list(range(expected))
-    assert all(rows[i][2] == rows[i - 1][1] for i in range(1, len(rows)))
-    assert rows[0][2] == ""
-    assert store.verify_chain().ok
 
 
 def test_hundred_threads_append_one_chain(db: Database) -> None:
@@ -58,9 +26,9 @@ def test_hundred_threads_append_one_chain(db: Database) -> None:
             block = store.append(f"thread {number} block {i}", keywords=[f"t{number}"])
             returned.append(block.block_index)
 
-    assert _run_threads(THREADS, work) == []
+    assert run_threads(THREADS, work) == []
     assert sorted(returned) == list(range(THREADS * APPENDS))
-    assert_intact_chain(db, THREADS * APPENDS)
+    assert_chain_intact(db, THREADS * APPENDS)
     with db.read() as session:
         per_thread = session.execute(
             text("SELECT keyword, count(*) FROM block_keywords GROUP BY keyword")
@@ -72,7 +40,7 @@ def test_hundred_threads_append_one_chain(db: Database) -> None:
 def _process_worker(url: str, threads: int, appends: int, name: str) -> None:
     db = Database(url)
     store = BlockStore(db)
-    errors = _run_threads(
+    errors = run_threads(
         threads,
         lambda n: [store.append(f"{name}-{n}-{i}", tags=[name]) for i in range(appends)],
     )
@@ -89,10 +57,8 @@ def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join(timeout=240)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
-    assert_intact_chain(db, 4 * 25 * APPENDS)
+    assert join_processes(processes, timeout=240) == [0, 0, 0, 0]
+    assert_chain_intact(db, 4 * 25 * APPENDS)
     with db.read() as session:
         tags = dict(
             session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()
@@ -132,7 +98,7 @@ def test_a_database_error_fails_only_the_guilty_append(db: Database, backend: st
                 with lock:
                     failures.append((number, i, exc))
 
-    assert _run_threads(50, work) == []
+    assert run_threads(50, work) == []
     assert [(n, i) for n, i, _ in failures] == [(0, 5)]
     assert "poisoned block" in str(failures[0][2])
-    assert_intact_chain(db, 499)
+    assert_chain_intact(db, 499)

@@ -16,8 +16,8 @@ import pytest
 from app import BlockStore, Database, Settings
 from app.schema import head_revision
 
-from .conftest import assert_one_line_error
-from .conftest import run_cli as run
+from .helpers import Background, assert_one_line_error
+from .helpers import run_cli as run
 from .legacy_helpers import legacy_hash
 
 
@@ -593,15 +593,15 @@ def test_backup_while_writing(url: str, tmp_path: Path) -> None:
             while not stop.is_set():
                 store.append("during backup")
 
-    thread = threading.Thread(target=writer)
-    thread.start()
+    writing = Background(writer, name="writer").start()
     try:
         dest = tmp_path / "copies" / "backup.db"
         dest.parent.mkdir()
         result = run("--url", url, "backup", str(dest))
     finally:
         stop.set()
-        thread.join()
+        written = writing.outcome()
+    assert written is None  # the writer met no error
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert sorted(os.listdir(dest.parent)) == ["backup.db"]  # one self-contained file

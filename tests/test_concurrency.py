@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -17,37 +18,32 @@ from sqlalchemy.orm import sessionmaker
 from app import Database
 from app.errors import DatabaseBusyError
 
-from .conftest import increment_counter, make_counter_table, open_fds
+from .helpers import (
+    in_thread,
+    increment_counter,
+    make_counter_table,
+    open_fds,
+    run_threads,
+    wait_for_child,
+)
 
 THREADS = 100
 UNITS = 20
 
 
-def _run_threads(target: object, count: int) -> None:
-    threads = [threading.Thread(target=target) for _ in range(count)]  # type: ignore[arg-type]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
 def test_read_modify_write_units_lose_nothing(make_db: object) -> None:
     db: Database = make_db(pool_size=5, max_overflow=5)  # type: ignore[operator]
     make_counter_table(db)
-    errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(_: int) -> None:
         try:
             for _ in range(UNITS):
                 with db.unit_of_work() as session:
                     increment_counter(session)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
         finally:
             db.session.remove()
 
-    _run_threads(worker, THREADS)
-    assert errors == []
+    assert run_threads(THREADS, worker) == []
     with db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == THREADS * UNITS
     stats = db.stats()
@@ -74,7 +70,7 @@ def test_plain_sessions_with_deferred_transactions_lose_updates_or_fail(tmp_path
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def worker() -> None:
+    def worker(_: int) -> None:
         for unit in range(UNITS):
             try:
                 with factory() as session, session.begin():
@@ -86,7 +82,7 @@ def test_plain_sessions_with_deferred_transactions_lose_updates_or_fail(tmp_path
                 with lock:
                     errors.append(exc)
 
-    _run_threads(worker, THREADS)
+    assert run_threads(THREADS, worker) == []  # every failure of a unit is counted in errors
     with engine.connect() as connection:
         final = connection.execute(text("SELECT value FROM counter")).scalar_one()
     engine.dispose()
@@ -111,6 +107,8 @@ def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
         text=True,
     )
     assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    assert ready, "the blocking process did not take the lock within 30s"
     assert process.stdout.readline().strip() == "locked"
     return process
 
@@ -127,7 +125,7 @@ def test_run_gives_up_at_the_deadline_when_another_process_keeps_the_lock(tmp_pa
         waited = time.monotonic() - started
     finally:
         blocker.kill()
-        blocker.wait()
+        blocker.wait(timeout=30)
     assert 1.4 <= waited <= 3.0
     assert str(path) in str(raised.value) and "stayed busy" in str(raised.value)
     assert raised.value.waited is not None and raised.value.waited >= 1.4
@@ -145,7 +143,7 @@ def test_run_succeeds_after_retrying_when_the_lock_is_released(tmp_path: Path) -
     try:
         db.run(increment_counter)
     finally:
-        blocker.wait()
+        blocker.wait(timeout=30)
     assert db.stats().busy_retries >= 1
     with db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == 1
@@ -160,15 +158,11 @@ def test_short_lived_threads_leak_no_connections(db: Database) -> None:
         db.session().execute(text("SELECT 1"))  # a transaction left open on purpose
 
     for _ in range(50):  # warm up the pool and the interpreter's caches
-        thread = threading.Thread(target=touch)
-        thread.start()
-        thread.join()
+        assert in_thread(touch) is None
     gc.collect()
     fds_before = open_fds()
     for _ in range(2000):
-        thread = threading.Thread(target=touch)
-        thread.start()
-        thread.join()
+        assert in_thread(touch) is None  # the thread ended without an error
     gc.collect()
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert open_fds() <= fds_before + 2
@@ -188,8 +182,7 @@ def test_forked_child_uses_its_own_connections(sqlite_db: Database) -> None:
             code = 0 if value == 2 else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid) == 0
     sqlite_db.run(increment_counter)  # the parent's connections still work
     with sqlite_db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == 3

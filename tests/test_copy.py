@@ -19,9 +19,9 @@ from app.errors import (
 from app.models import LEGACY_TABLES
 from app.transfer import copy_database
 
-from .conftest import LEGACY_DDL, LEGACY_FIXTURE
-from .conftest import assert_one_line_error as one_line_error
-from .conftest import run_cli as run
+from .helpers import assert_one_line_error as one_line_error
+from .helpers import run_cli as run
+from .legacy_helpers import LEGACY_DDL, LEGACY_FIXTURE
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True

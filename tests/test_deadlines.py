@@ -7,6 +7,7 @@ comes) and checks the error and when it came: within the deadline plus a small m
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +20,14 @@ from sqlalchemy import text
 import app.blocks
 from app import BlockStore, Database, errors
 
-from .conftest import increment_counter, make_counter_table
-from .helpers import counter_value
+from .helpers import (
+    Background,
+    counter_value,
+    increment_counter,
+    make_counter_table,
+    wait_for_queue,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,24 +55,24 @@ def timed(fn: Any) -> tuple[BaseException | None, float]:
 def test_waiting_for_the_turn_behind_a_unit_that_never_ends(db: Database) -> None:
     inside, leave = threading.Event(), threading.Event()
 
-    def holder(_: int) -> None:
+    def holder() -> None:
         with db.unit_of_work() as session:
             increment_counter(session)
             inside.set()
             assert leave.wait(30)
 
-    thread = threading.Thread(target=holder, args=(0,))
-    thread.start()
+    holding = Background(holder, name="holder", timeout=30).start()
     try:
         assert inside.wait(30)
         error, waited = timed(lambda: db.run(increment_counter))
-        assert isinstance(error, errors.DatabaseBusyError), error
+        assert type(error) is errors.DatabaseBusyError, error
         assert "for a turn to write" in str(error)
         assert error.waited is not None and error.waited >= DEADLINE - 0.01
         assert DEADLINE - 0.01 <= waited < DEADLINE + MARGIN
     finally:
         leave.set()
-        thread.join(30)
+        held = holding.outcome()
+    assert held is None  # the holder's unit committed without an error
     assert counter_value(db) == 1  # the refused unit wrote nothing
 
 
@@ -73,10 +80,9 @@ def test_waiting_for_a_shared_commit_that_a_later_unit_holds_open(db: Database) 
     """The first unit hands its open transaction to a second one that runs on and on: the
     first gets CommitTimeoutError at its deadline; its work is committed with the second."""
     second_inside, leave = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
 
-    def first() -> None:
-        outcome["first"] = timed(lambda: db.run(increment_counter))
+    def first() -> tuple[BaseException | None, float]:
+        return timed(lambda: db.run(increment_counter))
 
     def second() -> None:
         def body(session: Any) -> None:
@@ -86,29 +92,24 @@ def test_waiting_for_a_shared_commit_that_a_later_unit_holds_open(db: Database) 
 
         db.run(body)
 
-    threads = []
+    units: list[Background] = []
     # Hold the turn until both are queued, through another object on the file: its
     # transaction is committed before the turn goes to them (it is not theirs to join).
     with Database(db.url) as other, other.unit_of_work() as session:
         session.execute(text("SELECT 1"))
         for target in (first, second):
-            threads.append(threading.Thread(target=target))
-            threads[-1].start()
-            deadline = time.monotonic() + 30
-            while db.stats().writers_queued < len(threads):
-                assert time.monotonic() < deadline
-                time.sleep(0.001)
+            units.append(Background(target, name=target.__name__, timeout=30).start())
+            wait_for_queue(db, len(units))
     try:
         assert second_inside.wait(30)
-        threads[0].join(DEADLINE + MARGIN + 5)
-        error, waited = outcome["first"]
-        assert isinstance(error, errors.CommitTimeoutError), error
+        error, waited = units[0].join(DEADLINE + MARGIN + 5)
+        assert type(error) is errors.CommitTimeoutError, error
         assert "still holds it open" in str(error)
         assert DEADLINE - 0.01 <= waited < 2 * DEADLINE + MARGIN
     finally:
         leave.set()
-        for thread in threads:
-            thread.join(30)
+        ended = [unit.outcome() for unit in units]
+    assert ended[1] is None  # the second unit committed without an error
     assert counter_value(db) == 2  # "may still be committed": it was, with the second unit
 
 
@@ -136,40 +137,41 @@ def test_appends_waiting_behind_a_write_that_never_ends(
         outcomes[name] = timed(lambda: store.append(name))
 
     # Hold the turn while the three appends queue up.
-    threads = []
+    appends: list[Background] = []
     with Database(db.url) as other, other.unit_of_work() as session:
         session.execute(text("SELECT 1"))
         for name in carried:
-            threads.append(threading.Thread(target=append, args=(name,)))
-            threads[-1].start()
+            appends.append(Background(functools.partial(append, name), name=name).start())
         # One of them leads and waits for the turn; the other two queue behind it and will
         # be written together, in the batch that hangs.
         batcher = store._committer()
-        deadline = time.monotonic() + 30
-        while db.stats().writers_queued < 1 or len(batcher._queue) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        wait_until(
+            lambda: db.stats().writers_queued >= 1 and len(batcher._queue) >= 2,
+            "one append waits for the turn, two queue behind it",
+            timeout=30,
+        )
     assert writing.wait(30)
-    late = threading.Thread(target=append, args=("queued",))
-    late.start()
+    late = Background(lambda: append("queued"), name="queued").start()
+    appends.append(late)
     try:
         late.join(DEADLINE + MARGIN + 5)
         error, waited = outcomes["queued"]
-        assert isinstance(error, errors.DatabaseBusyError), error
+        assert type(error) is errors.DatabaseBusyError, error
         assert "it was not written" in str(error)
         assert DEADLINE - 0.01 <= waited < DEADLINE + MARGIN
-        for thread in threads:
-            thread.join(2 * DEADLINE + MARGIN + 5)
+        for carrier in appends[:-1]:
+            # A bounded wait, not a check: the leader stays in its write until ``leave``.
+            carrier.thread.join(2 * DEADLINE + MARGIN + 5)
         followers = [name for name in carried if outcomes.get(name, (None,))[0] is not None]
         for name in followers:
             error, waited = outcomes[name]
-            assert isinstance(error, errors.CommitTimeoutError), error
+            assert type(error) is errors.CommitTimeoutError, error
             assert 2 * DEADLINE - 0.01 <= waited < 2 * DEADLINE + MARGIN
         assert followers  # the leader itself is the one stuck in the write
     finally:
         leave.set()
-        for thread in [*threads, late]:
-            thread.join(30)
+        ended = [unit.outcome() for unit in appends]
+    assert ended == [None] * 4  # every append thread ended, its outcome recorded
     contexts = [record.context for record in store.page(limit=10)]
     # "May still be committed": the carried appends were; the withdrawn one never is.
     assert sorted(contexts) == sorted(["first", *carried])

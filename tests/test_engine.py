@@ -18,6 +18,8 @@ from sqlalchemy.pool import QueuePool, StaticPool
 from app import BlockStore, Database
 from app.errors import ConfigurationError, NotADatabaseError, ReadOnlyDatabaseError
 
+from .helpers import run_threads
+
 
 def _pragmas(db: Database) -> dict[str, object]:
     names = (
@@ -50,26 +52,17 @@ def test_pragmas_hold_on_every_pooled_connection(tmp_path: Path) -> None:
         journal_size_limit=1 << 22,
     )
     seen: list[dict[str, object]] = []
-    errors: list[BaseException] = []
     inside = threading.Barrier(8, timeout=60)
 
-    def worker() -> None:
-        try:
-            # All eight read units open at once: the pool must open eight connections.
-            with db.read() as session:
-                start_read = session.execute(text("PRAGMA foreign_keys")).scalar()
-                assert start_read == 1
-                seen.append(_pragmas(db))
-                inside.wait()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def worker(_: int) -> None:
+        # All eight read units open at once: the pool must open eight connections.
+        with db.read() as session:
+            start_read = session.execute(text("PRAGMA foreign_keys")).scalar()
+            assert start_read == 1
+            seen.append(_pragmas(db))
+            inside.wait()
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(8, worker) == []
     assert len(seen) == 8
     # The pool keeps pool_size of them; the overflow connections closed on return.
     assert db.engine.pool.checkedin() == 4  # type: ignore[attr-defined]
@@ -101,21 +94,12 @@ def test_memory_database_is_one_database_shared_by_threads() -> None:
     assert isinstance(db.engine.pool, StaticPool)
     with db.unit_of_work() as session:
         session.execute(text("CREATE TABLE shared (value INTEGER)"))
-    errors: list[BaseException] = []
 
     def worker(value: int) -> None:
-        try:
-            with db.unit_of_work() as session:
-                session.execute(text("INSERT INTO shared VALUES (:v)"), {"v": value})
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        with db.unit_of_work() as session:
+            session.execute(text("INSERT INTO shared VALUES (:v)"), {"v": value})
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(20, worker) == []
     with db.read() as session:
         assert session.execute(text("SELECT count(*), sum(value) FROM shared")).one() == (20, 190)
     db.dispose()

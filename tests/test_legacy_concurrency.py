@@ -17,13 +17,8 @@ import pytest
 
 from app.legacy import DatabaseManager
 
-from .legacy_helpers import (
-    append_with_transaction,
-    chain_is_intact,
-    next_block,
-    process_appender,
-    run_threads,
-)
+from .helpers import in_thread, join_processes, run_threads
+from .legacy_helpers import append_with_transaction, chain_is_intact, next_block, process_appender
 
 WRITERS, BLOCKS_EACH, SEARCHERS = 100, 20, 10
 PAUSE = 0.5  # seconds between two rounds of a search thread
@@ -208,9 +203,7 @@ def test_thread_ending_with_uncommitted_raw_writes_rolls_back_and_frees_the_lock
         pending.append(db.conn.in_transaction)
 
     with DatabaseManager(db_url) as db:
-        thread = threading.Thread(target=forgetful)
-        thread.start()
-        thread.join()
+        assert in_thread(forgetful) is None
         assert pending == [True]
         assert db.append_block("after") == 0
         assert db.get_short_term_memory_by_id("x") is None
@@ -231,9 +224,7 @@ def test_four_processes_of_25_threads_share_one_file(tmp_path: Path) -> None:
         process.start()
     start.set()
     failures = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(60)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    assert join_processes(processes, timeout=60) == [0, 0, 0, 0]
     assert failures == [[], [], [], []]
     with DatabaseManager(path) as db:
         assert chain_is_intact(db) == (4 * 25 * 5, None)

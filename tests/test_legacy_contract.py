@@ -22,8 +22,7 @@ from app import errors
 from app.legacy import DatabaseManager
 from app.schema import legacy_schema_differences
 
-from .conftest import LEGACY_DDL
-from .legacy_helpers import chain_is_intact, legacy_hash, next_block, row_counts
+from .legacy_helpers import LEGACY_DDL, chain_is_intact, legacy_hash, next_block, row_counts
 
 BLOCK_KEYS = ["block_index", "timestamp", "context", "importance", "hash", "prev_hash"]
 ALL_KEYS = [*BLOCK_KEYS, "keywords", "tags", "metadata"]
@@ -302,7 +301,7 @@ def test_add_block_refuses_bad_input_and_writes_nothing(
     bad[field] = value
     with pytest.raises(ValueError) as info:
         manager.add_block(bad)
-    assert isinstance(info.value, errors.InvalidInputError)
+    assert type(info.value) is errors.InvalidInputError
     assert row_counts(manager) == before
     assert manager.get_block(1) is None
 
@@ -328,7 +327,7 @@ def test_duplicate_block_index_raises_integrity_error_and_leaves_nothing(
     )
     with pytest.raises(sqlite3.IntegrityError) as info:
         manager.add_block(duplicate)
-    assert isinstance(info.value, errors.IntegrityViolationError)
+    assert type(info.value) is errors.IntegrityViolationError
     assert row_counts(manager) == before
     assert manager.get_block(0) == stored
 

@@ -19,8 +19,14 @@ from sqlalchemy import text
 
 from app import BlockStore, Database, DatabaseManager, errors, schema
 
-from .conftest import increment_counter, make_counter_table
-from .helpers import assert_chain_intact, counter_value, run_threads
+from .helpers import (
+    Background,
+    assert_chain_intact,
+    counter_value,
+    increment_counter,
+    make_counter_table,
+    run_threads,
+)
 from .legacy_helpers import next_block
 
 pytestmark = pytest.mark.timeout(180)
@@ -408,15 +414,13 @@ def test_a_fork_waits_for_a_unit_in_progress_but_not_for_ever(tmp_path: Path) ->
                     inside.set()
                     time.sleep(hold)
 
-            thread = threading.Thread(target=lambda: holder(0))
-            thread.start()
+            holding = Background(lambda: holder(0), name="holder", timeout=10).start()
             assert inside.wait(10)
             started = time.monotonic()
             answer = _fork_and_report(_child_tries_to_write, sqlite_url)
             assert answer.startswith(expected), answer
             assert time.monotonic() - started < 10
-            thread.join(10)
-            assert not thread.is_alive()
+            assert holding.join() is None  # the unit ended without an error
 
 
 @pytest.fixture

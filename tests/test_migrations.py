@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 from app import BlockStore, Database, schema
 from app.errors import SchemaMismatchError, SchemaOutOfDateError
 
-from .conftest import LEGACY_DDL
+from .legacy_helpers import LEGACY_DDL
 
 ROOT = Path(__file__).parent.parent
 LEGACY_TABLES = [

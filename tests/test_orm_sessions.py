@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from app import Database, errors
 
-from .helpers import run_threads, wait_for_queue
+from .helpers import Background, in_thread, run_threads, wait_for_queue
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,11 +116,7 @@ def test_a_unit_reads_the_row_not_what_this_thread_cached(orm_db: Database) -> N
             return row.value
 
     assert bump() == 1
-    outcome: list[int] = []
-    thread = threading.Thread(target=lambda: outcome.append(bump()))
-    thread.start()
-    thread.join(30)
-    assert outcome == [2]
+    assert in_thread(bump, timeout=30) == 2
     assert bump() == 3
     assert counter(orm_db) == 3
 
@@ -160,9 +156,7 @@ def test_a_plain_session_write_based_on_a_stale_object_is_refused(orm_db: Databa
     with orm_db.unit_of_work() as session:
         row = session.get(Counter, 1)
         assert row is not None and row.value == 0
-    other = threading.Thread(target=lambda: orm_db.run(set_counter(7)))
-    other.start()
-    other.join(30)
+    assert in_thread(lambda: orm_db.run(set_counter(7)), timeout=30) is None
     row.value += 1  # based on 0, read before the other writer's 7
     with pytest.raises(errors.ConflictError, match="changed by another writer"):
         orm_db.session.commit()
@@ -185,12 +179,10 @@ def test_a_plain_session_holds_the_write_turn_until_its_transaction_ends(
         orm_db.run(set_counter(1))
         done.set()
 
-    thread = threading.Thread(target=unit)
-    thread.start()
-    wait_for_queue(orm_db, 1)
-    assert not done.is_set()  # it waits for the plain Session's transaction
-    session.commit()
-    thread.join(30)
+    with Background(unit, name="unit", timeout=30):
+        wait_for_queue(orm_db, 1)
+        assert not done.is_set()  # it waits for the plain Session's transaction
+        session.commit()
     assert done.is_set()
     assert counter(orm_db) == 1
 
@@ -246,11 +238,7 @@ def test_a_read_unit_ended_on_another_thread_frees_the_thread_it_began_on(
 
     rows = stream()
     assert next(rows) == 0
-    finished: list[int] = []
-    thread = threading.Thread(target=lambda: finished.extend(rows))
-    thread.start()
-    thread.join(30)
-    assert finished == list(range(1, 32))
+    assert in_thread(lambda: list(rows), timeout=30) == list(range(1, 32))
     orm_db.run(set_counter(9))
     assert counter(orm_db) == 9
 
@@ -269,7 +257,7 @@ def test_units_in_two_asyncio_tasks_on_one_thread_are_refused_up_front(
             await asyncio.sleep(0.05)  # another task runs meanwhile
 
     async def task_b() -> None:
-        await a_inside.wait()
+        await asyncio.wait_for(a_inside.wait(), 30)
         with orm_db.unit_of_work() as session:
             session.add(Child(id=200, parent_id=1))
 
@@ -278,7 +266,7 @@ def test_units_in_two_asyncio_tasks_on_one_thread_are_refused_up_front(
 
     outcome = asyncio.run(main())
     assert outcome[0] is None
-    assert isinstance(outcome[1], errors.TransactionStateError)
+    assert type(outcome[1]) is errors.TransactionStateError
     assert "asyncio" in str(outcome[1])
     with orm_db.read() as session:
         ids = session.execute(select(Child.id).where(Child.id >= 100)).scalars().all()
@@ -296,17 +284,17 @@ def test_plain_writes_of_another_asyncio_task_inside_a_unit_are_refused(
             with orm_db.unit_of_work() as session:
                 session.execute(text("SELECT 1"))
                 inside.set()
-                await leave.wait()
+                await asyncio.wait_for(leave.wait(), 30)
 
         task = asyncio.create_task(holder())
-        await inside.wait()
+        await asyncio.wait_for(inside.wait(), 30)
         try:
             orm_db.run(lambda session: session.execute(text("SELECT 1")))
         except errors.TransactionStateError as exc:
             return exc
         finally:
             leave.set()
-            await task
+            await asyncio.wait_for(task, 30)
         return None
 
-    assert isinstance(asyncio.run(main()), errors.TransactionStateError)
+    assert type(asyncio.run(main())) is errors.TransactionStateError

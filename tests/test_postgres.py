@@ -36,8 +36,17 @@ from app.legacy import DatabaseManager
 from app.models import LEGACY_TABLES
 from app.schema import current_revision, head_revision
 
-from .legacy_helpers import append_with_transaction, next_block, run_threads
-from .test_chain_concurrency import assert_intact_chain
+from .helpers import (
+    JOIN_TIMEOUT,
+    Background,
+    assert_chain_intact,
+    in_thread,
+    join_processes,
+    run_threads,
+    wait_for_child,
+    wait_until,
+)
+from .legacy_helpers import append_with_transaction, next_block
 
 pytestmark = pytest.mark.parametrize(
     "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -78,6 +87,11 @@ def _increment(session: Session) -> None:
     session.execute(text("UPDATE pairs SET value = value + 1 WHERE id = 1"))
 
 
+def _backend_alive(connection: psycopg.Connection[Any], pid: int) -> bool:
+    found = connection.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+    return found.fetchone() is not None
+
+
 # -- the pool and the connections ------------------------------------------------------------
 
 
@@ -109,8 +123,11 @@ def test_pre_ping_replaces_a_connection_the_server_closed(
             raw = session.connection().connection.dbapi_connection
         assert _quiet(raw)  # idle and healthy: handed out without a round trip
         other.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        while other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
-            time.sleep(0.01)
+        wait_until(
+            lambda pid=pid: not _backend_alive(other, pid),
+            f"the server ended backend {pid}",
+            pause=0.01,
+        )
         assert not _quiet(raw)  # the server's goodbye is waiting on the socket
         if pre_ping:
             with db.read() as session:
@@ -131,9 +148,8 @@ def test_read_units_are_read_only_repeatable_read_snapshots(db: Database) -> Non
         assert scalar(session, "SHOW transaction_isolation") == "repeatable read"
         assert scalar(session, "SHOW transaction_read_only") == "on"
         assert scalar(session, "SELECT count(*) FROM blocks") == 1
-        appended = threading.Thread(target=store.append, args=("second",))
-        appended.start()
-        appended.join()
+        appended = in_thread(lambda: store.append("second"))
+        assert not isinstance(appended, BaseException), appended
         assert scalar(session, "SELECT count(*) FROM blocks") == 1  # the same snapshot
     assert store.count() == 2
     with db.reading() as connection:  # the layer's own reads (searches, chain checks)
@@ -170,8 +186,13 @@ def test_run_gives_up_at_the_deadline_while_another_session_holds_the_lock(
     assert 1.4 <= waited <= 3.0
     assert raised.value.waited is not None and raised.value.waited >= 1.4
     assert db.stats().busy_retries >= 1
-    threading.Timer(0.5, other.rollback).start()
-    db.run(_increment)  # succeeds once the other session lets go
+
+    def let_go_soon() -> None:
+        time.sleep(0.5)
+        other.rollback()
+
+    with Background(let_go_soon, name="other session"):
+        db.run(_increment)  # succeeds once the other session lets go
     assert _values(db) == {1: 1, 2: 0}
 
 
@@ -190,21 +211,22 @@ def test_run_retries_a_real_deadlock(db: Database, other: psycopg.Connection[Any
         if len(attempts) == 1:
             ours_holds_row_2.set()
             waiting = "SELECT count(*) FROM pg_locks WHERE pid = :pid AND NOT granted"
-            while not scalar_of(session, waiting, pid=other.info.backend_pid):
-                time.sleep(0.01)
+            wait_until(
+                lambda: scalar_of(session, waiting, pid=other.info.backend_pid),
+                "the other session waits for our row",
+                pause=0.01,
+            )
         session.execute(text("UPDATE pairs SET value = value + 1 WHERE id = 1"))
         return attempts[-1]
 
     def the_other_session() -> None:
-        ours_holds_row_2.wait(10)
+        assert ours_holds_row_2.wait(JOIN_TIMEOUT)
         other.execute("UPDATE pairs SET value = value + 10 WHERE id = 2")  # waits for ours
         other.commit()
 
-    helper = threading.Thread(target=the_other_session)
-    helper.start()
     retries = db.stats().busy_retries
-    assert db.run(unit) == 2
-    helper.join()
+    with Background(the_other_session, name="other session"):
+        assert db.run(unit) == 2
     assert attempts == [1, 2]
     assert db.stats().busy_retries == retries + 1
     assert _values(db) == {1: 11, 2: 11}  # each side's work exactly once
@@ -226,8 +248,7 @@ def test_forked_child_uses_its_own_connections(db: Database) -> None:
             code = 0 if _values(db)[1] == 2 else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid) == 0
     db.run(_increment)  # the parent's connections still work
     assert _values(db) == {1: 3, 2: 0}
 
@@ -412,10 +433,8 @@ def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join(timeout=240)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
-    assert_intact_chain(db, 4 * 25 * 20)
+    assert join_processes(processes, timeout=240) == [0, 0, 0, 0]
+    assert_chain_intact(db, 4 * 25 * 20)
     with db.read() as session:
         tags = dict(
             session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()

@@ -10,7 +10,7 @@ import pytest
 from app._shared_transaction import CommitWaiter, SharedTransaction
 from app.errors import CommitTimeoutError, StorageFullError
 
-from .conftest import in_thread
+from .helpers import in_thread
 
 URL = "sqlite:///memory.db"
 

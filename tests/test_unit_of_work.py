@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ from app._shared_transaction import SharedTransaction
 from app.errors import ReadOnlyUnitError, TransactionStateError
 from app.models import ShortTermMemory
 
-from .conftest import increment_counter, make_counter_table
+from .helpers import Background, in_thread, increment_counter, make_counter_table, wait_for_queue
 
 
 def _make_table(db: Database) -> None:
@@ -93,29 +92,24 @@ def test_reads_proceed_while_a_writer_holds_the_lock(db: Database) -> None:
         session.execute(text("INSERT INTO items VALUES (1, 'committed')"))
     writer_in = threading.Event()
     reader_done = threading.Event()
-    errors: list[BaseException] = []
 
     def writer() -> None:
-        try:
-            with db.unit_of_work() as session:
-                session.execute(text("INSERT INTO items VALUES (2, 'uncommitted')"))
-                writer_in.set()
-                # Hold the write lock until the reader finished; a reader that queued
-                # behind writers would never finish and this wait would time out.
-                assert reader_done.wait(10)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        with db.unit_of_work() as session:
+            session.execute(text("INSERT INTO items VALUES (2, 'uncommitted')"))
+            writer_in.set()
+            # Hold the write lock until the reader finished; a reader that queued
+            # behind writers would never finish and this wait would time out.
+            assert reader_done.wait(10)
 
-    thread = threading.Thread(target=writer)
-    thread.start()
+    writing = Background(writer, name="writer").start()
     assert writer_in.wait(10)
     try:
         # The read neither waits for the writer nor sees its uncommitted row.
         assert _names(db) == ["committed"]
     finally:
         reader_done.set()
-        thread.join()
-    assert errors == []
+        written = writing.outcome()
+    assert written is None  # the writer's unit committed without an error
     assert _names(db) == ["committed", "uncommitted"]
 
 
@@ -132,10 +126,8 @@ def test_read_unit_sees_one_stable_snapshot(db: Database) -> None:
                 other.execute(text("INSERT INTO items VALUES (2, 'second')"))
             committed.set()
 
-        thread = threading.Thread(target=writer)
-        thread.start()
-        assert committed.wait(10)
-        thread.join()
+        assert in_thread(writer) is None
+        assert committed.is_set()
         after = list(session.execute(text("SELECT name FROM items ORDER BY id")).scalars())
     assert before == after == ["first"]
     assert _names(db) == ["first", "second"]
@@ -205,19 +197,14 @@ def test_units_share_one_commit_up_to_max_units_per_commit(
         with db.unit_of_work() as session:
             increment_counter(session)
 
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
+    units = [Background(first, name="first", timeout=30).start()]
     assert first_in.wait(30)
-    threads += [threading.Thread(target=other) for _ in range(9)]
-    for thread in threads[1:]:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while db.stats().writers_queued < 9:  # every other unit waits for its turn
-        assert time.monotonic() < deadline, "the units never all queued"
-        time.sleep(0.001)
-    release.set()
-    for thread in threads:
-        thread.join(30)
+    units += [Background(other, name=f"other {n}", timeout=30).start() for n in range(9)]
+    try:
+        wait_for_queue(db, 9)  # every other unit waits for its turn
+    finally:
+        release.set()
+    assert [unit.join() for unit in units] == [None] * 10  # each ended without an error
     assert groups == [4, 4, 2]
     with db.read() as session:
         assert session.execute(text("SELECT value FROM counter")).scalar_one() == 10
