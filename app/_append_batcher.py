@@ -33,8 +33,8 @@ from typing import Generic, TypeVar
 from . import errors
 from ._shared_transaction import WriteOutcome
 
-# Longest the leader waits for the callers of the last batch (see _gather). Measured on two
-# cores with 100 appending threads, where waking 100 callers takes about 5 ms.
+# Longest the leader waits for the callers of the last batch (see _gather): long enough for
+# a hundred callers to be woken one after another.
 _GATHER_LIMIT = 0.02
 # A sleeping caller looks at its append's state at least this often.
 _SLICE = 0.25
@@ -48,10 +48,10 @@ class _Request(Generic[Item, Result]):
         "done",
         "error",
         "gate",
-        "in_relay",
+        "in_chain",
         "items",
+        "next_to_wake",
         "outcome",
-        "relay",
         "results",
         "woken",
     )
@@ -62,12 +62,12 @@ class _Request(Generic[Item, Result]):
         self.error: BaseException | None = None
         self.done = False
         self.woken = False  # gate released for this wait (guarded by the mutex)
-        self.relay: _Request[Item, Result] | None = None  # the caller to wake after this one
-        self.in_relay = False  # counted in the batcher's _waking (guarded by its mutex)
+        self.next_to_wake: _Request[Item, Result] | None = None  # the caller to wake after this one
+        self.in_chain = False  # counted in the batcher's _waking (guarded by its mutex)
         # Where its own write went when it was written alone (see _commit_alone).
         self.outcome: WriteOutcome | None = None
         self.gate = threading.Lock()
-        self.gate.acquire()
+        self.gate.acquire()  # bounded: a new lock, free: taking it never waits
 
 
 class _Batch(Generic[Item, Result]):
@@ -169,7 +169,7 @@ class AppendBatcher(Generic[Item, Result]):
             # out of a chain still to be built; passing on wakes the rest of one already
             # built. Otherwise the callers after it would sleep for ever.
             request.woken = True
-            self._pass_on(request)
+            self._wake_next(request)
         self._stop_leading()
 
     def _sleep(self, request: _Request[Item, Result], started: float) -> None:
@@ -177,7 +177,7 @@ class AppendBatcher(Generic[Item, Result]):
         if request.gate.acquire(timeout=_SLICE):
             with self._mutex:
                 request.woken = False
-                self._pass_on(request)
+                self._wake_next(request)
             return
         waited = time.monotonic() - started
         if request.done or waited < self._deadline:
@@ -222,8 +222,8 @@ class AppendBatcher(Generic[Item, Result]):
 
         While they are being woken (see ``_wake_in_turn``) they are about to append again;
         writing now would make the writer compete with them for the GIL after every
-        statement and cut the batch short (measured: overlapping the two is slower). So
-        wait until the last of them has been woken, never longer than ``_GATHER_LIMIT``.
+        statement and cut the batch short (overlapping the two is slower). So wait until the
+        last of them has been woken, never longer than ``_GATHER_LIMIT``.
         """
         with self._mutex:
             self._all_woken.wait_for(lambda: not self._waking, _GATHER_LIMIT)
@@ -318,24 +318,24 @@ class AppendBatcher(Generic[Item, Result]):
         next batch's writer with them); instead each caller, once running, wakes the next.
         """
         with self._mutex:
-            sleepers = [r for r in batch if not r.woken and not r.in_relay]
+            sleepers = [r for r in batch if not r.woken and not r.in_chain]
             for current, following in itertools.pairwise(sleepers):
-                current.relay = following
+                current.next_to_wake = following
             for sleeper in sleepers:
-                sleeper.in_relay = True
+                sleeper.in_chain = True
             if sleepers:
                 self._waking += len(sleepers)
                 self._wake(sleepers[0])
 
-    def _pass_on(self, request: _Request[Item, Result]) -> None:
+    def _wake_next(self, request: _Request[Item, Result]) -> None:
         """Called with the mutex held by a caller that is awake: take it out of the wake-up
         count and wake the next caller of its chain."""
-        if request.in_relay:
-            request.in_relay = False
+        if request.in_chain:
+            request.in_chain = False
             self._waking -= 1
             if not self._waking:
                 self._all_woken.notify()
-        following, request.relay = request.relay, None
+        following, request.next_to_wake = request.next_to_wake, None
         if following is not None:
             self._wake(following)
 

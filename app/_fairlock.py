@@ -28,7 +28,7 @@ class _Waiter:
         self.owner = owner
         self.joins = joins
         self.gate = threading.Lock()
-        self.gate.acquire()
+        self.gate.acquire()  # bounded: a new lock, free: taking it never waits
 
 
 class FairLock:

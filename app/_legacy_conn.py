@@ -101,7 +101,7 @@ class UseTracker:
             self._on_last()
 
     def __enter__(self) -> None:
-        self.acquire()
+        self.acquire()  # bounded: counts a call in progress, never waits
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
@@ -115,7 +115,7 @@ class _ImplicitUnit:
     """The write unit that a thread's first raw write opened (pysqlite's implicit BEGIN)."""
 
     def __init__(self, db: Database, users: UseTracker) -> None:
-        users.acquire()
+        users.acquire()  # bounded: counts a call in progress, never waits
         self._users = users
         try:
             self._unit: Any = db.unit_of_work()

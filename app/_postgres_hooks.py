@@ -27,26 +27,9 @@ PG_WRITE_LOCK_KEY = int.from_bytes(
 
 
 def install_postgres_hooks(engine: Engine, settings: Settings) -> None:
-    """PostgreSQL: the layer begins each transaction itself, and write units take turns.
-
-    Write units take a transaction-level advisory lock (``pg_advisory_xact_lock``) as
-    their first statement, rather than locking a chain-head row. What has to be serialised
-    is every write unit, not only the chain append: code written for SQLite (``db.run``
-    read-modify-write units, the legacy ``transaction()`` pattern, migrations) relies on one
-    writer at a time. The advisory lock gives that without a schema change and without a
-    hot row rewritten by every append (a dead tuple and WAL each time). It is always the
-    unit's first lock, so it cannot deadlock with row locks taken later, and the server
-    releases it at COMMIT or ROLLBACK, or when the session dies, so a crashed process never
-    leaves it held. Write units run at READ COMMITTED: every statement after the lock sees
-    the previous writer's commit, which makes "read the head, append the next block" atomic
-    across processes (a REPEATABLE READ snapshot would be taken before the lock was
-    granted). As on SQLite, writers of one database take turns even when they touch
-    unrelated rows; the key is per database, so schemas of one database share it.
-
-    A writer waits for the lock at most ``busy_timeout`` (``lock_timeout`` for that one
-    statement), as SQLite's busy handler does, so ``Database.run`` can retry and give up at
-    its deadline instead of waiting for ever behind a stuck writer.
-    """
+    """PostgreSQL: the layer begins each transaction itself, and write units take turns on
+    a transaction-level advisory lock, waiting for it at most ``busy_timeout`` (why a lock
+    and not a row: docs/architecture.md)."""
     # BEGIN with the unit's isolation level or write lock in one simple query: one round
     # trip where psycopg's implicit BEGIN followed by our statement took two.
     lock = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})"

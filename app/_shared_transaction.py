@@ -48,14 +48,14 @@ _TRANSACTION_ABORTING = (
 class CommitWaiter:
     """A unit whose work is in a shared transaction, waiting for its commit."""
 
-    __slots__ = ("done", "error", "following", "gate")
+    __slots__ = ("done", "error", "gate", "next_to_wake")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.done = False  # the transaction has ended (error is final)
-        self.following: CommitWaiter | None = None  # the unit to wake once this one is awake
+        self.next_to_wake: CommitWaiter | None = None  # the unit to wake once this one is awake
         self.gate = threading.Lock()
-        self.gate.acquire()
+        self.gate.acquire()  # bounded: a new lock, free: taking it never waits
 
     def wait(self, deadline: float, database: str) -> BaseException | None:
         """Block until the transaction ends; return its error, or None once committed.
@@ -93,9 +93,9 @@ class CommitWaiter:
                 except BaseException as exc:  # noqa: BLE001 - delivered once the outcome is known
                     interrupted = exc
         finally:
-            following, self.following = self.following, None
-            if following is not None:
-                following.gate.release()
+            next_to_wake, self.next_to_wake = self.next_to_wake, None
+            if next_to_wake is not None:
+                next_to_wake.gate.release()
         if interrupted is not None:
             raise interrupted
         return self.error
@@ -261,9 +261,9 @@ class SharedTransaction:
         """Hand every waiting unit the outcome and wake the first of them (each wakes the
         next). Safe to call again: nobody is woken twice."""
         waiters = self.waiters
-        for waiter, following in zip(waiters, [*waiters[1:], None], strict=False):
+        for waiter, next_to_wake in zip(waiters, [*waiters[1:], None], strict=False):
             waiter.error = error
-            waiter.following = following
+            waiter.next_to_wake = next_to_wake
             waiter.done = True  # last: a waiter that sees it also sees its error
         if waiters and not self.woke:
             self.woke = True

@@ -88,7 +88,7 @@ def install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             if path is not None:
                 _check_same_file(record_info(conn).get("file_id"), path, settings)
             # Take the write lock now: a DEFERRED transaction that reads and then writes
-            # can fail with SQLITE_BUSY at once, without waiting (see architecture notes).
+            # can fail with SQLITE_BUSY at once, without waiting for busy_timeout.
             raw_execute(conn, "BEGIN IMMEDIATE")
         elif unit == "read":
             raw_execute_all(conn, (("BEGIN", None), ("PRAGMA query_only = ON", None)))

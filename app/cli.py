@@ -37,9 +37,9 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, errors
-from . import stress as stress_defaults
-from . import transfer as transfer_defaults
 from .settings import URL_ENV
+from .stress import DEFAULT_BLOCKS, DEFAULT_READ_PAUSE, DEFAULT_READ_THREADS, DEFAULT_THREADS
+from .transfer import DEFAULT_BATCH as DEFAULT_COPY_BATCH
 
 URL_HELP = (
     "Database URL (sqlite:///relative/path.db, sqlite:////absolute/path.db, "
@@ -439,7 +439,7 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
 @click.option(
     "-t",
     "--threads",
-    default=stress_defaults.DEFAULT_THREADS,
+    default=DEFAULT_THREADS,
     show_default=True,
     type=click.IntRange(1),
     help="Appending threads in each process.",
@@ -447,7 +447,7 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
 @click.option(
     "-n",
     "--blocks",
-    default=stress_defaults.DEFAULT_BLOCKS,
+    default=DEFAULT_BLOCKS,
     show_default=True,
     type=click.IntRange(1),
     help="Blocks to append in all.",
@@ -463,14 +463,14 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
 @click.option(
     "-r",
     "--read-threads",
-    default=stress_defaults.DEFAULT_READ_THREADS,
+    default=DEFAULT_READ_THREADS,
     show_default=True,
     type=click.IntRange(0),
     help="Threads searching while the appends run.",
 )
 @click.option(
     "--read-pause",
-    default=stress_defaults.DEFAULT_READ_PAUSE * 1000,
+    default=DEFAULT_READ_PAUSE * 1000,
     show_default=True,
     type=click.FloatRange(0),
     help="Milliseconds each searching thread waits between two searches.",
@@ -626,7 +626,7 @@ def _stress_table(result: Any) -> Table:
 )
 @click.option(
     "--batch-size",
-    default=transfer_defaults.DEFAULT_BATCH,
+    default=DEFAULT_COPY_BATCH,
     show_default=True,
     type=click.IntRange(1),
     help="Rows read and written per statement.",

@@ -74,9 +74,8 @@ class Settings:
         max_units_per_commit: most write units that share one commit. A unit that ends
             while other writers of the process wait for their turn leaves its transaction
             open for them (each unit in its own SAVEPOINT) and returns once the last of them
-            commits; 1 commits every unit on its own. The default, 64, measured best with
-            100 writing threads on two cores: against 32 it raised throughput by about 10%
-            and lowered p99 latency by 8-15%; with 50 or 200 threads the two were even.
+            commits; 1 commits every unit on its own (the README's benchmark section says
+            how the default was chosen).
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.

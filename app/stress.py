@@ -14,16 +14,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import multiprocessing
 import os
-import queue
 import random
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,10 +31,11 @@ from sqlalchemy.pool import NullPool
 
 from ._hints import command_hint
 from ._sqlite_file import probe_sqlite_file, read_only
-from ._stress_blocks import make_block, now, percentiles
+from ._stress_blocks import make_block, percentiles
+from ._stress_workers import EMBEDDING_MODEL, TAG, in_process, in_processes, merge_stats
 from .blocks import BlockStore
 from .database import Database
-from .errors import AppError, ConfigurationError, DatabaseUnavailableError, InvalidInputError
+from .errors import AppError, ConfigurationError, InvalidInputError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +44,6 @@ DEFAULT_THREADS = 8
 DEFAULT_BLOCKS = 2000
 DEFAULT_READ_THREADS = 2
 DEFAULT_READ_PAUSE = 0.01
-_START_TIMEOUT = 60.0
-#: Stress blocks carry their own embedding model, so embedding searches compare only with
-#: them whatever else the database holds.
-EMBEDDING_MODEL = "stress"
-#: The tag every stress block carries.
-TAG = "stress"
 
 
 @dataclass
@@ -102,103 +94,6 @@ class StressResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-class _Tally:
-    """Latencies and error kinds of one group of appending threads."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.latencies: list[float] = []
-        self.errors: Counter[str] = Counter()
-
-
-def _append_threads(
-    store: BlockStore,
-    threads: int,
-    blocks: int,
-    first_worker: int,
-    tick: Callable[[], None],
-    run_id: str,
-) -> _Tally:
-    """Append ``blocks`` blocks from ``threads`` threads; return once all are done."""
-    tally = _Tally()
-    barrier = threading.Barrier(threads)
-
-    def work(worker: int, count: int) -> None:
-        mine: list[float] = []
-        failed: Counter[str] = Counter()
-        barrier.wait()
-        for seq in range(count):
-            block = make_block(worker, seq)
-            started = time.perf_counter()
-            try:
-                store.append(
-                    block.context,
-                    keywords=block.keywords,
-                    tags=(TAG, *block.tags[1:]),
-                    importance=block.importance,
-                    metadata={**block.metadata, "source": "app stress", "run": run_id},
-                    embedding=block.embedding,
-                    embedding_model=EMBEDDING_MODEL,
-                    timestamp=now(),
-                )
-            except Exception as exc:  # noqa: BLE001 - counted and reported, not raised
-                failed[type(exc).__name__] += 1
-            else:
-                mine.append(time.perf_counter() - started)
-            tick()
-        store.db.session.remove()
-        with tally.lock:
-            tally.latencies.extend(mine)
-            tally.errors.update(failed)
-
-    shares = [blocks // threads + (1 if i < blocks % threads else 0) for i in range(threads)]
-    workers = [
-        threading.Thread(target=work, args=(first_worker + i, shares[i]), name=f"append-{i}")
-        for i in range(threads)
-    ]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    return tally
-
-
-def _process_main(
-    url: str,
-    threads: int,
-    blocks: int,
-    first_worker: int,
-    counter: Any,
-    ready: Any,
-    start: Any,
-    results: Any,
-    run_id: str,
-) -> None:
-    """One appending process (started with ``spawn``: no connection crosses ``fork``)."""
-    with Database(url) as db:
-        store = BlockStore(db)
-        ready.put(True)
-        start.wait()
-
-        def tick() -> None:
-            with counter.get_lock():
-                counter.value += 1
-
-        tally = _append_threads(store, threads, blocks, first_worker, tick, run_id)
-        results.put((tally.latencies, dict(tally.errors), asdict(db.stats())))
-
-
-def _merge_stats(all_stats: list[dict[str, Any]]) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for item in all_stats:
-        for name, value in item.items():
-            if name == "write_wait_max":
-                merged[name] = max(merged.get(name, 0.0), value)
-            else:
-                merged[name] = merged.get(name, 0) + value
-    return merged
 
 
 def _read_loop(store: BlockStore, stop: threading.Event, pause: float, out: list[Any]) -> None:
@@ -376,17 +271,17 @@ def _append_and_search(
         for reader in readers:
             reader.start()
         if processes == 1:
-            latencies, failures, stats, seconds = _in_process(
+            latencies, failures, stats, seconds = in_process(
                 store, threads, blocks, progress, result.run_id
             )
         else:
-            latencies, failures, stats, seconds = _in_processes(
+            latencies, failures, stats, seconds = in_processes(
                 db.settings.url, threads, blocks, processes, progress, result.run_id
             )
     finally:
         stop.set()
         for reader in readers:
-            reader.join()
+            reader.join()  # bounded: a reader stops after its current search
     result.seconds = seconds
     result.appended = len(latencies)
     result.errors = sum(failures.values())
@@ -405,7 +300,7 @@ def _append_and_search(
     result.chain_intact, result.first_bad_block = check.ok, check.first_bad_index
     result.chain_problem = check.problem
     result.blocks_after = store.count()
-    result.stats = _merge_stats([*stats, asdict(db.stats())])
+    result.stats = merge_stats([*stats, asdict(db.stats())])
 
 
 #: Tables whose rows belong to a block (counted as part of it).
@@ -465,111 +360,3 @@ def _counts(conn: Connection) -> dict[str, int]:
     }
     conn.rollback()
     return {name: n for name, n in counts.items() if n}
-
-
-def _in_process(
-    store: BlockStore,
-    threads: int,
-    blocks: int,
-    progress: Callable[[int], None] | None,
-    run_id: str,
-) -> tuple[list[float], Counter[str], list[dict[str, Any]], float]:
-    done = [0]
-    lock = threading.Lock()
-
-    def tick() -> None:
-        with lock:
-            done[0] += 1
-
-    finished = threading.Event()
-    if progress is not None:
-        threading.Thread(
-            target=_report, args=(lambda: done[0], progress, finished), daemon=True
-        ).start()
-    started = time.perf_counter()
-    try:
-        tally = _append_threads(store, threads, blocks, 0, tick, run_id)
-    finally:
-        finished.set()
-    seconds = time.perf_counter() - started
-    if progress is not None:
-        progress(done[0])
-    return tally.latencies, tally.errors, [], seconds
-
-
-def _report(
-    count: Callable[[], int], progress: Callable[[int], None], done: threading.Event
-) -> None:
-    while not done.wait(0.1):
-        progress(count())
-
-
-def _in_processes(
-    url: str,
-    threads: int,
-    blocks: int,
-    processes: int,
-    progress: Callable[[int], None] | None,
-    run_id: str,
-) -> tuple[list[float], Counter[str], list[dict[str, Any]], float]:
-    context = multiprocessing.get_context("spawn")
-    counter = context.Value("q", 0)
-    ready, results = context.Queue(), context.Queue()
-    start = context.Event()
-    shares = [blocks // processes + (1 if i < blocks % processes else 0) for i in range(processes)]
-    children = [
-        context.Process(
-            target=_process_main,
-            args=(url, threads, shares[i], i * threads, counter, ready, start, results, run_id),
-            name=f"stress-{i}",
-        )
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-    try:
-        _wait_ready(ready, children)
-        start.set()
-        started = time.perf_counter()
-        latencies: list[float] = []
-        failures: Counter[str] = Counter()
-        stats: list[dict[str, Any]] = []
-        while len(stats) < processes:
-            try:
-                chunk, failed, child_stats = results.get(timeout=0.1)
-            except queue.Empty:
-                if progress is not None:
-                    progress(counter.value)
-                if not any(c.is_alive() for c in children) and results.empty():
-                    raise DatabaseUnavailableError(
-                        "a stress process exited without reporting (run `app doctor` on the "
-                        "database)"
-                    ) from None
-                continue
-            latencies.extend(chunk)
-            failures.update(failed)
-            stats.append(child_stats)
-        seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(counter.value)
-    finally:
-        for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-    return latencies, failures, stats, seconds
-
-
-def _wait_ready(ready: Any, children: list[Any]) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    waiting = len(children)
-    while waiting:
-        try:
-            ready.get(timeout=0.2)
-            waiting -= 1
-        except queue.Empty:
-            dead = [c for c in children if c.exitcode not in (None, 0)]
-            if dead or time.monotonic() > deadline:
-                raise DatabaseUnavailableError(
-                    "a stress process failed to open the database (run `app doctor` on it)"
-                ) from None
