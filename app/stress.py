@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from ._hints import command_hint
 from ._sqlite_file import probe_sqlite_file, read_only
-from ._stress_blocks import make_block, percentiles
+from ._stress_blocks import StressBlock, make_block, now, percentiles
 from ._stress_workers import EMBEDDING_MODEL, TAG, in_process, in_processes, merge_stats
 from .blocks import BlockStore
 from .database import Database
@@ -39,6 +39,9 @@ from .errors import AppError, ConfigurationError, InvalidInputError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The synthetic blocks, for the benchmarks too.
+__all__ = ["StressBlock", "StressResult", "make_block", "now", "percentiles", "run_stress"]
 
 DEFAULT_THREADS = 8
 DEFAULT_BLOCKS = 2000

@@ -5,65 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import random
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-EMBEDDING_DIM = 128
+from app.stress import StressBlock, make_block, now, percentiles
+
+__all__ = ["BenchBlock", "make_block", "now", "percentiles"]
+
+# The blocks are those of ``app stress``: the same shape as a real memory block.
 KEYWORDS_PER_BLOCK = 3
 TAGS_PER_BLOCK = 2
-
-# A fixed set of vectors, built once, so generating a block costs nothing measurable.
-_rng = random.Random(20240101)
-_VECTORS = [[_rng.uniform(-1.0, 1.0) for _ in range(EMBEDDING_DIM)] for _ in range(32)]
-_TOPICS = ("weather", "meeting", "travel", "music", "garden", "budget", "recipe", "project")
-
-
-@dataclass(frozen=True, slots=True)
-class BenchBlock:
-    """One block to append (the caller adds index, timestamp and hashes as its API needs)."""
-
-    context: str
-    keywords: tuple[str, ...]
-    tags: tuple[str, ...]
-    importance: float
-    metadata: dict[str, Any]
-    embedding: list[float]
-
-
-def make_block(worker: int, seq: int) -> BenchBlock:
-    """The ``seq``-th block of thread ``worker`` (same shape for every strategy)."""
-    topic = _TOPICS[(worker + seq) % len(_TOPICS)]
-    return BenchBlock(
-        context=(
-            f"Worker {worker} note {seq}: talked about the {topic} with the team and wrote "
-            f"down what to do next. 메모 {seq}."
-        ),
-        keywords=(topic, f"w{worker}", f"n{seq % 50}"),
-        tags=("bench", "even" if seq % 2 == 0 else "odd"),
-        importance=((worker * 7 + seq) % 10) / 10,
-        metadata={"source": "bench", "worker": worker, "seq": seq},
-        embedding=_VECTORS[(worker * 31 + seq) % len(_VECTORS)],
-    )
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    """p50, p99 and max (nearest rank) of ``values``; None each when there are none."""
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def rank(fraction: float) -> float:
-        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-    return {"p50": rank(0.50), "p99": rank(0.99), "max": ordered[-1]}
-
-
-def now() -> str:
-    return datetime.now().isoformat()
+BenchBlock = StressBlock
 
 
 def legacy_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:
