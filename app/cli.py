@@ -3,266 +3,44 @@
 A thin layer: each command parses its options, calls library functions (``app.schema``,
 ``app.doctor``, ``app.stress``, ``app.maintenance``) and prints their
 results. Errors are turned into one line and a non-zero exit in one place,
-:meth:`_AppGroup.invoke`; ``-v`` adds logging and progress lines, ``-vv`` also tracebacks.
+:meth:`AppGroup.invoke`; ``-v`` adds logging and progress lines, ``-vv`` also tracebacks.
 Progress bars go to stderr when it is a terminal; elsewhere ``-v`` prints plain progress
 lines there, so stdout holds only results.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import logging
 import os
-import sqlite3
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, errors
+from . import __version__
+from ._cli_support import (
+    STATUS_STYLE,
+    URL_HELP,
+    AppGroup,
+    Options,
+    ProgressLines,
+    configure_logging,
+    make_console,
+    make_table,
+    print_title,
+    url_option,
+)
 from .settings import URL_ENV
 from .stress import DEFAULT_BLOCKS, DEFAULT_READ_PAUSE, DEFAULT_READ_THREADS, DEFAULT_THREADS
 from .transfer import DEFAULT_BATCH as DEFAULT_COPY_BATCH
 
-URL_HELP = (
-    "Database URL (sqlite:///relative/path.db, sqlite:////absolute/path.db, "
-    "postgresql+psycopg://user@host/db). Default: $APP_DATABASE_URL, then "
-    "sqlite:///data/memory.db. Accepted before or after the command name."
-)
-_STATUS_STYLE = {"ok": "green", "info": "", "warn": "yellow", "fail": "bold red"}
-#: Seconds between two plain progress lines.
-_PROGRESS_EVERY = 2.0
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class Options:
-    """Global options, handed to every command as ``ctx.obj``."""
-
-    url: str | None
-    verbose: int
-
-
-class _AppGroup(click.Group):
-    """Turns expected errors into ``Error: <one line>`` and exit code 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:
-            if ctx.params.get("verbose", 0) >= 2:
-                raise
-            raise click.ClickException(_one_line(exc)) from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    """The error as one line: the layer's own message, else the driver's, else the type."""
-    if isinstance(exc, errors.AppError):
-        text = str(exc)
-    elif isinstance(exc, SQLAlchemyError | sqlite3.Error | OSError):
-        cause = getattr(exc, "orig", None) or exc
-        text = f"{type(cause).__name__}: {cause}"
-    else:
-        text = f"unexpected {type(exc).__name__}: {exc} (run with -vv for the traceback)"
-    return " ".join(text.split())
-
-
-def _can_import(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-def _console() -> Console:
-    console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped or captured output: do not squeeze long values into 80 columns.
-        console.width = max(console.width, 160)
-    return console
-
-
-def _title(console: Console, title: str) -> None:
-    """A table's title on a line of its own: never wrapped inside a URL."""
-    console.print(Text(title, style="bold"), soft_wrap=True)
-
-
-def _table(*columns: str, header: bool = True) -> Table:
-    """The one table style of the command line."""
-    table = Table(box=box.SIMPLE_HEAD, show_header=header, show_edge=False, pad_edge=False)
-    for column in columns:
-        table.add_column(column)
-    return table
-
-
-class _Progress:
-    """Progress of one command: a bar on a terminal, else plain lines with ``-v``.
-
-    Both go to stderr, so stdout holds only results (tables, JSON) whatever is shown.
-    """
-
-    def __init__(self, options: Options, *, enabled: bool = True) -> None:
-        self._bar: Progress | None = None
-        self._plain = False
-        self._tasks: dict[TaskID, list[Any]] = {}
-        self._started = time.monotonic()
-        if not enabled:
-            return
-        console = Console(stderr=True, highlight=False)
-        if console.is_terminal:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            )
-        elif options.verbose:
-            self._plain = True
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-        elif self._plain:
-            for task in self._tasks:
-                self._line(task)
-
-    def note(self, line: str) -> None:
-        """A line on stderr, above the bar when there is one (never through it)."""
-        if self._bar is not None:
-            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        else:
-            click.echo(line, err=True)
-
-    def add(self, description: str, total: int | None = None) -> TaskID:
-        if self._bar is not None:
-            return self._bar.add_task(description, total=total)
-        task = TaskID(len(self._tasks))
-        # description, completed, total, when the last line was printed, printed state
-        self._tasks[task] = [description, 0, total, 0.0, None]
-        return task
-
-    def update(
-        self,
-        task: TaskID,
-        *,
-        completed: int | None = None,
-        total: int | None = None,
-        description: str | None = None,
-        advance: int = 0,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.update(
-                task, completed=completed, total=total, description=description, advance=advance
-            )
-            return
-        if not self._plain:
-            return
-        state = self._tasks[task]
-        if description is not None and description != state[0]:
-            self._line(task)  # the end of what it described
-            state[0], state[1] = description, 0
-        if completed is not None:
-            state[1] = completed
-        state[1] += advance
-        if total is not None:
-            state[2] = total
-        if time.monotonic() - state[3] >= _PROGRESS_EVERY:
-            self._line(task)
-
-    def _line(self, task: TaskID) -> None:
-        description, done, total, _, printed = self._tasks[task]
-        if not description or printed == (description, done, total):
-            return
-        count = f"{done:,}" if total is None else f"{done:,} of {total:,}"
-        if total:
-            count += f" ({100 * done // total}%)"
-        elapsed = time.monotonic() - self._started
-        click.echo(f"{description}: {count}, {elapsed:.1f}s", err=True)
-        self._tasks[task][3:] = [time.monotonic(), (description, done, total)]
-
-
-def _set_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value is None:
-        return
-    options = ctx.find_object(Options)
-    assert options is not None
-    if options.url is not None and options.url != value:
-        raise click.UsageError(
-            f"--url is given twice, as {options.url!r} and {value!r}: give it once"
-        )
-    options.url = value
-
-
-def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
-    options = ctx.find_object(Options)
-    assert options is not None
-    if value:
-        options.verbose += value
-        _configure_logging(options.verbose)
-
-
-def url_option(command: F) -> F:
-    """``--url`` and ``-v`` after the command name too: ``app doctor --url X -v`` works as
-    ``app -v --url X doctor`` does."""
-    command = click.option(
-        "-v",
-        "--verbose",
-        count=True,
-        expose_value=False,
-        is_eager=True,
-        callback=_add_verbose,
-        help="As -v before the command name.",
-    )(command)
-    return click.option(
-        "--url",
-        metavar="URL",
-        default=None,
-        expose_value=False,
-        is_eager=True,
-        callback=_set_url,
-        help=URL_HELP,
-    )(command)
-
-
-def _configure_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if verbose:  # basicConfig does nothing once the root logger has a handler
-        logging.getLogger().setLevel(level)
-    # Alembic logs its plugin set-up and every step at INFO; the commands print what
-    # changed, so its lines are kept for -vv.
-    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
-
-
-@click.group(cls=_AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", metavar="URL", default=None, help=URL_HELP)
 @click.option(
     "-v",
@@ -275,7 +53,7 @@ def _configure_logging(verbose: int) -> None:
 def cli(ctx: click.Context, url: str | None, verbose: int) -> None:
     """A thread-safe database layer for a hash-chained block store: check, migrate,
     stress, copy and back it up."""
-    _configure_logging(verbose)
+    configure_logging(verbose)
     ctx.obj = Options(url, verbose)
 
 
@@ -403,25 +181,25 @@ def doctor(ctx: click.Context, verify_chain: bool) -> None:
     from .doctor import diagnose
 
     options: Options = ctx.obj
-    console = _console()
-    with _Progress(options, enabled=verify_chain) as progress:
+    console = make_console()
+    with ProgressLines(options, enabled=verify_chain) as progress:
         task = progress.add("verifying the chain")
 
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         report = diagnose(options.url, verify_chain=verify_chain, progress=advance)
-    _title(console, f"doctor: {report.url}")
-    table = _table("check", "status", "value", header=False)
+    print_title(console, f"doctor: {report.url}")
+    table = make_table("check", "status", "value", header=False)
     table.columns[0].style = "bold"
     table.columns[2].overflow = "fold"
     for check in report.checks:
-        style = _STATUS_STYLE.get(check.status, "")
+        style = STATUS_STYLE.get(check.status, "")
         status = "" if check.status == "info" else check.status
         table.add_row(check.name, Text(status, style=style), Text(check.value))
     console.print(table)
     for check in report.problems:
-        style = _STATUS_STYLE[check.status]
+        style = STATUS_STYLE[check.status]
         console.print(
             f"[{style}]{check.status}[/] {check.name}: {escape(check.advice)}", soft_wrap=True
         )
@@ -517,8 +295,8 @@ def stress(
     from .stress import run_stress
 
     options: Options = ctx.obj
-    console = _console()
-    with _Progress(options, enabled=not as_json) as progress:
+    console = make_console()
+    with ProgressLines(options, enabled=not as_json) as progress:
         task = progress.add("appending", total=blocks)
         result = run_stress(
             options.url or os.environ.get(URL_ENV) or None,
@@ -536,7 +314,7 @@ def stress(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        _title(console, f"stress: {result.url}")
+        print_title(console, f"stress: {result.url}")
         console.print(_stress_table(result))
     if not result.ok:
         if not as_json:
@@ -549,7 +327,7 @@ def _ms(seconds: float | None) -> str:
 
 
 def _stress_table(result: Any) -> Table:
-    table = _table("what", "value", header=False)
+    table = make_table("what", "value", header=False)
     table.columns[0].style = "bold"
     layout = f"{result.threads} threads x {result.processes} process(es)"
     if result.fresh_file is not None:
@@ -644,8 +422,8 @@ def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
     from .settings import Settings
     from .transfer import copy_database
 
-    console = _console()
-    with _Progress(options) as progress:
+    console = make_console()
+    with ProgressLines(options) as progress:
         tasks: dict[str, TaskID] = {}
 
         def advance(stage: str, done: int, total: int) -> None:
@@ -661,8 +439,8 @@ def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
             batch_size=batch_size,
             progress=advance,
         )
-    _title(console, f"copy: {result.source} -> {result.target}")
-    table = _table("table", "source rows", "target rows")
+    print_title(console, f"copy: {result.source} -> {result.target}")
+    table = make_table("table", "source rows", "target rows")
     table.columns[1].justify = table.columns[2].justify = "right"
     for name, count in result.source_counts.items():
         copied = result.target_counts.get(name, 0)
@@ -699,8 +477,8 @@ def _import_help() -> str:
 def import_jsonl(options: Options, file: str) -> None:
     from .maintenance import import_jsonl as run_import
 
-    console = _console()
-    with _open(options) as database, _Progress(options) as progress:
+    console = make_console()
+    with _open(options) as database, ProgressLines(options) as progress:
         task = progress.add("importing (bytes)", total=os.path.getsize(file))
         result = run_import(
             database, file, progress=lambda done: progress.update(task, completed=done)
