@@ -89,6 +89,13 @@ class DatabaseUnavailableError(AppError):
     server down)."""
 
 
+class ReplicaUnavailableError(DatabaseUnavailableError):
+    """The read replica a read unit ran on failed in the middle of it (stopped, unreachable,
+    or it cancelled the read to replay the primary's changes). Nothing was changed; the
+    replica is skipped for a while, so running the read again uses another replica or the
+    primary. The block store's reads do that by themselves."""
+
+
 class CorruptDatabaseError(AppError):
     """The file is damaged: SQLite reports corruption or a malformed image."""
 
@@ -232,6 +239,13 @@ def _translate_postgres(orig: Any, sqlstate: str | None, database: str) -> AppEr
     if state == "22003":
         # A number too large for its column (block_index is a 4-byte INTEGER there).
         return InvalidInputError(f"a value is out of range for its column on {database}: {text}")
+    if state.startswith("57P0"):
+        # The server is shutting down, restarting or crashed (57P01-57P03), or ended the
+        # session: the connection is gone, and an open transaction with it.
+        return DatabaseUnavailableError(
+            f"{database} ended the connection ({text}): the server is stopping or "
+            "restarting; try again once it is back"
+        )
     if state.startswith("28") or state == "3D000":
         return ConfigurationError(f"cannot use {database}: {text}")
     # No SQLSTATE on an OperationalError: the connection attempt itself failed (an unknown

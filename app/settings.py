@@ -79,6 +79,13 @@ class Settings:
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
+        replicas: URLs of PostgreSQL streaming replicas of the primary (``url``); from
+            the environment, ``APP_REPLICAS`` with the URLs separated by commas. Read
+            units and the block store's reads go to a replica that has replayed this
+            process's last commit on the primary, else to the primary; writes and
+            migrations always go to the primary.
+        max_replica_lag: seconds a replica may be behind the primary and still serve
+            reads; one further behind is skipped until it catches up.
     """
 
     url: str = DEFAULT_URL
@@ -104,6 +111,8 @@ class Settings:
     max_units_per_commit: int = 64
     single_connection: bool = False
     echo: bool = False
+    replicas: tuple[str, ...] = ()
+    max_replica_lag: float = 5.0
     parsed_url: URL = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +125,7 @@ class Settings:
             "busy_timeout",
             "retry_deadline",
             "slow_wait_threshold",
+            "max_replica_lag",
         ):
             _at_least(name, getattr(self, name), 0)
         _whole_at_least("max_batch", self.max_batch, 1)
@@ -133,6 +143,7 @@ class Settings:
             object.__setattr__(self, "temp_store", self.temp_store.lower())
         object.__setattr__(self, "journal_mode", self.journal_mode.lower())
         object.__setattr__(self, "synchronous", self.synchronous.lower())
+        object.__setattr__(self, "replicas", self._checked_replicas())
         if not isinstance(self.create, bool):
             raise ConfigurationError(f"create must be True or False, got {self.create!r}")
         if not isinstance(self.file_mode, int) or not 0 <= self.file_mode <= 0o777:
@@ -167,6 +178,41 @@ class Settings:
                 values[name] = _from_env(env_name, raw, spec)
         values["url"] = url or overrides.get("url") or os.environ.get(URL_ENV) or DEFAULT_URL
         return cls(**values)
+
+    def _checked_replicas(self) -> tuple[str, ...]:
+        """``replicas`` as a tuple of PostgreSQL URLs (a string is split at commas)."""
+        raw: Any = self.replicas
+        if isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if not isinstance(raw, list | tuple) or not all(isinstance(u, str) for u in raw):
+            raise ConfigurationError(
+                f"replicas must be a list of PostgreSQL URLs (or one string of them separated "
+                f"by commas), got {raw!r}"
+            )
+        if raw and self.parsed_url.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"replicas need a PostgreSQL primary; {self.safe_url()} is not one (remove "
+                "the replicas setting / APP_REPLICAS)"
+            )
+        urls: list[str] = []
+        for entry in raw:
+            parsed = _parse_url(entry)
+            shown = parsed.render_as_string(hide_password=True)
+            if parsed.get_backend_name() != "postgresql":
+                raise ConfigurationError(f"replica {shown} is not a PostgreSQL URL")
+            url = parsed.render_as_string(hide_password=False)
+            if url == self.parsed_url.render_as_string(hide_password=False):
+                raise ConfigurationError(
+                    f"replica {shown} is the primary's own URL: list the replicas' URLs only"
+                )
+            if url in urls:
+                raise ConfigurationError(f"replica {shown} is listed twice")
+            urls.append(url)
+        return tuple(urls)
+
+    def replica_urls(self) -> tuple[str, ...]:
+        """The replicas' URLs with any password hidden, for messages and logs."""
+        return tuple(make_url(u).render_as_string(hide_password=True) for u in self.replicas)
 
     @property
     def backend(self) -> str:
