@@ -2,7 +2,7 @@
 
 from . import errors
 from .blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock
-from .database import Database, Stats
+from .database import Database, ReplicaStats, Stats
 from .legacy import DatabaseManager
 from .settings import Settings
 from .short_term import MemoryRecord, ShortTermMemories
@@ -17,6 +17,7 @@ __all__ = [
     "Database",
     "DatabaseManager",
     "MemoryRecord",
+    "ReplicaStats",
     "ScoredBlock",
     "Settings",
     "ShortTermMemories",

@@ -7,8 +7,35 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ReplicaStats:
+    """How one read replica is doing, as this process last saw it.
+
+    Attributes:
+        url: the replica's URL (password hidden).
+        state: ``up`` (serving reads), ``lagging`` (further behind than
+            ``max_replica_lag``), ``down`` (unreachable or failed; tried again after a
+            pause), ``not a replica`` (not in recovery) or ``unchecked`` (no read yet).
+        lag: seconds it was behind the primary at its last check (None before one).
+        replayed: the highest replay position seen there (``pg_last_wal_replay_lsn()``).
+        reads: reads it served for this Database.
+        failures: connections and reads that failed on it.
+    """
+
+    url: str
+    state: str
+    lag: float | None
+    replayed: str | None
+    reads: int
+    failures: int
+
+
+@dataclass(frozen=True)
 class Stats:
-    """A snapshot of a Database's counters (see :meth:`app.Database.stats`)."""
+    """A snapshot of a Database's counters (see :meth:`app.Database.stats`).
+
+    ``replicas`` and ``primary_reads`` are filled when replicas are configured:
+    ``primary_reads`` counts the reads that went to the primary instead of a replica.
+    """
 
     units_committed: int
     units_rolled_back: int
@@ -19,6 +46,8 @@ class Stats:
     writers_queued: int
     connections_checked_out: int
     connections_open: int
+    replicas: tuple[ReplicaStats, ...] = ()
+    primary_reads: int = 0
 
 
 class Counters:

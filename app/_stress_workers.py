@@ -118,6 +118,8 @@ def merge_stats(all_stats: list[dict[str, Any]]) -> dict[str, float]:
     merged: dict[str, float] = {}
     for item in all_stats:
         for name, value in item.items():
+            if not isinstance(value, int | float):
+                continue  # each replica's record: they belong to one process each
             if name == "write_wait_max":
                 merged[name] = max(merged.get(name, 0.0), value)
             else:

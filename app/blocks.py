@@ -40,7 +40,7 @@ from ._validate import (
     check_timestamp,
     check_words,
 )
-from .database import Database, UnitKind
+from .database import Database, UnitKind, retried_reads
 from .models import (
     blocks_table,
     embeddings_table,
@@ -126,6 +126,10 @@ class ChainCheck:
         return f"broken at block {self.first_bad_index}: {self.problem}"
 
 
+# Every method that opens read snapshots of its own (the others read through ``_load``).
+@retried_reads(
+    "head", "count", "get", "recent", "search_keywords", "similar", "verify_chain", "_load"
+)
 class BlockStore:
     """The block chain of one :class:`~app.Database`.
 

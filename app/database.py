@@ -7,6 +7,7 @@ WAL bound is ``_wal_bound``. This module describes units: what each kind does, i
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -24,22 +26,30 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from . import errors
 from ._driver import BUSY_OPTION, UNIT_OPTION, raw_execute
 from ._engine import build_engine
+from ._replicas import ReplicaSet
 from ._sessions import READ_UNIT, SessionGuard, ThreadSessions
 from ._shared_transaction import SharedTransaction, WriteOutcome
-from ._stats import Counters, Stats
+from ._stats import Counters, ReplicaStats, Stats
 from ._units import Unit, UnitKind, current_task, rollback_quietly, savepoint
 from ._wal_bound import CHECKPOINT_MODES, WalBound
 from ._write_side import WriteSide, write_side
 from .schema import ensure_schema
 from .settings import Settings
 
-__all__ = ["CHECKPOINT_MODES", "Database", "Stats", "UnitKind"]
+__all__ = ["CHECKPOINT_MODES", "Database", "ReplicaStats", "Stats", "UnitKind", "retried_reads"]
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 K = TypeVar("K")
+T = TypeVar("T")
+
+#: Reads of this context (thread or asyncio task) may go to a replica that has not replayed
+#: this process's last commit (see Database.allow_stale).
+_STALE_OK: ContextVar[bool] = ContextVar("app_stale_reads_ok", default=False)
+#: Where a read runs when there are no replicas: on the primary (no replica connection).
+_PRIMARY = nullcontext(None)
 
 
 class Database:
@@ -61,10 +71,12 @@ class Database:
         SchemaOutOfDateError: the schema is behind the code and ``auto_upgrade`` is off.
 
     Applications use :meth:`unit_of_work`, :meth:`read`, :meth:`run`, :attr:`session`,
-    :meth:`checkpoint`, :meth:`stats` and :meth:`dispose`. The layer's own modules (the
-    block store, the facade, maintenance) use a few more, documented as such: a read
-    connection (:meth:`reading`), a write connection (:meth:`writing`), a retried write
-    (:meth:`run_on_connection`), the current unit's kind (:meth:`unit_kind`), a per-process
+    :meth:`checkpoint`, :meth:`stats` and :meth:`dispose` (with replicas also
+    :meth:`allow_stale` and :meth:`check_replicas`). The layer's own modules (the block
+    store, the facade, maintenance) use a few more, documented as such: a read connection
+    (:meth:`reading`), a write connection (:meth:`writing`), a retried write
+    (:meth:`run_on_connection`), a read run again when its replica fails
+    (:meth:`retrying_read`), the current unit's kind (:meth:`unit_kind`), a per-process
     helper (:meth:`process_local`) and the write turn alone (:meth:`exclusive_turn`).
     """
 
@@ -87,10 +99,12 @@ class Database:
         self._factory = sessionmaker(
             self.engine, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )
+        # Read replicas (PostgreSQL): where read units go, and the positions they need.
+        self._replicas = ReplicaSet(self.settings, self.engine) if self.settings.replicas else None
         self._sessions = SessionGuard(
             in_unit=lambda: self._unit() is not None,
             take_turn=self._take_turn_for_session,
-            release_turn=lambda: self._side.release_if_held(),
+            release_turn=self._release_session_turn,
             pool_exhausted=self._pool_exhausted,
         )
         self._sessions.install(self._factory)
@@ -100,6 +114,9 @@ class Database:
         try:
             if self.settings.check_schema:
                 ensure_schema(self)
+            if self._replicas is not None:
+                # Reads then see at least the schema and rows the primary has now.
+                self._replicas.note_primary()
         except BaseException:
             self.dispose()
             raise
@@ -137,7 +154,7 @@ class Database:
             self.session.remove()
         finally:
             if idle:
-                self.engine.dispose()
+                self._dispose_engines()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -161,7 +178,14 @@ class Database:
             last = self._closed and self._active == 0 and not self._engine_disposed
             self._engine_disposed = self._engine_disposed or last
         if last:
+            self._dispose_engines()
+
+    def _dispose_engines(self) -> None:
+        try:
             self.engine.dispose()
+        finally:
+            if self._replicas is not None:
+                self._replicas.dispose()
 
     def _reset_process_state(self) -> None:
         """What belongs to this process: made here, and made again in a forked child."""
@@ -182,6 +206,8 @@ class Database:
     def _after_fork_in_child(self) -> None:
         # The parent's connections must be neither used nor closed here: forget them.
         self.engine.dispose(close=False)
+        if self._replicas is not None:
+            self._replicas.after_fork()
         _FORK_LEFTOVERS.append(self.session.registry)
         self._reset_process_state()
 
@@ -351,7 +377,21 @@ class Database:
             # Wait for another process's write lock no longer than the deadline allows.
             options[BUSY_OPTION] = max(1, int(remaining * 1000))
         connection = self._connect().execution_options(**options)
-        return side.begin(connection, self, self._wal.after_commit, self._count_units)
+        after_commit = self._wal.after_commit if self._replicas is None else self._after_commit
+        return side.begin(connection, self, after_commit, self._count_units)
+
+    def _after_commit(self, connection: Connection) -> None:
+        """After a commit on a primary with replicas: remember its log position (reads
+        then go to replicas that have replayed it). Never raises."""
+        self._wal.after_commit(connection)
+        if self._replicas is not None:
+            self._replicas.note_commit(connection)
+
+    def _release_session_turn(self) -> None:
+        """The thread's Session ended a transaction in which it wrote (see ``_sessions``)."""
+        self._side.release_if_held()
+        if self._replicas is not None:
+            self._replicas.note_commit(None)
 
     def check_may_wait_for_turn(self) -> None:
         """Refuse, up front, to wait for the write turn in a thread that holds it.
@@ -388,11 +428,22 @@ class Database:
             log.warning("writer waited %.3fs for its turn on %s", waited, self.url)
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
+    def read(self, *, allow_stale: bool = False) -> Iterator[Session]:
         """One read unit: a snapshot that never takes or waits for the write lock.
 
         Inside, any write is refused with :class:`~app.errors.ReadOnlyUnitError`. A read
         unit opened inside a write unit joins it (and sees its uncommitted changes).
+
+        With ``replicas``, the unit runs on a replica that has replayed this process's last
+        commit on the primary and is within ``max_replica_lag``, else on the primary.
+
+        Args:
+            allow_stale: any replica within ``max_replica_lag`` will do, even one that has
+                not replayed this process's last commit yet (see :meth:`allow_stale`).
+
+        Raises:
+            ReplicaUnavailableError: the replica failed in the middle of the unit; nothing
+                was changed, and running the unit again uses another replica or the primary.
         """
         self._check_open()
         unit = self._unit()
@@ -402,7 +453,10 @@ class Database:
             return
         self._sessions.before_unit(session)
         unit = Unit(UnitKind.READ)
-        with self._read_scope(unit):
+        where = _PRIMARY if self._replicas is None else self._on_replica(allow_stale)
+        with self._read_scope(unit), where as replica:
+            if replica is not None:
+                session.bind = replica
             session.info[READ_UNIT] = True
             try:
                 try:
@@ -422,12 +476,19 @@ class Database:
                     raise
             finally:
                 session.info[READ_UNIT] = False
+                if replica is not None:
+                    session.bind = self.engine
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """For the layer's own queries: a read snapshot's connection, without the ORM.
 
         Inside a unit of this thread it is that unit's connection (reads see its changes).
+        Otherwise it goes where :meth:`read` goes (a replica, or the primary).
+
+        Raises:
+            ReplicaUnavailableError: the replica failed in the middle of the snapshot (see
+                :meth:`retrying_read`).
         """
         self._check_open()
         unit = self._unit()
@@ -438,15 +499,78 @@ class Database:
                 yield self.session().connection()
             return
         unit = Unit(UnitKind.SNAPSHOT)
+        where = _PRIMARY if self._replicas is None else self._on_replica(False)
         with (
             self._read_scope(unit),
-            self._connect().execution_options(
+            where as replica,
+            (replica or self._connect()).execution_options(
                 **{UNIT_OPTION: UnitKind.SNAPSHOT.value}
             ) as connection,
         ):
             unit.connection = connection
             with connection.begin():
                 yield connection
+
+    @contextmanager
+    def _on_replica(self, allow_stale: bool) -> Iterator[Connection | None]:
+        """Where a read unit runs when there are replicas: a replica's connection (no
+        transaction begun yet), or None for the primary. A failure of the replica in the
+        body becomes :class:`~app.errors.ReplicaUnavailableError`."""
+        replicas = self._replicas
+        assert replicas is not None
+        chosen = replicas.choose(fresh=not (allow_stale or _STALE_OK.get()))
+        if chosen is None:
+            yield None
+            return
+        replica, connection = chosen
+        try:
+            yield connection
+        except BaseException as exc:
+            if replicas.read_failed(replica, exc, connection):
+                raise errors.ReplicaUnavailableError(
+                    f"the read replica {replica.url} failed during this read ({exc}); it is "
+                    "skipped for now: run the read again (it goes to another replica or the "
+                    "primary)"
+                ) from exc
+            raise
+        finally:
+            try:
+                connection.close()
+            finally:
+                replicas.done(replica)
+
+    @contextmanager
+    def allow_stale(self) -> Iterator[None]:
+        """Reads made inside (by this thread or asyncio task: units, the block store's
+        searches, the facade) may go to any replica within ``max_replica_lag``, even one
+        that has not replayed this process's last commit yet: for reads that need not see
+        the latest writes, to keep load off the primary. No effect without replicas."""
+        token = _STALE_OK.set(True)
+        try:
+            yield
+        finally:
+            _STALE_OK.reset(token)
+
+    def retrying_read(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """For the layer's modules: ``fn(*args, **kwargs)``, whose reads use :meth:`reading`
+        or :meth:`read`, run again when the replica one of them ran on failed in the
+        middle of it (the replica is skipped then, so the next run goes to another replica
+        or the primary). Without replicas, or inside a unit, ``fn`` runs once.
+
+        Raises:
+            ReplicaUnavailableError: every replica failed in turn.
+        """
+        if self._replicas is None:
+            return fn(*args, **kwargs)
+        attempts = len(self.settings.replicas) + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except errors.ReplicaUnavailableError as exc:
+                if attempt == attempts or self._unit() is not None:
+                    raise
+                log.info("%s: read run again after its replica failed: %s", self.url, exc)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     @contextmanager
     def _read_scope(self, unit: Unit) -> Iterator[None]:
@@ -621,8 +745,19 @@ class Database:
 
     # -- observability --------------------------------------------------------------------
 
+    def check_replicas(self) -> tuple[ReplicaStats, ...]:
+        """Check every replica now: reachable, really a replica, and how far behind.
+
+        Returns:
+            Each replica's :class:`ReplicaStats` (empty without replicas); a replica found
+            down or lagging is skipped by reads from now on, one found well again used.
+        """
+        self._check_open()
+        return () if self._replicas is None else self._replicas.check_all()
+
     def stats(self) -> Stats:
-        """Units committed and rolled back, busy retries, writer waits, connections."""
+        """Units committed and rolled back, busy retries, writer waits, connections, and
+        each replica's state, lag and reads served."""
         pool: Any = self.engine.pool
         if hasattr(pool, "overflow"):
             # Each counter read once: checkedout() and checkedin() both read the pool's
@@ -645,7 +780,30 @@ class Database:
                 writers_queued=self._side.turn.queued(),
                 connections_checked_out=checked_out,
                 connections_open=opened,
+                replicas=() if self._replicas is None else self._replicas.stats(),
+                primary_reads=0 if self._replicas is None else self._replicas.primary_reads,
             )
+
+
+def retried_reads(*names: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator for the layer's read services, whose ``db`` is their Database: the
+    methods ``names`` (each opening read snapshots of its own) run through
+    :meth:`Database.retrying_read`, so a replica lost half-way never fails them."""
+
+    def decorate(cls: type[T]) -> type[T]:
+        for name in names:
+            setattr(cls, name, _retried(getattr(cls, name)))
+        return cls
+
+    return decorate
+
+
+def _retried(method: Callable[..., R]) -> Callable[..., R]:
+    @functools.wraps(method)
+    def retried(self: Any, *args: Any, **kwargs: Any) -> R:
+        return self.db.retrying_read(method, self, *args, **kwargs)  # type: ignore[no-any-return]
+
+    return retried
 
 
 @contextmanager

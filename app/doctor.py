@@ -22,7 +22,7 @@ from . import __version__, errors
 from ._hints import command_hint, install_hint
 from ._sqlite_file import file_size, probe_sqlite_file, read_only
 from .blocks import BlockStore
-from .database import Database, Stats
+from .database import Database, ReplicaStats, Stats
 from .schema import current_revision, head_revision, history
 from .settings import Settings
 
@@ -282,6 +282,7 @@ def _inspect_live(
     if settings.sqlite_path is None:
         report.add("blocks", f"{total:,}" if has_blocks else "no blocks table yet")
     report.add("pool", _pool_status(db))
+    _report_replicas(report, db)
     report.add("stats", format_stats(db.stats()))
     if not has_blocks:
         return
@@ -359,15 +360,48 @@ def _report_server(report: Report, db: Database) -> None:
     report.add("server settings", ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 
+def _report_replicas(report: Report, db: Database) -> None:
+    """Each replica checked now: reachable, a replica, and how far behind the primary."""
+    limit = db.settings.max_replica_lag
+    for number, replica in enumerate(db.check_replicas(), 1):
+        status, advice = OK, ""
+        if replica.state == "lagging":
+            status = WARN
+            advice = (
+                f"it is further behind than max_replica_lag ({limit}s): reads skip it until "
+                "it catches up; check its load and its connection to the primary"
+            )
+        elif replica.state == "down":
+            status = WARN
+            advice = "it cannot be reached: reads go to the other replicas or the primary"
+        elif replica.state != "up":
+            status = WARN
+            advice = "it is not in recovery (a primary, or a promoted replica): no reads go to it"
+        report.add(f"replica {number}", format_replica(replica), status, advice)
+
+
+def format_replica(replica: ReplicaStats) -> str:
+    """One replica's stats on one line."""
+    lag = "unknown" if replica.lag is None else f"{replica.lag:.2f}s"
+    return (
+        f"{replica.url}: {replica.state}, lag {lag}, replayed {replica.replayed or '-'}, "
+        f"reads served {replica.reads}, failures {replica.failures}"
+    )
+
+
 def format_stats(stats: Stats) -> str:
     """``db.stats()`` on one line."""
-    return (
+    line = (
         f"units committed {stats.units_committed}, rolled back {stats.units_rolled_back}, "
         f"busy retries {stats.busy_retries}, write waits {stats.write_waits} "
         f"(total {stats.write_wait_total:.3f}s, max {stats.write_wait_max * 1000:.1f}ms), "
         f"writers queued {stats.writers_queued}, connections "
         f"{stats.connections_checked_out} checked out / {stats.connections_open} open"
     )
+    if stats.replicas:
+        served = ", ".join(f"{r.url} {r.reads}" for r in stats.replicas)
+        line += f"; reads on the primary {stats.primary_reads}, on replicas: {served}"
+    return line
 
 
 def _pool_status(db: Database) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select
 
 from ._block_values import decode_json_object, encode_json
 from ._validate import check_limit, check_number, check_text, check_timestamp
+from .database import retried_reads
 from .models import ShortTermMemory, short_term_table
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class MemoryRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+@retried_reads("recent", "get", "count")
 class ShortTermMemories:
     """Add, list, look up, expire and clear short-term memories. Safe from any thread."""
 
