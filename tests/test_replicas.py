@@ -7,6 +7,7 @@ ones that stop, restart or delay a server run on a private primary with its own 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +18,14 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from app import BlockStore, Database, DatabaseManager, Settings, errors
 from app.doctor import diagnose
+from benchmarks.replicas import main as replicas_benchmark
 
 from .helpers import Background, assert_chain_intact, run_threads, wait_until
 from .replica_helpers import (
     PrivateCluster,
     free_port,
     private_cluster,
+    replica_url,
     replicated_schema,
     same_schema,
     wait_for_replay,
@@ -489,3 +492,17 @@ def test_doctor_and_stats_show_each_replica(
     assert lines["replica 2"].status == "warn" and ": down," in lines["replica 2"].value
     assert "reads on the primary" in lines["stats"].value
     assert report.ok  # a replica that is down is a warning: reads go elsewhere
+
+
+def test_the_replica_benchmark_runs_clean_at_a_tiny_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    replica = replica_url()
+    primary = os.environ["APP_TEST_POSTGRES_URL"]
+    argv = ["--primary", primary, "--replica", replica, "--threads", "4", "--cycles", "2"]
+    assert replicas_benchmark([*argv, "--seed-blocks", "20", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| primary")]
+    assert len(rows) == 2
+    # 4 threads x 2 cycles: 8 appends and 80 reads each, no error, no miss, intact chains.
+    assert all("| 0 | 0 |" in row and row.endswith("| intact |") for row in rows)
