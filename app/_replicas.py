@@ -257,57 +257,53 @@ class ReplicaSet:
         # Checks first: a claimed replica must be checked by this read, and one that is
         # back should take its share at once.
         ready.sort(key=lambda r: (r.in_flight, r.turn))
-        for replica in claimed + ready:
-            connection = self._open(replica, need, now, replica in claimed)
-            if connection is not None:
-                for other in claimed:
-                    if other is not replica and other.trying:
-                        # Not reached: leave it to the next read.
-                        other.trying = False
-                return replica, connection
+        try:
+            for replica in claimed + ready:
+                connection = self._open(replica, need, now, replica in claimed)
+                if connection is not None:
+                    return replica, connection
+        finally:
+            for replica in claimed:  # checked, or not reached: the next read may check it
+                replica.trying = False
         with self._lock:
             self.primary_reads += 1
         return None
 
     def _open(self, replica: _Replica, need: int, now: float, check: bool) -> Connection | None:
         try:
-            try:
-                connection = replica.engine.connect()
-            except PoolTimeout:
-                return None  # all its connections busy for pool_timeout: the primary answers
-            except Exception as exc:  # noqa: BLE001 - any failure to connect skips the replica
-                self._failed(replica, exc)
-                return None
-            try:
-                if check or replica.replayed < need:
-                    replayed = _replay_position(connection)
-                    if replayed is None:
-                        connection.close()
-                        self._not_a_replica(replica)
-                        return None
-                    if check:
-                        lag = self._lag(replayed, now)
-                    with self._lock:
-                        replica.replayed = max(replica.replayed, replayed)
-                        if check:
-                            self._checked(replica, lag, now)
-                with self._lock:
-                    usable = replica.state == UP and replica.replayed >= need
-                    if usable:
-                        replica.in_flight += 1
-                        self._turns += 1
-                        replica.turn = self._turns
-                if not usable:
+            connection = replica.engine.connect()
+        except PoolTimeout:
+            return None  # all its connections busy for pool_timeout: the primary answers
+        except Exception as exc:  # noqa: BLE001 - any failure to connect skips the replica
+            self._failed(replica, exc)
+            return None
+        try:
+            if check or replica.replayed < need:
+                replayed = _replay_position(connection)
+                if replayed is None:
                     connection.close()
+                    self._not_a_replica(replica)
                     return None
-                return connection
-            except Exception as exc:  # noqa: BLE001 - any failure to check it skips the replica
-                _close_quietly(connection)
-                self._failed(replica, exc)
+                if check:
+                    lag = self._lag(replayed, now)
+                with self._lock:
+                    replica.replayed = max(replica.replayed, replayed)
+                    if check:
+                        self._checked(replica, lag, now)
+            with self._lock:
+                usable = replica.state == UP and replica.replayed >= need
+                if usable:
+                    replica.in_flight += 1
+                    self._turns += 1
+                    replica.turn = self._turns
+            if not usable:
+                connection.close()
                 return None
-        finally:
-            if check:
-                replica.trying = False
+            return connection
+        except Exception as exc:  # noqa: BLE001 - any failure to check it skips the replica
+            _close_quietly(connection)
+            self._failed(replica, exc)
+            return None
 
     def _checked(self, replica: _Replica, lag: float, now: float) -> None:
         """Record a successful check (under the lock)."""
@@ -382,7 +378,10 @@ class ReplicaSet:
                 if replica.trying:
                     continue
                 replica.trying = True
-            connection = self._open(replica, 0, time.monotonic(), True)
+            try:
+                connection = self._open(replica, 0, time.monotonic(), True)
+            finally:
+                replica.trying = False
             if connection is not None:
                 self.done(replica, served=False)
                 connection.close()

@@ -525,7 +525,7 @@ class Database:
         replica, connection = chosen
         try:
             yield connection
-        except BaseException as exc:
+        except Exception as exc:  # an interruption (KeyboardInterrupt...) is not the replica's
             if replicas.read_failed(replica, exc, connection):
                 raise errors.ReplicaUnavailableError(
                     f"the read replica {replica.url} failed during this read ({exc}); it is "
