@@ -20,7 +20,7 @@ from app import BlockStore, Database, DatabaseManager, Settings, errors
 from app.doctor import diagnose
 from benchmarks.replicas import main as replicas_benchmark
 
-from .helpers import Background, assert_chain_intact, run_threads, wait_until
+from .helpers import Background, assert_chain_intact, run_cli, run_threads, wait_until
 from .replica_helpers import (
     PrivateCluster,
     free_port,
@@ -160,6 +160,41 @@ def test_read_your_writes_on_a_current_replica(replicated: tuple[str, str]) -> N
         # Every read of a thread went to the replica or the primary, none failed.
         assert only_replica(db).reads + stats.primary_reads >= 100
         assert only_replica(db).failures == 0
+    finally:
+        db.dispose()
+
+
+def test_reads_are_balanced_across_healthy_replicas(replicated: tuple[str, str]) -> None:
+    primary, replica = replicated
+    # The same replica under two URLs: two replicas, equally fit.
+    twins = [replica + "&application_name=first", replica + "&application_name=second"]
+    db = open_db(primary, twins)
+    try:
+        store = BlockStore(db)
+        block = store.append("read by both")
+        wait_for_replay(primary, replica)
+        for _ in range(100):
+            assert store.get(block.block_index) == block
+        first, second = db.stats().replicas
+        assert first.reads + second.reads + db.stats().primary_reads == 100
+        # Turn about, but for the checks (about one a second each), which read at once.
+        assert first.reads >= 25 and second.reads >= 25
+    finally:
+        db.dispose()
+
+
+def test_migrations_run_on_the_primary_with_replicas_configured(
+    replicated: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary, replica = replicated
+    monkeypatch.setenv("APP_REPLICAS", replica)
+    upgraded = run_cli("--url", primary, "db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "none -> 0002 (head)" in upgraded.output
+    db = Database(primary)  # replicas from the environment; the schema is current
+    try:
+        assert db.settings.replicas == (replica,)
+        assert BlockStore(db).count() == 0
     finally:
         db.dispose()
 
