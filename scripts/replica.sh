@@ -32,9 +32,10 @@ pgbin() {
     dirname "$(command -v pg_ctl)"
 }
 
-# Run a server tool as the user who owns the servers.
+# Run a server tool as the user who owns the servers (from /, which that user can enter;
+# every path given to the tools is absolute).
 as_owner() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 own_dir() {
@@ -82,7 +83,7 @@ wait_ready() {
 cmd=${1:-}
 case "$cmd" in
     primary)
-        dir=${2:?DIR}; port=${3:?PORT}
+        dir=$(realpath -m "${2:?DIR}"); port=${3:?PORT}
         [ -e "$dir/PG_VERSION" ] && die "$dir already holds a server"
         own_dir "$dir"
         as_owner "$(pgbin)/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-sync \
@@ -93,7 +94,7 @@ case "$cmd" in
         wait_ready "$port"
         ;;
     replica)
-        dir=${2:?DIR}; port=${3:?PORT}; primary=${4:-5432}
+        dir=$(realpath -m "${2:?DIR}"); port=${3:?PORT}; primary=${4:-5432}
         [ -e "$dir/PG_VERSION" ] && die "$dir already holds a server"
         own_dir "$dir"
         # -c fast: checkpoint now rather than at the primary's next scheduled one.
@@ -109,28 +110,28 @@ case "$cmd" in
         wait_ready "$port"
         ;;
     stop)
-        dir=${2:?DIR}; mode=${3:-fast}
+        dir=$(realpath -m "${2:?DIR}"); mode=${3:-fast}
         if [ -e "$dir/postmaster.pid" ]; then
             as_owner "$(pgbin)/pg_ctl" -D "$dir" -m "$mode" -w -t 60 stop >/dev/null
         fi
         ;;
     start)
-        dir=${2:?DIR}
+        dir=$(realpath -m "${2:?DIR}")
         start_server "$dir"
         ;;
     restart)
-        dir=${2:?DIR}; mode=${3:-fast}
+        dir=$(realpath -m "${2:?DIR}"); mode=${3:-fast}
         as_owner "$(pgbin)/pg_ctl" -D "$dir" -l "$dir/server.log" -m "$mode" -w -t 60 restart \
             >/dev/null
         ;;
     delay)
-        dir=${2:?DIR}; setting=${3:?SETTING}
+        dir=$(realpath -m "${2:?DIR}"); setting=${3:?SETTING}
         as_owner sed -i '/^recovery_min_apply_delay/d' "$dir/postgresql.conf"
         echo "recovery_min_apply_delay = '$setting'" | as_owner tee -a "$dir/postgresql.conf" >/dev/null
         as_owner "$(pgbin)/pg_ctl" -D "$dir" reload >/dev/null
         ;;
     remove)
-        dir=${2:?DIR}
+        dir=$(realpath -m "${2:?DIR}")
         if [ -e "$dir/postmaster.pid" ]; then
             as_owner "$(pgbin)/pg_ctl" -D "$dir" -m immediate -w -t 60 stop >/dev/null || true
         fi

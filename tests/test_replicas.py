@@ -339,6 +339,7 @@ def test_a_lagging_replica_is_skipped_until_it_catches_up(cluster: PrivateCluste
     with cluster.database("lag_") as (primary, replica):
         db = open_db(primary, [replica], max_replica_lag=1.0)
         store = BlockStore(db)
+        wait_for_replay(primary, replica)  # the schema, before the delay
         cluster.delay_replica("4s")
         try:
 
@@ -368,6 +369,7 @@ def test_read_your_writes_while_the_replica_is_delayed(cluster: PrivateCluster) 
     with cluster.database("ryw_") as (primary, replica):
         db = open_db(primary, [replica], max_replica_lag=60.0, pool_size=10)
         store = BlockStore(db)
+        wait_for_replay(primary, replica)  # the schema, before the delay
         cluster.delay_replica("5s")
         try:
 
