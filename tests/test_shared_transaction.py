@@ -106,7 +106,7 @@ def test_a_waiter_whose_transaction_never_ends_gets_a_named_error_at_its_deadlin
     with pytest.raises(CommitTimeoutError, match="still holds it open") as caught:
         first.wait(started + 0.3, URL)
     waited = time.monotonic() - started
-    assert 0.3 <= waited < 0.3 + 0.5
+    assert 0.3 - 0.01 <= waited < 0.3 + 0.5  # a lock wait may end a hair early
     assert caught.value.database == URL
     assert caught.value.waited is not None and caught.value.waited >= 0.3
     # The transaction ends later: the next waiter still learns the outcome.
