@@ -1,7 +1,7 @@
 """A thread-safe database layer for a hash-chained block store on SQLite or PostgreSQL."""
 
 from . import errors
-from .blocks import BlockRecord, BlockStore, ChainHead, ScoredBlock
+from .blocks import BlockRecord, BlockStore, ChainHead, ScoredBlock, SearchHit
 from .database import Database, Stats
 from .legacy import DatabaseManager
 from .settings import Settings
@@ -17,6 +17,7 @@ __all__ = [
     "DatabaseManager",
     "MemoryRecord",
     "ScoredBlock",
+    "SearchHit",
     "Settings",
     "ShortTermMemories",
     "Stats",

@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.util import ThreadLocalRegistry
 
-from . import errors
+from . import _vector_cache, errors
 from ._engine import BUSY_OPTION, UNIT_OPTION, build_engine, raw_execute
 from ._fairlock import WRITE_LOCKS
 from ._write_group import Waiter, WriteGroup
@@ -62,6 +62,8 @@ class Stats:
     writers_queued: int
     connections_checked_out: int
     connections_open: int
+    #: Memory held by this process's cache of the database's embeddings (see similar()).
+    vector_cache_bytes: int = 0
 
 
 class _Counters:
@@ -748,6 +750,7 @@ class Database:
                 writers_queued=self._write_lock.queued(),
                 connections_checked_out=checked_out,
                 connections_open=opened,
+                vector_cache_bytes=_vector_cache.cache_bytes(self),
             )
 
 

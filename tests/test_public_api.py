@@ -12,6 +12,7 @@ EXPECTED = {
     "DatabaseManager",
     "MemoryRecord",
     "ScoredBlock",
+    "SearchHit",
     "Settings",
     "ShortTermMemories",
     "Stats",
