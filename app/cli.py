@@ -688,6 +688,11 @@ def _size(size: int) -> str:
     return f"{size / 1024 / 1024:.2f} MiB" if size >= 1024 * 1024 else f"{size:,} bytes"
 
 
+from ._bench._search_cli import bench_search  # noqa: E402 - registered with the others
+
+cli.add_command(bench_search)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli.main(prog_name="app")
