@@ -11,8 +11,8 @@ RRF_K = 60
 DEPTH = 50
 _WORD = re.compile(r"\w+")
 
-#: (block index, fused score, keyword rank, vector rank, similarity)
-Fused = tuple[int, float, int | None, int | None, float | None]
+#: (block index, fused score, keyword rank, vector rank)
+Fused = tuple[int, float, int | None, int | None]
 
 
 def words(text: str) -> list[str]:
@@ -33,14 +33,13 @@ def by_words_contained(contained: Mapping[int, int], depth: int) -> list[int]:
 
 def fuse(
     keyword_ranked: Sequence[int],
-    scored: Sequence[tuple[int, float]],
+    vector_ranked: Sequence[int],
     keyword_weight: float,
     vector_weight: float,
 ) -> list[Fused]:
     """Every block of either list with its fused score, best first (ties: newest first)."""
     keyword_rank = {index: rank for rank, index in enumerate(keyword_ranked, start=1)}
-    vector_rank = {index: rank for rank, (index, _) in enumerate(scored, start=1)}
-    similarity = dict(scored)
+    vector_rank = {index: rank for rank, index in enumerate(vector_ranked, start=1)}
     fused: list[Fused] = []
     for index in keyword_rank.keys() | vector_rank.keys():
         k_rank, v_rank = keyword_rank.get(index), vector_rank.get(index)
@@ -49,6 +48,6 @@ def fuse(
             score += keyword_weight / (RRF_K + k_rank)
         if v_rank is not None:
             score += vector_weight / (RRF_K + v_rank)
-        fused.append((index, score, k_rank, v_rank, similarity.get(index)))
+        fused.append((index, score, k_rank, v_rank))
     fused.sort(key=lambda hit: (-hit[1], -hit[0]))
     return fused

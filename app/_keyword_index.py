@@ -25,18 +25,17 @@ which the trigram index serves, and keeps the exact ``strpos`` test beside it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, func, literal, select, union
 from sqlalchemy.engine import Connection
 
 from . import errors
 from ._engine import raw_execute
-from .models import blocks_table, keywords_table
 
 if TYPE_CHECKING:
     from .database import Database
@@ -185,28 +184,35 @@ def per_word(
     return [how.word(connection, word, limit, True) for word in words], how
 
 
+_CONTAINED = {
+    "sqlite": """
+        SELECT block_index FROM blocks
+        WHERE block_index IN (SELECT value FROM json_each(?))
+          AND instr(lower(context), lower(?)) > 0
+        UNION
+        SELECT block_index FROM block_keywords
+        WHERE block_index IN (SELECT value FROM json_each(?))
+          AND instr(lower(keyword), lower(?)) > 0""",
+    "postgresql": """
+        SELECT block_index FROM blocks
+        WHERE block_index = ANY(%s) AND strpos(lower(context), lower(%s)) > 0
+        UNION
+        SELECT block_index FROM block_keywords
+        WHERE block_index = ANY(%s) AND strpos(lower(keyword), lower(%s)) > 0""",
+}
+
+
 def words_contained(
     connection: Connection, words: Sequence[str], blocks: Sequence[int]
 ) -> dict[int, int]:
     """How many of ``words`` each of ``blocks`` contains (by the exact test)."""
     found: dict[int, int] = dict.fromkeys(blocks, 0)
-    position = func.instr if connection.dialect.name == "sqlite" else func.strpos
-    for start in range(0, len(blocks), 10000):
-        part = list(blocks[start : start + 10000])
-        for word in words:
-            folded = func.lower(literal(word, Text()))
-            query = union(
-                select(blocks_table.c.block_index).where(
-                    blocks_table.c.block_index.in_(part),
-                    position(func.lower(blocks_table.c.context), folded) > 0,
-                ),
-                select(keywords_table.c.block_index).where(
-                    keywords_table.c.block_index.in_(part),
-                    position(func.lower(keywords_table.c.keyword), folded) > 0,
-                ),
-            )
-            for index in connection.execute(query).scalars():
-                found[index] += 1
+    sqlite = connection.dialect.name == "sqlite"
+    among: Any = json.dumps(list(blocks)) if sqlite else list(blocks)
+    statement = _CONTAINED["sqlite" if sqlite else "postgresql"]
+    for word in words:
+        for row in raw_execute(connection, statement, (among, word, among, word)):
+            found[row[0]] += 1
     return found
 
 

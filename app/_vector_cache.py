@@ -7,9 +7,12 @@ bits whichever path computed it and ties are broken by block index alone.
 Each process keeps, per :class:`~app.Database`, the embeddings as float32 unit vectors in
 one matrix per dimension (:class:`VectorCache`). A query multiplies the matrix by the unit
 query once; float32 rounding moves a score by at most ``(d + 8) * 2**-23`` (d terms of
-products of values at most 1), so every row within twice that of the k-th best can be in
-the exact top k. Those few rows are read from the database inside the query's snapshot and
-scored exactly. The result is the full scan's, bit for bit.
+products of values at most 1), so only rows within twice that of the k-th best can be in
+the exact top k, and two of them whose approximate scores are further apart than that are
+in the same order exactly. Rows closer than that to each other (or to ``min_similarity``)
+are read from the database inside the query's snapshot and scored exactly; the scores of
+the others are computed from the records that are loaded anyway. The result is the full
+scan's, bit for bit.
 
 The chain is append-only, so the cache is refreshed by reading only the embeddings past the
 last block index it holds, inside the snapshot of the query that needs them. A snapshot
@@ -26,17 +29,18 @@ dropped and queries stream the embeddings from the database, as before (exact as
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Select, literal, select
+from sqlalchemy import BigInteger, Select, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -64,13 +68,18 @@ def exact_scores(rows: Array, query: Array) -> Array:
     matrix = rows.astype(np.float64)
     vector = query.astype(np.float64)
     dots = (matrix * vector).sum(axis=1)
-    norms = np.sqrt((matrix * matrix).sum(axis=1))
-    query_norm = math.sqrt(float((vector * vector).sum()))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return dots / (norms * query_norm)  # type: ignore[no-any-return]
+    denominators = np.sqrt((matrix * matrix).sum(axis=1)) * math.sqrt(
+        float((vector * vector).sum())
+    )
+    scores = np.full(dots.shape, np.nan)
+    # Divided only where the denominator is not 0 (cheaper than silencing the warning).
+    np.divide(dots, denominators, out=scores, where=denominators > 0)
+    return scores
 
 
-def best(indices: Array, scores: Array, k: int, floor: float | None) -> list[tuple[int, float]]:
+def best(
+    indices: Array, scores: Array, k: int, floor: float | None
+) -> list[tuple[int, float | None]]:
     """The ``k`` best ``(index, score)``: highest score first, then lowest index; NaN scores
     (zero rows) and scores under ``floor`` dropped."""
     keep = ~np.isnan(scores)
@@ -126,7 +135,7 @@ def _stream(connection: Connection, query: Select[Any]) -> Any:
 
 def stream_top_k(
     connection: Connection, query: Array, k: int, floor: float | None, model: str | None
-) -> list[tuple[int, float]]:
+) -> list[tuple[int, float | None]]:
     """Exact top-k by reading every embedding (of ``model``) in chunks: bounded memory."""
     dimension = query.size
     stmt = select(*_COLUMNS)
@@ -163,6 +172,7 @@ class _Segment:
     model: Array  # (capacity,) int32: position in VectorCache.models
     usable: Array  # (capacity,) bool: norm > 0
     count: int = 0
+    zeros: int = 0  # rows with norm 0 (never returned)
 
     @classmethod
     def empty(cls, dimension: int, capacity: int) -> _Segment:
@@ -192,7 +202,7 @@ class _View:
     digest: Array  # uint64 digest of the row's block hash (0: no block row)
     dimension: Array  # int32 size of the row's vector (_UNREADABLE for a bad blob)
     model: Array  # int32
-    segments: dict[int, tuple[_Segment, int]]  # dimension -> (segment, its row count)
+    segments: dict[int, tuple[_Segment, int, int]]  # dimension -> (segment, rows, zero rows)
     models: tuple[str | None, ...]
 
     @property
@@ -208,6 +218,7 @@ class _Build:
     """The cache's arrays while a refresh writes them (under the cache lock)."""
 
     count: int = 0
+    expected: int = 0  # rows a rebuild will hold, counted before it starts
     index: Array = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     digest: Array = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     dimension: Array = field(default_factory=lambda: np.empty(0, dtype=np.int32))
@@ -228,7 +239,7 @@ class _Build:
             self.digest,
             self.dimension,
             self.model,
-            {d: (s, s.count) for d, s in self.segments.items()},
+            {d: (s, s.count, s.zeros) for d, s in self.segments.items()},
             tuple(self.models),
         )
 
@@ -266,12 +277,16 @@ class VectorCache:
         floor: float | None,
         model: str | None,
         wait: float,
-    ) -> list[tuple[int, float]]:
+    ) -> list[tuple[int, float | None]]:
         """Exact top-k in the connection's snapshot: from the cache when it can hold the
         embeddings, else by streaming them.
 
         Args:
             wait: longest time to wait for another thread's refresh (then this query streams).
+
+        Returns:
+            ``(block index, score)``, best first. A score is None where the order did not
+            need it: :func:`complete_scores` computes it from the block's loaded record.
         """
         last, digest = _snapshot_head(connection)
         if last is None:
@@ -325,11 +340,15 @@ class VectorCache:
             digest = _hash_at(connection, view.head)
             if digest == view.digest[view.count - 1]:
                 start = view.head
+        index = embeddings_table.c.block_index
         if start is None:
             build = _Build()
             self._build, self._view = build, None
+            # Counted first, so the arrays are made at their size (no growth by copies, no
+            # spare capacity) and a chain too big for the limit is known after one chunk.
+            counted = select(func.count()).where(index <= index_value(last))
+            build.expected = int(connection.execute(counted).scalar_one())
         assert build is not None
-        index = embeddings_table.c.block_index
         stmt = (
             select(*_COLUMNS, blocks_table.c.hash)
             .outerjoin(blocks_table, blocks_table.c.block_index == index)
@@ -371,12 +390,16 @@ def _holds(view: _View, last: int, digest: np.uint64) -> bool:
     return position >= 0 and int(view.index[position]) == last and view.digest[position] == digest
 
 
-def _grown(array: Array, needed: int, spare: int) -> Array:
-    """``array`` with room for ``needed`` rows: grown by a quarter (at most ``spare`` rows
-    beyond ``needed``), so appends copy rarely and the limit still bounds the memory."""
+def _grown(array: Array, needed: int, spare: int, expected: int) -> Array:
+    """``array`` with room for ``needed`` rows: the ``expected`` rows of a rebuild, else
+    grown by a quarter (at most ``spare`` rows beyond ``needed``), so appends copy rarely
+    and the limit still bounds the memory."""
     if needed <= len(array):
         return array
-    capacity = needed + min(spare, max(len(array) // 4, 1024))
+    if needed <= expected <= needed + spare:
+        capacity = expected
+    else:
+        capacity = needed + min(spare, max(len(array) // 4, 1024))
     bigger = np.empty((capacity, *array.shape[1:]), dtype=array.dtype)
     bigger[: len(array)] = array
     return bigger
@@ -397,14 +420,15 @@ def _append(build: _Build, chunk: Sequence[Any], limit: int) -> None:
     sizes = [_UNREADABLE if v is None else v.size for v in vectors]
     held = build.count * 24 + sum(row_bytes(size) for size in sizes)
     held += sum(13 * s.count + s.unit[: s.count].nbytes for s in build.segments.values())
-    if held > limit:
+    rest = max(0, build.expected - build.count - len(chunk))
+    if held + rest * row_bytes(sizes[-1]) > limit:  # the rows still to come, if alike
         raise _OverLimit
     spare = (limit - held) // row_bytes(max(sizes))
     start, need = build.count, build.count + len(chunk)
-    build.index = _grown(build.index, need, spare)
-    build.digest = _grown(build.digest, need, spare)
-    build.dimension = _grown(build.dimension, need, spare)
-    build.model = _grown(build.model, need, spare)
+    build.index = _grown(build.index, need, spare, build.expected)
+    build.digest = _grown(build.digest, need, spare, build.expected)
+    build.dimension = _grown(build.dimension, need, spare, build.expected)
+    build.model = _grown(build.model, need, spare, build.expected)
     for offset, row in enumerate(chunk):
         stored_model = row[3]
         code = build.model_codes.get(stored_model)
@@ -423,7 +447,15 @@ def _append(build: _Build, chunk: Sequence[Any], limit: int) -> None:
         segment = build.segments.get(size)
         if segment is None:
             segment = build.segments[size] = _Segment.empty(size, 0)
-        _fill(segment, offsets, vectors, build.index[start:need], build.model[start:need], spare)
+        _fill(
+            segment,
+            offsets,
+            vectors,
+            build.index[start:need],
+            build.model[start:need],
+            spare,
+            build.expected - build.count + segment.count,
+        )
     build.count = need
 
 
@@ -434,12 +466,13 @@ def _fill(
     indices: Array,
     models: Array,
     spare: int,
+    expected: int,
 ) -> None:
     begin, end = segment.count, segment.count + len(offsets)
-    segment.unit = _grown(segment.unit, end, spare)
-    segment.index = _grown(segment.index, end, spare)
-    segment.model = _grown(segment.model, end, spare)
-    segment.usable = _grown(segment.usable, end, spare)
+    segment.unit = _grown(segment.unit, end, spare, expected)
+    segment.index = _grown(segment.index, end, spare, expected)
+    segment.model = _grown(segment.model, end, spare, expected)
+    segment.usable = _grown(segment.usable, end, spare, expected)
     segment.index[begin:end] = indices[offsets]
     segment.model[begin:end] = models[offsets]
     if segment.dimension > 0:
@@ -450,8 +483,10 @@ def _fill(
         rows[~usable] = 0.0
         segment.unit[begin:end] = rows.astype(np.float32)
         segment.usable[begin:end] = usable
+        segment.zeros += int(len(offsets) - usable.sum())
     else:
         segment.usable[begin:end] = False
+        segment.zeros += len(offsets)
     segment.count = end
 
 
@@ -463,73 +498,132 @@ def _search_view(
     k: int,
     floor: float | None,
     model: str | None,
-) -> list[tuple[int, float]]:
+) -> list[tuple[int, float | None]]:
     dimension = query.size
     code: int | None = None
     if model is not None:
         code = view.models.index(model) if model in view.models else -1
-    # Any embedding of another size in this snapshot (and model) makes the query invalid,
-    # as it does for the full scan.
-    other = view.dimension[:count] != dimension
-    if code is not None:
-        other &= view.model[:count] == code
-    if other.any():
-        at = int(np.argmax(other))
-        stored_model = view.models[int(view.model[at])]
-        raise mismatch(dimension, int(view.index[at]), int(view.dimension[at]), stored_model)
+    if count == 0:
+        return []
+    if set(view.segments) != {dimension}:
+        # Any embedding of another size in this snapshot (and model) makes the query
+        # invalid, as it does for the full scan.
+        other = view.dimension[:count] != dimension
+        if code is not None:
+            other &= view.model[:count] == code
+        if other.any():
+            at = int(np.argmax(other))
+            stored_model = view.models[int(view.model[at])]
+            raise mismatch(dimension, int(view.index[at]), int(view.dimension[at]), stored_model)
     found = view.segments.get(dimension)
     if found is None or k == 0:
         return []
-    segment, filled = found
-    if count == 0:
-        return []
-    rows = min(filled, int(np.searchsorted(segment.index[:filled], view.index[count - 1], "right")))
+    segment, filled, zeros = found
+    last = view.index[count - 1]
+    rows = (
+        filled
+        if segment.index[filled - 1] <= last
+        else int(np.searchsorted(segment.index[:filled], last, "right"))
+    )
     unit_query = (query.astype(np.float64) / np.linalg.norm(query.astype(np.float64))).astype(
         np.float32
     )
     approx = segment.unit[:rows] @ unit_query
-    approx[~segment.usable[:rows]] = -np.inf
+    if zeros:
+        approx[~segment.usable[:rows]] = -np.inf
     if code is not None:
         approx[segment.model[:rows] != code] = -np.inf
-    chosen = _candidates(approx, k, floor, (dimension + 8) * 2.0**-23)
+    margin = (dimension + 8) * 2.0**-23
+    chosen = _candidates(approx, k, floor, margin)
     if chosen.size == 0:
         return []
-    return _rescore(connection, segment.index[chosen], query, k, floor, model)
+    return _rank(connection, approx[chosen], segment.index[chosen], query, k, floor, model, margin)
 
 
 def _candidates(approx: Array, k: int, floor: float | None, margin: float) -> Array:
-    """Rows whose exact score can be among the best ``k`` (at or above ``floor``)."""
-    keep = approx > -np.inf
-    if floor is not None:
-        keep &= approx >= floor - margin
-    rows = np.flatnonzero(keep)
-    if rows.size <= k:
-        return rows
-    values = approx[rows]
-    kth = np.partition(values, rows.size - k)[rows.size - k]
-    chosen: Array = rows[values >= kth - 2 * margin]
+    """Rows whose exact score can be among the best ``k`` (at or above ``floor``); rows
+    ruled out beforehand score -inf."""
+    threshold = -np.inf if floor is None else floor - margin
+    if k < approx.size:
+        kth = float(np.partition(approx, approx.size - k)[approx.size - k])
+        threshold = max(threshold, kth - 2 * margin)
+    if threshold == -np.inf:
+        chosen: Array = np.flatnonzero(approx > -np.inf)
+    else:
+        chosen = np.flatnonzero(approx >= threshold)
     return chosen
 
 
-def _rescore(
+def _rank(
     connection: Connection,
+    approx: Array,
     indices: Array,
     query: Array,
     k: int,
     floor: float | None,
     model: str | None,
+    margin: float,
+) -> list[tuple[int, float | None]]:
+    """The exact order of the candidates, from their approximate scores.
+
+    Two rows whose approximate scores differ by more than ``2 * margin`` are in the same
+    order exactly. Only runs of rows closer than that, and rows within ``margin`` of the
+    floor, need their exact scores, read from the database; the others keep their place
+    (and get their score later, from their records).
+    """
+    order = np.lexsort((indices, -approx))
+    approx, indices = approx[order], indices[order]
+    close = np.diff(approx) >= -2 * margin  # approx is descending
+    uncertain = np.zeros(approx.size, dtype=bool)
+    uncertain[:-1] |= close
+    uncertain[1:] |= close
+    if floor is not None:
+        uncertain |= approx < floor + margin
+    exact = dict(_exact(connection, indices[uncertain], query, model)) if uncertain.any() else {}
+    ranked: list[tuple[int, float | None]] = []
+    position = 0
+    while position < approx.size and len(ranked) < k:
+        end = position + 1
+        while end < approx.size and close[end - 1]:
+            end += 1
+        if not uncertain[position]:
+            ranked.append((int(indices[position]), None))
+        else:
+            run: list[tuple[int, float]] = [
+                (i, exact[i])
+                for i in map(int, indices[position:end])
+                if i in exact and not math.isnan(exact[i]) and (floor is None or exact[i] >= floor)
+            ]
+            run.sort(key=lambda item: (-item[1], item[0]))
+            ranked.extend(run)
+        position = end
+    return ranked[:k]
+
+
+_CANDIDATES = {
+    "sqlite": "SELECT block_index, embedding, embedding_dim, embedding_model "
+    "FROM block_embeddings WHERE block_index IN (SELECT value FROM json_each(?))",
+    "postgresql": "SELECT block_index, embedding, embedding_dim, embedding_model "
+    "FROM block_embeddings WHERE block_index = ANY(%s)",
+}
+
+
+def _exact(
+    connection: Connection, indices: Array, query: Array, model: str | None
 ) -> list[tuple[int, float]]:
-    """Exact scores of the candidate blocks, read in the query's snapshot, a chunk at a
-    time (many rows tie when many embeddings are equal)."""
+    """Exact scores of the given blocks' stored embeddings, read in the query's snapshot a
+    chunk at a time (many rows tie when many embeddings are equal)."""
     dimension = query.size
+    sqlite = connection.dialect.name == "sqlite"
+    statement = _CANDIDATES["sqlite" if sqlite else "postgresql"]
     wanted = [int(i) for i in indices]
-    kept: list[tuple[int, float]] = []
+    scored: list[tuple[int, float]] = []
     for start in range(0, len(wanted), _CHUNK):
         part = wanted[start : start + _CHUNK]
-        stmt = select(*_COLUMNS).where(embeddings_table.c.block_index.in_(part))
         found_index: list[int] = []
         found_rows: list[Array] = []
-        for index, blob, stored_dim, stored_model in connection.execute(stmt):
+        among: Any = json.dumps(part) if sqlite else part
+        for index, blob, stored_dim, stored_model in raw_execute(connection, statement, (among,)):
             if model is not None and stored_model != model:
                 continue
             vector = decode(bytes(blob), stored_dim)
@@ -540,15 +634,24 @@ def _rescore(
             found_rows.append(vector)  # type: ignore[arg-type]
         if found_rows:
             scores = exact_scores(np.stack(found_rows), query)
-            kept += best(np.array(found_index, dtype=np.int64), scores, k, floor)
-    if not kept:
-        return []
-    return best(
-        np.array([i for i, _ in kept], dtype=np.int64),
-        np.array([s for _, s in kept], dtype=np.float64),
-        k,
-        None,
-    )
+            scored += zip(found_index, scores.tolist(), strict=True)
+    return scored
+
+
+def complete_scores(
+    ranked: Sequence[tuple[int, float | None]],
+    embeddings: Mapping[int, Sequence[float] | None],
+    query: Array,
+) -> dict[int, float]:
+    """The exact score of every ranked block that has an embedding in ``embeddings`` (its
+    loaded record's): those :meth:`VectorCache.top_k` left out are computed here, from the
+    same float32 values, so they are the bits the full scan computes."""
+    scores = {index: score for index, score in ranked if score is not None}
+    missing = [i for i, score in ranked if score is None and embeddings.get(i) is not None]
+    if missing:
+        rows = np.array([embeddings[i] for i in missing], dtype=np.float32)
+        scores.update(zip(missing, exact_scores(rows, query).tolist(), strict=True))
+    return scores
 
 
 # -- one cache per Database per process -------------------------------------------------------

@@ -367,9 +367,11 @@ class BlockStore:
             query_embedding, top_k, min_similarity, model
         )
         with self.db._reading() as connection:
-            chosen = self._top_k(connection, query, k, floor, wanted)
-            records = {r.block_index: r for r in _load_records(connection, [i for i, _ in chosen])}
-        return [ScoredBlock(records[i], score) for i, score in chosen if i in records]
+            ranked = self._top_k(connection, query, k, floor, wanted)
+            records = {r.block_index: r for r in _load_records(connection, [i for i, _ in ranked])}
+        embeddings = {i: r.embedding for i, r in records.items()}
+        scores = _vector_cache.complete_scores(ranked, embeddings, query)
+        return [ScoredBlock(records[i], scores[i]) for i, _ in ranked if i in scores]
 
     def search(
         self,
@@ -409,25 +411,34 @@ class BlockStore:
             raise errors.InvalidInputError("search needs text, an embedding, or both")
         depth = max(_hybrid.DEPTH, 4 * k)
         keyword_ranks: list[int] = []
-        scored: list[tuple[int, float]] = []
+        vector_ranked: list[tuple[int, float | None]] = []
         plan = None
         with self.db._reading() as connection:
             if words and keyword_weight > 0:
                 lists, plan = _keyword_index.per_word(connection, words, depth)
-                found = sorted({index for matches in lists for index in matches})
-                contained = _keyword_index.words_contained(connection, words, found)
-                keyword_ranks = _hybrid.by_words_contained(contained, depth)
+                if len(words) == 1:
+                    keyword_ranks = lists[0]  # newest first, as ranked below
+                else:
+                    found = sorted({index for matches in lists for index in matches})
+                    contained = _keyword_index.words_contained(connection, words, found)
+                    keyword_ranks = _hybrid.by_words_contained(contained, depth)
             if vector is not None and vector_weight > 0:
-                scored = self._top_k(connection, vector, depth, None, model)
-            fused = _hybrid.fuse(keyword_ranks, scored, keyword_weight, vector_weight)[:k]
+                vector_ranked = self._top_k(connection, vector, depth, None, model)
+            vector_ranks = [index for index, _ in vector_ranked]
+            fused = _hybrid.fuse(keyword_ranks, vector_ranks, keyword_weight, vector_weight)[:k]
             records = {
                 r.block_index: r for r in _load_records(connection, [hit[0] for hit in fused])
             }
         if plan is not None and plan.pending >= _keyword_index.DRAIN_AT:
             _keyword_index.catch_up_quietly(self.db)
+        similarity: dict[int, float] = {}
+        if vector is not None:
+            hits = [(i, s) for i, s in vector_ranked if i in records]
+            embeddings = {i: records[i].embedding for i, _ in hits}
+            similarity = _vector_cache.complete_scores(hits, embeddings, vector)
         return [
-            SearchHit(records[index], score, keyword_rank, vector_rank, similarity)
-            for index, score, keyword_rank, vector_rank, similarity in fused
+            SearchHit(records[index], score, keyword_rank, vector_rank, similarity.get(index))
+            for index, score, keyword_rank, vector_rank in fused
             if index in records
         ]
 
@@ -438,7 +449,7 @@ class BlockStore:
         k: int,
         floor: float | None,
         model: str | None,
-    ) -> list[tuple[int, float]]:
+    ) -> list[tuple[int, float | None]]:
         cache = _vector_cache.cache_for(self.db)
         return cache.top_k(connection, query, k, floor, model, self.db.settings.retry_deadline)
 

@@ -31,7 +31,7 @@ def test_a_small_run_reports_every_figure(tmp_path: Path) -> None:
     assert result.keyword_identical == (checked, checked)
     assert result.similar_identical == (10, 10)
     assert result.similar_max_difference <= 1e-12
-    assert [t.name for t in result.timings] == ["keyword", "similar", "hybrid"]
+    assert [t.name for t in result.timings] == ["keyword", "similar", "hybrid", "hybrid-two-words"]
     assert all(t.layer_p50 > 0 for t in result.timings)
     assert result.index_build_seconds > 0 and result.vector_cache_mib > 0
     assert len(result.appends_with) == len(result.appends_without) == 1

@@ -23,7 +23,7 @@ def _size(text: str) -> int:
 )
 @click.option(
     "--queries",
-    default=30,
+    default=100,
     show_default=True,
     type=click.IntRange(1),
     help="Timed queries per call.",
