@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 #: The constant of reciprocal-rank fusion: a block ranked r adds ``weight / (RRF_K + r)``.
 RRF_K = 60
-#: Shortest length of each ranked list.
-DEPTH = 50
+#: Shortest length of each ranked list (``depth`` of ``BlockStore.search``).
+DEPTH = 20
 _WORD = re.compile(r"\w+")
 
 #: (block index, fused score, keyword rank, vector rank)

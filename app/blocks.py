@@ -380,6 +380,7 @@ class BlockStore:
         *,
         top_k: int = 10,
         weights: tuple[float, float] = (1.0, 1.0),
+        depth: int | None = None,
         model: str | None = None,
     ) -> list[SearchHit]:
         """Find blocks about ``text`` and/or near ``embedding``, ranked together.
@@ -389,12 +390,13 @@ class BlockStore:
         not in adds nothing). The keyword list: the newest blocks that each word of
         ``text`` finds as :meth:`search_keywords` would (words split at non-word characters;
         words under two characters are dropped), ranked by how many of the words they
-        contain, then newest first. The vector list is :meth:`similar`'s order. Each list is
-        ``max(50, 4 * top_k)`` long. Equal scores: newest first. Both lists are read in one
-        snapshot.
+        contain, then newest first. The vector list is :meth:`similar`'s order. Equal scores:
+        newest first. Both lists are read in one snapshot.
 
         Args:
             weights: (keyword, vector) weights, each >= 0, not both 0.
+            depth: how many blocks of each list take part (default ``max(20, top_k)``;
+                a block further down either list adds at most ``weight / (60 + depth)``).
             model: compare only with embeddings of this ``embedding_model``.
 
         Raises:
@@ -409,7 +411,7 @@ class BlockStore:
             vector, _, _, model = _similarity_arguments(embedding, k, None, model)
         if text is None and vector is None:
             raise errors.InvalidInputError("search needs text, an embedding, or both")
-        depth = max(_hybrid.DEPTH, 4 * k)
+        depth = max(_hybrid.DEPTH, k) if depth is None else check_limit(depth, "depth")
         keyword_ranks: list[int] = []
         vector_ranked: list[tuple[int, float | None]] = []
         plan = None

@@ -81,3 +81,22 @@ def test_a_bad_cache_limit_is_one_line(tmp_path: Path) -> None:
     result = run_cli("bench-search", "--blocks", "10", "--cache-limit", "lots")
     assert result.exit_code == 2
     assert "is not a size such as 4GiB" in result.output
+
+
+@pytest.mark.slow
+def test_growth_is_timed_against_a_larger_file_in_one_run(tmp_path: Path) -> None:
+    larger = _search.run_search_bench(
+        blocks=2000, dim=8, queries=2, reference_queries=1, check_queries=5,
+        peer_queries=0, append_rounds=0, workdir=str(tmp_path / "large"),
+    )  # fmt: skip
+    result = _search.run_search_bench(
+        blocks=200, dim=8, queries=6, reference_queries=1, check_queries=5,
+        peer_queries=0, append_rounds=0, scale_to=str(tmp_path / "large" / "search.db"),
+    )  # fmt: skip
+    assert larger.blocks == result.scale_blocks == 2000
+    assert set(result.scale_p50) == {"keyword", "similar"}
+    assert all(small > 0 and large > 0 for small, large in result.scale_p50.values())
+    assert result.scale_cache_mib > 0
+    goals = [goal for goal, _ in _search.goals(result) if "in turn in this run" in goal]
+    assert len(goals) == 2 and all("at 2,000 blocks is" in goal for goal in goals)
+    assert "in turn on 200 and 2,000 blocks" in _search.summary(result)[0]

@@ -67,9 +67,14 @@ def _matches(db: Database, word: str) -> list[int]:
 
 
 def reference(
-    db: Database, query_text: str | None, query: Any, top_k: int, weights: tuple[float, float]
+    db: Database,
+    query_text: str | None,
+    query: Any,
+    top_k: int,
+    weights: tuple[float, float],
+    depth: int | None = None,
 ) -> list[tuple[int, float, int | None, int | None]]:
-    depth = max(50, 4 * top_k)
+    depth = max(20, top_k) if depth is None else depth
     words: dict[str, str] = {}
     for word in re.findall(r"\w+", query_text or ""):
         if len(word) >= 2:
@@ -97,6 +102,7 @@ def reference(
 
 CASES = [
     ("garden Ana", True, 10, (1.0, 1.0)),
+    ("garden Ana Bo", True, 3, (1.0, 1.0)),
     ("garden party", False, 5, (1.0, 1.0)),
     ("Bo", True, 20, (1.0, 1.0)),
     ("budget w7 note", True, 10, (2.0, 0.5)),
@@ -124,6 +130,11 @@ def test_fusion_matches_the_reference(
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [g[2:] for g in got] == [w[2:] for w in want]
     assert [g[1] for g in got] == pytest.approx([w[1] for w in want], abs=1e-15)
+    deep = BlockStore(filled).search(query_text, vector, top_k=top_k, weights=weights, depth=80)
+    want_deep = reference(filled, query_text, vector, top_k, weights, depth=80)
+    assert [(h.block.block_index, h.keyword_rank, h.vector_rank) for h in deep] == [
+        (w[0], w[2], w[3]) for w in want_deep
+    ]
     exact = dict(fsum_scores(embeddings(filled), query))
     for hit in hits:
         if hit.vector_rank is None:
@@ -153,6 +164,7 @@ def test_a_block_with_more_of_the_words_ranks_higher(filled: Database) -> None:
         ({"embedding": [0.0] * 10}, "length zero"),
         ({"embedding": [1.0, 2.0]}, "dimension 2"),
         ({"text": "x", "top_k": -1}, "top_k must be an integer"),
+        ({"text": "x", "depth": -5}, "depth must be an integer"),
     ],
 )
 def test_bad_arguments_are_refused(

@@ -72,6 +72,12 @@ def _size(text: str) -> int:
     type=click.Path(exists=True, dir_okay=False),
     help="JSON of a smaller run: also check how p50 grew.",
 )
+@click.option(
+    "--scale-to",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A larger database filled by an earlier run (--workdir keeps it): time the searches "
+    "on it in turn with this run's, to measure their growth in one run.",
+)
 @click.option("--markdown", is_flag=True, help="Also print the table as Markdown.")
 def bench_search(
     blocks: int,
@@ -87,6 +93,7 @@ def bench_search(
     workdir: str | None,
     json_out: str | None,
     compare_to: str | None,
+    scale_to: str | None,
     markdown: bool,
 ) -> None:
     """Fill BLOCKS blocks and time keyword, similarity and hybrid search against a full
@@ -111,6 +118,7 @@ def bench_search(
         append_rounds=append_rounds,
         cache_limit=_size(cache_limit),
         workdir=workdir,
+        scale_to=scale_to,
         progress=lambda message: console.log(escape(message)),
     )
     table = Table(title=f"bench-search: {blocks:,} blocks x {dim}-d", title_justify="left")
