@@ -525,19 +525,32 @@ def _search_view(
         if segment.index[filled - 1] <= last
         else int(np.searchsorted(segment.index[:filled], last, "right"))
     )
-    unit_query = (query.astype(np.float64) / np.linalg.norm(query.astype(np.float64))).astype(
-        np.float32
-    )
-    approx = segment.unit[:rows] @ unit_query
+    unit_query = query.astype(np.float64) / np.linalg.norm(query.astype(np.float64))
+    approx = _products(segment.unit[:rows], unit_query.astype(np.float32))
     if zeros:
         approx[~segment.usable[:rows]] = -np.inf
     if code is not None:
         approx[segment.model[:rows] != code] = -np.inf
-    margin = (dimension + 8) * 2.0**-23
-    chosen = _candidates(approx, k, floor, margin)
+    chosen = _candidates(approx, k, floor, (dimension + 8) * 2.0**-23)
     if chosen.size == 0:
         return []
-    return _rank(connection, approx[chosen], segment.index[chosen], query, k, floor, model, margin)
+    # The candidates again, in float64: only the rounding of the stored unit vectors to
+    # float32 (2**-24 of each value) is left, so far fewer rows need their stored values.
+    refined = segment.unit[chosen].astype(np.float64) @ unit_query
+    return _rank(connection, refined, segment.index[chosen], query, k, floor, model, 2.0**-22)
+
+
+#: Below this many rows the product runs on the calling thread: waking BLAS's threads costs
+#: more than the work when the machine is busy (milliseconds for a few thousand rows).
+_ONE_THREAD_ROWS = 8192
+
+
+def _products(matrix: Array, vector: Array) -> Array:
+    """``matrix @ vector`` in float32 (either way within the error bound used above)."""
+    if len(matrix) < _ONE_THREAD_ROWS:
+        return np.einsum("ij,j->i", matrix, vector)  # type: ignore[no-any-return]
+    product: Array = matrix @ vector
+    return product
 
 
 def _candidates(approx: Array, k: int, floor: float | None, margin: float) -> Array:
@@ -564,13 +577,17 @@ def _rank(
     model: str | None,
     margin: float,
 ) -> list[tuple[int, float | None]]:
-    """The exact order of the candidates, from their approximate scores.
+    """The exact order of the candidates, from approximate scores at most ``margin`` off.
 
     Two rows whose approximate scores differ by more than ``2 * margin`` are in the same
-    order exactly. Only runs of rows closer than that, and rows within ``margin`` of the
-    floor, need their exact scores, read from the database; the others keep their place
-    (and get their score later, from their records).
+    order exactly, and a row more than ``margin`` under the floor is under it. Only runs of
+    rows closer than that, and rows within ``margin`` of the floor, need their exact scores,
+    read from the database; the others keep their place (and get their score later, from
+    their records).
     """
+    if floor is not None:
+        above = approx >= floor - margin
+        approx, indices = approx[above], indices[above]
     order = np.lexsort((indices, -approx))
     approx, indices = approx[order], indices[order]
     close = np.diff(approx) >= -2 * margin  # approx is descending
