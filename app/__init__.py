@@ -1,7 +1,7 @@
 """A thread-safe database layer for a hash-chained block store on SQLite or PostgreSQL."""
 
 from . import errors
-from .blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock
+from .blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock, SearchHit
 from .database import Database, ReplicaStats, Stats
 from .legacy import DatabaseManager
 from .settings import Settings
@@ -19,6 +19,7 @@ __all__ = [
     "MemoryRecord",
     "ReplicaStats",
     "ScoredBlock",
+    "SearchHit",
     "Settings",
     "ShortTermMemories",
     "Stats",

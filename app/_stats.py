@@ -35,6 +35,7 @@ class Stats:
 
     ``replicas`` and ``primary_reads`` are filled when replicas are configured:
     ``primary_reads`` counts the reads that went to the primary instead of a replica.
+    ``vector_cache_bytes`` is the memory this process holds for similarity searches.
     """
 
     units_committed: int
@@ -48,6 +49,8 @@ class Stats:
     connections_open: int
     replicas: tuple[ReplicaStats, ...] = ()
     primary_reads: int = 0
+    #: Memory held by this process's cache of the database's embeddings (see similar()).
+    vector_cache_bytes: int = 0
 
 
 class Counters:

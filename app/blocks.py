@@ -17,11 +17,11 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import BigInteger, Select, Table, Text, func, literal, select, union
+from sqlalchemy import BigInteger, Select, Table, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import errors
+from . import _hybrid, _keyword_index, _vector_cache, errors
 from ._append_batcher import AppendBatcher
 from ._block_values import (
     PreparedBlock,
@@ -60,9 +60,6 @@ SORT_COLUMNS = {
 }
 _ORDERS = ("asc", "desc")
 _STREAM_CHUNK = 4096
-#: Words per keyword-search query: each word adds two SELECTs to a UNION, and SQLite allows
-#: 500 terms in a compound SELECT.
-_WORDS_PER_QUERY = 200
 
 
 class BlockRecord(NamedTuple):
@@ -88,6 +85,17 @@ class BlockRecord(NamedTuple):
 class ScoredBlock(NamedTuple):
     block: BlockRecord
     similarity: float
+
+
+class SearchHit(NamedTuple):
+    """A block found by :meth:`BlockStore.search`, with its fused score and the ranks it had
+    in the keyword and the vector list (1 = first; None when it was not in that list)."""
+
+    block: BlockRecord
+    score: float
+    keyword_rank: int | None
+    vector_rank: int | None
+    similarity: float | None
 
 
 class ChainHead(NamedTuple):
@@ -291,36 +299,37 @@ class BlockStore:
 
         Case is folded by the database's ``lower()`` on both sides: ASCII letters only on
         SQLite (as the legacy class's LIKE did), all letters on PostgreSQL. A word always
-        finds itself, whatever its letters.
+        finds itself, whatever its letters. A trigram index (revision 0003) narrows the
+        blocks tested; words under three characters are found by a scan.
         """
         words = [w for w in check_words(keywords, "keywords") if w]
         count = check_limit(limit)
-        if not words:
+        if not words or not count:
             return []
-        found: set[int] = set()
         with self.db.reading() as connection:
-            # A position search rather than LIKE: no wildcards to escape, and no pattern
-            # length limit (SQLite refuses LIKE patterns over 50,000 bytes).
-            position = func.instr if connection.dialect.name == "sqlite" else func.strpos
-            for start in range(0, len(words), _WORDS_PER_QUERY):
-                matches: list[Select[Any]] = []
-                for word in words[start : start + _WORDS_PER_QUERY]:
-                    # Folding the word in Python would not match SQLite's ASCII-only lower():
-                    # "Über" would then look for "über" in "Über" and miss its own keyword.
-                    folded = func.lower(literal(word, Text()))
-                    for table, column in (
-                        (keywords_table, keywords_table.c.keyword),
-                        (blocks_table, blocks_table.c.context),
-                    ):
-                        matches.append(
-                            select(table.c.block_index).where(
-                                position(func.lower(column), folded) > 0
-                            )
-                        )
-                union_of = union(*matches).subquery()
-                query = select(union_of.c.block_index).order_by(union_of.c.block_index)
-                found.update(connection.execute(query.limit(count)).scalars())
-            return _load_records(connection, sorted(found)[:count])
+            found, plan = _keyword_index.matching(connection, words, count)
+            records = _load_records(connection, found)
+        if plan.pending >= _keyword_index.DRAIN_AT:
+            _keyword_index.catch_up_quietly(self.db)
+        return records
+
+    def refresh_search_index(self) -> int:
+        """Index the blocks that writers added since the last search did (SQLite).
+
+        Searches do this by themselves once enough blocks wait, and find waiting blocks by a
+        scan meanwhile; call it after a bulk import to spare the next search that work.
+
+        Returns:
+            How many blocks were indexed (0 on PostgreSQL, whose indexes the server keeps).
+
+        Raises:
+            DatabaseBusyError: another writer kept the database locked past the deadline.
+        """
+        with self.db.reading() as connection:
+            ready = connection.dialect.name == "sqlite" and _keyword_index.sqlite_index_ready(
+                connection
+            )
+        return _keyword_index.catch_up(self.db, wait=True) if ready else 0
 
     def search_tags(self, tags: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
         """Blocks carrying any of ``tags`` (exact match), lowest index first."""
@@ -388,9 +397,12 @@ class BlockStore:
         min_similarity: float | None = None,
         model: str | None = None,
     ) -> list[ScoredBlock]:
-        """The ``top_k`` blocks whose embeddings are most cosine-similar to the query.
+        """The ``top_k`` blocks whose embeddings are most cosine-similar to the query, best
+        first (equal scores: lowest index first).
 
-        Embeddings are streamed in chunks, so memory stays bounded for any chain length.
+        Exact: the process keeps the embeddings in memory (up to ``vector_cache_limit``),
+        refreshed from the blocks appended since, and scores the few rows that can be in the
+        top k from their stored values; past the limit, embeddings are streamed in chunks.
 
         Args:
             model: compare only with embeddings of this ``embedding_model``.
@@ -399,43 +411,97 @@ class BlockStore:
             InvalidInputError: the query is not a finite, non-zero vector, or its dimension
                 differs from a stored embedding's (a ``ValueError`` as in the legacy class).
         """
-        raw, dimension = encode_embedding(query_embedding, "query embedding")
-        vector = np.frombuffer(raw, dtype=np.float32).astype(np.float64)
-        norm = float(np.linalg.norm(vector))
-        if norm == 0.0:
-            raise errors.InvalidInputError("query embedding has length zero")
-        k = check_limit(top_k, "top_k")
-        floor = None if min_similarity is None else check_number(min_similarity, "min_similarity")
-        columns = (
-            embeddings_table.c.block_index,
-            embeddings_table.c.embedding,
-            embeddings_table.c.embedding_dim,
-            embeddings_table.c.embedding_model,
+        query, k, floor, wanted = _similarity_arguments(
+            query_embedding, top_k, min_similarity, model
         )
-        stmt = select(*columns)
-        if model is not None:
-            stmt = stmt.where(embeddings_table.c.embedding_model == check_text(model, "model"))
-        best_index = np.empty(0, dtype=np.int64)
-        best_score = np.empty(0, dtype=np.float64)
         with self.db.reading() as connection:
-            result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
-            for chunk in result.partitions():
-                indices, matrix = _decode_embeddings(chunk, dimension)
-                norms = np.linalg.norm(matrix, axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    scores = matrix @ vector / (norms * norm)
-                keep = norms > 0
-                if floor is not None:
-                    keep &= scores >= floor
-                best_index = np.concatenate([best_index, indices[keep]])
-                best_score = np.concatenate([best_score, scores[keep]])
-                if best_score.size > k:
-                    top = np.argpartition(-best_score, k)[:k]
-                    best_index, best_score = best_index[top], best_score[top]
-            order = np.lexsort((best_index, -best_score))[:k]
-            chosen = [(int(best_index[i]), float(best_score[i])) for i in order]
-            records = {r.block_index: r for r in _load_records(connection, [i for i, _ in chosen])}
-        return [ScoredBlock(records[i], score) for i, score in chosen if i in records]
+            ranked = self._top_k(connection, query, k, floor, wanted)
+            records = {r.block_index: r for r in _load_records(connection, [i for i, _ in ranked])}
+        embeddings = {i: r.embedding for i, r in records.items()}
+        scores = _vector_cache.complete_scores(ranked, embeddings, query)
+        return [ScoredBlock(records[i], scores[i]) for i, _ in ranked if i in scores]
+
+    def search(
+        self,
+        text: str | None = None,
+        embedding: Any = None,
+        *,
+        top_k: int = 10,
+        weights: tuple[float, float] = (1.0, 1.0),
+        depth: int | None = None,
+        model: str | None = None,
+    ) -> list[SearchHit]:
+        """Find blocks about ``text`` and/or near ``embedding``, ranked together.
+
+        Two ranked lists are fused by reciprocal rank: a block scores
+        ``weights[0] / (60 + keyword_rank) + weights[1] / (60 + vector_rank)`` (a list it is
+        not in adds nothing). The keyword list: the newest blocks that each word of
+        ``text`` finds as :meth:`search_keywords` would (words split at non-word characters;
+        words under two characters are dropped), ranked by how many of the words they
+        contain, then newest first. The vector list is :meth:`similar`'s order. Equal scores:
+        newest first. Both lists are read in one snapshot.
+
+        Args:
+            weights: (keyword, vector) weights, each >= 0, not both 0.
+            depth: how many blocks of each list take part (default ``max(20, top_k)``;
+                a block further down either list adds at most ``weight / (60 + depth)``).
+            model: compare only with embeddings of this ``embedding_model``.
+
+        Raises:
+            InvalidInputError: neither ``text`` nor ``embedding`` given, or a bad argument
+                (as for :meth:`search_keywords` and :meth:`similar`).
+        """
+        k = check_limit(top_k, "top_k")
+        keyword_weight, vector_weight = _weights(weights)
+        words = _hybrid.words(check_text(text, "text")) if text is not None else []
+        vector = None
+        if embedding is not None:
+            vector, _, _, model = _similarity_arguments(embedding, k, None, model)
+        if text is None and vector is None:
+            raise errors.InvalidInputError("search needs text, an embedding, or both")
+        depth = max(_hybrid.DEPTH, k) if depth is None else check_limit(depth, "depth")
+        keyword_ranks: list[int] = []
+        vector_ranked: list[tuple[int, float | None]] = []
+        plan = None
+        with self.db.reading() as connection:
+            if words and keyword_weight > 0:
+                lists, plan = _keyword_index.per_word(connection, words, depth)
+                if len(words) == 1:
+                    keyword_ranks = lists[0]  # newest first, as ranked below
+                else:
+                    found = sorted({index for matches in lists for index in matches})
+                    contained = _keyword_index.words_contained(connection, words, found)
+                    keyword_ranks = _hybrid.by_words_contained(contained, depth)
+            if vector is not None and vector_weight > 0:
+                vector_ranked = self._top_k(connection, vector, depth, None, model)
+            vector_ranks = [index for index, _ in vector_ranked]
+            fused = _hybrid.fuse(keyword_ranks, vector_ranks, keyword_weight, vector_weight)[:k]
+            records = {
+                r.block_index: r for r in _load_records(connection, [hit[0] for hit in fused])
+            }
+        if plan is not None and plan.pending >= _keyword_index.DRAIN_AT:
+            _keyword_index.catch_up_quietly(self.db)
+        similarity: dict[int, float] = {}
+        if vector is not None:
+            hits = [(i, s) for i, s in vector_ranked if i in records]
+            embeddings = {i: records[i].embedding for i, _ in hits}
+            similarity = _vector_cache.complete_scores(hits, embeddings, vector)
+        return [
+            SearchHit(records[index], score, keyword_rank, vector_rank, similarity.get(index))
+            for index, score, keyword_rank, vector_rank in fused
+            if index in records
+        ]
+
+    def _top_k(
+        self,
+        connection: Connection,
+        query: np.ndarray[Any, Any],
+        k: int,
+        floor: float | None,
+        model: str | None,
+    ) -> list[tuple[int, float | None]]:
+        cache = _vector_cache.cache_for(self.db)
+        return cache.top_k(connection, query, k, floor, model, self.db.settings.retry_deadline)
 
     def verify_chain(self, progress: Callable[[int], None] | None = None) -> ChainCheck:
         """Recompute every hash and link, and say where the chain first goes wrong.
@@ -658,21 +724,31 @@ def _decode_vector(blob: bytes, dimension: int | None) -> np.ndarray[Any, Any]:
     return vector[:dimension] if dimension else vector
 
 
-def _decode_embeddings(
-    chunk: Sequence[Any], dimension: int
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    indices = np.empty(len(chunk), dtype=np.int64)
-    matrix = np.empty((len(chunk), dimension), dtype=np.float64)
-    for row, (index, blob, stored_dim, model) in enumerate(chunk):
-        vector = _decode_vector(blob, stored_dim)
-        if vector.size != dimension:
-            raise errors.InvalidInputError(
-                f"query embedding has dimension {dimension} but block {index}'s embedding "
-                f"(model {model!r}) has {vector.size}; pass model= to compare within one model"
-            )
-        indices[row] = index
-        matrix[row] = vector
-    return indices, matrix
+def _similarity_arguments(
+    query_embedding: Any, top_k: Any, min_similarity: Any, model: Any
+) -> tuple[np.ndarray[Any, Any], int, float | None, str | None]:
+    """The checked query (float32), k, floor and model of a similarity search."""
+    raw, _ = encode_embedding(query_embedding, "query embedding")
+    query = np.frombuffer(raw, dtype=np.float32)
+    if not query.any():
+        raise errors.InvalidInputError("query embedding has length zero")
+    k = check_limit(top_k, "top_k")
+    floor = None if min_similarity is None else check_number(min_similarity, "min_similarity")
+    wanted = None if model is None else check_text(model, "model")
+    return query, k, floor, wanted
+
+
+def _weights(weights: Any) -> tuple[float, float]:
+    if not isinstance(weights, tuple | list) or len(weights) != 2:
+        raise errors.InvalidInputError(
+            f"weights must be a pair (keyword, vector) of numbers, got {weights!r}"
+        )
+    keyword, vector = (check_number(w, "weights") for w in weights)
+    if keyword < 0 or vector < 0 or keyword + vector == 0:
+        raise errors.InvalidInputError(
+            f"weights must be >= 0 and not both 0, got ({keyword}, {vector})"
+        )
+    return keyword, vector
 
 
 def _hash_matches(

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from . import errors
+from . import _vector_cache, errors
 from ._driver import BUSY_OPTION, UNIT_OPTION, raw_execute
 from ._engine import build_engine
 from ._replicas import ReplicaSet
@@ -782,6 +782,7 @@ class Database:
                 connections_open=opened,
                 replicas=() if self._replicas is None else self._replicas.stats(),
                 primary_reads=0 if self._replicas is None else self._replicas.primary_reads,
+                vector_cache_bytes=_vector_cache.cache_bytes(self),
             )
 
 

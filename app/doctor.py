@@ -20,6 +20,7 @@ from sqlalchemy import inspect, text
 
 from . import __version__, errors
 from ._hints import command_hint, install_hint
+from ._search_report import search_report
 from ._sqlite_file import file_size, probe_sqlite_file, read_only
 from .blocks import BlockStore
 from .database import Database, ReplicaStats, Stats
@@ -286,6 +287,8 @@ def _inspect_live(
     report.add("stats", format_stats(db.stats()))
     if not has_blocks:
         return
+    for name, value in search_report(db):
+        report.add(name, value)
     if verify_chain:
         check = store.verify_chain(
             progress=None if progress is None else (lambda done: progress(done, total))
@@ -396,7 +399,8 @@ def format_stats(stats: Stats) -> str:
         f"busy retries {stats.busy_retries}, write waits {stats.write_waits} "
         f"(total {stats.write_wait_total:.3f}s, max {stats.write_wait_max * 1000:.1f}ms), "
         f"writers queued {stats.writers_queued}, connections "
-        f"{stats.connections_checked_out} checked out / {stats.connections_open} open"
+        f"{stats.connections_checked_out} checked out / {stats.connections_open} open, "
+        f"vector cache {stats.vector_cache_bytes:,} bytes"
     )
     if stats.replicas:
         served = ", ".join(f"{r.url} {r.reads}" for r in stats.replicas)

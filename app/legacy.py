@@ -404,6 +404,42 @@ class DatabaseManager:
             results.append(found)
         return results
 
+    def search_blocks_hybrid(
+        self,
+        query_text: str | None = None,
+        query_embedding: Any = None,
+        top_k: int = 5,
+        keyword_weight: float = 1.0,
+        vector_weight: float = 1.0,
+    ) -> list[dict[str, Any]]:
+        """Blocks about ``query_text`` and/or near ``query_embedding``, best first, each with
+        ``score`` (reciprocal-rank fusion, see :meth:`BlockStore.search`), ``keyword_rank``,
+        ``vector_rank`` and ``similarity`` (None where the block was not in that list);
+        ``[]`` when both are empty (an all-zero embedding counts as empty).
+
+        Raises:
+            InvalidInputError: a bad argument, or a stored embedding of another dimension.
+        """
+        text = query_text or None
+        embedding = None if _is_blank_vector(query_embedding) else query_embedding
+        if text is None and embedding is None:
+            return []
+        with self._users:
+            hits = self.blocks.search(
+                text, embedding, top_k=top_k, weights=(keyword_weight, vector_weight)
+            )
+        results = []
+        for hit in hits:
+            found = _block_dict(hit.block)
+            found.update(
+                score=hit.score,
+                keyword_rank=hit.keyword_rank,
+                vector_rank=hit.vector_rank,
+                similarity=hit.similarity,
+            )
+            results.append(found)
+        return results
+
     def search_blocks_by_date_range(
         self, start_date: Any, end_date: Any, limit: int = 100
     ) -> list[dict[str, Any]]:

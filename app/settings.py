@@ -76,6 +76,10 @@ class Settings:
             open for them (each unit in its own SAVEPOINT) and returns once the last of them
             commits; 1 commits every unit on its own (the README's benchmark section says
             how the default was chosen).
+        vector_cache_limit: most bytes each process may hold for a database's embeddings in
+            memory, so that similarity searches need not read them all per query (1 GiB,
+            about 680,000 embeddings of 384 floats); past it, searches stream them from the
+            database. 0 turns the cache off.
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
@@ -109,6 +113,7 @@ class Settings:
     slow_wait_threshold: float = 1.0
     max_batch: int = 512
     max_units_per_commit: int = 64
+    vector_cache_limit: int = 1024 * 1024 * 1024
     single_connection: bool = False
     echo: bool = False
     replicas: tuple[str, ...] = ()
@@ -130,6 +135,7 @@ class Settings:
             _at_least(name, getattr(self, name), 0)
         _whole_at_least("max_batch", self.max_batch, 1)
         _whole_at_least("max_units_per_commit", self.max_units_per_commit, 1)
+        _whole_at_least("vector_cache_limit", self.vector_cache_limit, 0)
         for name in ("mmap_size", "journal_size_limit"):
             value = getattr(self, name)
             if value is not None:

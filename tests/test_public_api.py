@@ -26,6 +26,7 @@ CLASSES = {
     "MemoryRecord": "frozen dataclass",
     "ReplicaStats": "frozen dataclass",
     "ScoredBlock": "named tuple",
+    "SearchHit": "named tuple",
     "Settings": "frozen dataclass",
     "ShortTermMemories": "class",
     "Stats": "frozen dataclass",

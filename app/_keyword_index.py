@@ -1,0 +1,367 @@
+"""Keyword search through an index, with exactly the semantics of a full scan.
+
+A block matches a word when ``lower(word)`` is a substring of ``lower(context)`` or of
+``lower(keyword)`` for one of its keywords (``%`` and ``_`` are plain characters). The index
+only narrows the rows that this exact test runs on; it never decides a match by itself.
+
+SQLite (revision 0003): two contentless FTS5 tables with the trigram tokenizer, one row per
+block (its context; its keywords joined by newlines), with ``rowid = block_index``. Any
+substring of three or more characters of a text has all its trigrams in the text's index
+entry, so ``"tri" AND "rig" AND ...`` returns every block that can match (and some that
+cannot, which the exact test drops). Case: FTS5 folds every letter; SQLite's ``lower()``
+folds ASCII letters only, so the index may return more candidates than match, never fewer.
+
+The FTS5 tables are not written by triggers: with ``trusted_schema=OFF`` (set on every
+connection of the layer) SQLite refuses virtual tables inside triggers. Instead, triggers
+that any writer fires (this layer, another process, the legacy class) note each new or
+changed block in the plain table ``search_pending``; searches test those blocks by a scan
+and, once enough have gathered, move them into the index in one write (:func:`drain`).
+Words under three characters cannot use trigrams and are found by a scan.
+
+PostgreSQL: GIN indexes with ``pg_trgm`` on ``lower(context)`` and ``lower(keyword)``, kept
+by the server. The query asks ``lower(column) LIKE '%' || escaped(lower(word)) || '%'``,
+which the trigram index serves, and keeps the exact ``strpos`` test beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+
+from . import errors
+from ._engine import raw_execute
+
+if TYPE_CHECKING:
+    from .database import Database
+
+log = logging.getLogger(__name__)
+
+#: Blocks that may wait in ``search_pending`` before a search moves them into the index.
+DRAIN_AT = 256
+#: Pending blocks moved per write unit, so appenders get their turn in between.
+DRAIN_BATCH = 5000
+#: Trigrams asked of the index per word: enough to make a long word selective, few enough
+#: that a 60,000-character word costs no more than a short one.
+_MAX_TRIGRAMS = 16
+
+
+def _fts_query(word: str) -> str:
+    """An FTS5 query for the trigrams of ``word`` (which has at least three characters).
+
+    Each trigram is a quoted string (``"`` doubled inside), so no character of the word is
+    FTS5 syntax. For a long word an evenly spread subset of its trigrams is enough: every
+    trigram of the word is in any text that contains it.
+    """
+    grams = list(dict.fromkeys(word[i : i + 3] for i in range(len(word) - 2)))
+    if len(grams) > _MAX_TRIGRAMS:
+        step = (len(grams) - 1) / (_MAX_TRIGRAMS - 1)
+        grams = [grams[round(i * step)] for i in range(_MAX_TRIGRAMS)]
+    return " AND ".join('"' + gram.replace('"', '""') + '"' for gram in grams)
+
+
+# One word's statements, lowest index first; the newest-first forms are made by replacing
+# ASC with DESC. Table and column names are written out: no SQL here is assembled.
+_SQLITE_INDEXED = """
+    SELECT block_index FROM (
+        SELECT DISTINCT f.rowid AS block_index FROM search_context_fts f
+        JOIN blocks b ON b.block_index = f.rowid
+        WHERE search_context_fts MATCH ? AND instr(lower(b.context), lower(?)) > 0
+        ORDER BY f.rowid ASC LIMIT ?)
+    UNION
+    SELECT block_index FROM (
+        SELECT DISTINCT f.rowid AS block_index FROM search_keyword_fts f
+        WHERE search_keyword_fts MATCH ? AND EXISTS (
+            SELECT 1 FROM block_keywords k
+            WHERE k.block_index = f.rowid AND instr(lower(k.keyword), lower(?)) > 0)
+        ORDER BY f.rowid ASC LIMIT ?)
+    UNION
+    SELECT block_index FROM (
+        SELECT p.block_index FROM search_pending p
+        WHERE EXISTS (
+            SELECT 1 FROM blocks b
+            WHERE b.block_index = p.block_index AND instr(lower(b.context), lower(?)) > 0)
+        OR EXISTS (
+            SELECT 1 FROM block_keywords k
+            WHERE k.block_index = p.block_index AND instr(lower(k.keyword), lower(?)) > 0)
+        ORDER BY p.block_index ASC LIMIT ?)
+    ORDER BY 1 ASC LIMIT ?"""
+_SQLITE_SCANNED = """
+    SELECT block_index FROM (
+        SELECT block_index FROM blocks WHERE instr(lower(context), lower(?)) > 0
+        ORDER BY block_index ASC LIMIT ?)
+    UNION
+    SELECT block_index FROM (
+        SELECT DISTINCT block_index FROM block_keywords
+        WHERE instr(lower(keyword), lower(?)) > 0
+        ORDER BY block_index ASC LIMIT ?)
+    ORDER BY 1 ASC LIMIT ?"""
+# The pattern is built from the server's lower() of the word, as the exact test is; with
+# \, % and _ escaped, LIKE '%...%' is a plain substring test that the trigram index serves.
+# (%% is a literal % for the driver.)
+_POSTGRES = """
+    SELECT block_index FROM (
+        SELECT block_index FROM blocks
+        WHERE lower(context) LIKE '%%' || replace(replace(replace(
+                  lower(%s), '\\', '\\\\'), '%%', '\\%%'), '_', '\\_') || '%%'
+          AND strpos(lower(context), lower(%s)) > 0
+        ORDER BY block_index ASC LIMIT %s) c
+    UNION
+    SELECT block_index FROM (
+        SELECT DISTINCT block_index FROM block_keywords
+        WHERE lower(keyword) LIKE '%%' || replace(replace(replace(
+                  lower(%s), '\\', '\\\\'), '%%', '\\%%'), '_', '\\_') || '%%'
+          AND strpos(lower(keyword), lower(%s)) > 0
+        ORDER BY block_index ASC LIMIT %s) k
+    ORDER BY 1 ASC LIMIT %s"""
+_STATEMENTS = {
+    (kind, newest): text if not newest else text.replace(" ASC", " DESC")
+    for kind, text in (
+        ("indexed", _SQLITE_INDEXED),
+        ("scanned", _SQLITE_SCANNED),
+        ("postgres", _POSTGRES),
+    )
+    for newest in (False, True)
+}
+
+
+class _Plan:
+    """How the words of one search are looked up on one connection."""
+
+    __slots__ = ("dialect", "indexed", "pending")
+
+    def __init__(self, connection: Connection) -> None:
+        self.dialect = connection.dialect.name
+        self.indexed = self.dialect == "sqlite" and sqlite_index_ready(connection)
+        self.pending = 0
+
+    def word(self, connection: Connection, word: str, limit: int, newest_first: bool) -> list[int]:
+        if self.dialect != "sqlite":
+            parameters: tuple[Any, ...] = (word, word, limit, word, word, limit, limit)
+            cursor = raw_execute(connection, _STATEMENTS["postgres", newest_first], parameters)
+        elif self.indexed and len(word) >= 3:
+            query = _fts_query(word)
+            parameters = (query, word, limit, query, word, limit, word, word, limit, limit)
+            cursor = raw_execute(connection, _STATEMENTS["indexed", newest_first], parameters)
+        else:
+            parameters = (word, limit, word, limit, limit)
+            cursor = raw_execute(connection, _STATEMENTS["scanned", newest_first], parameters)
+        return [row[0] for row in cursor]
+
+
+def plan(connection: Connection) -> _Plan:
+    """Look at the connection's database once per search: is the index there, and how many
+    blocks wait to be indexed."""
+    found = _Plan(connection)
+    if found.indexed:
+        found.pending = pending_count(connection, DRAIN_AT)
+    return found
+
+
+def matching(
+    connection: Connection, words: Sequence[str], limit: int, *, newest_first: bool = False
+) -> tuple[list[int], _Plan]:
+    """The first ``limit`` block indices (ascending, or descending with ``newest_first``)
+    that any of ``words`` matches, and the plan used (it knows the pending count)."""
+    how = plan(connection)
+    found: set[int] = set()
+    for word in words:
+        found.update(how.word(connection, word, limit, newest_first))
+    return sorted(found, reverse=newest_first)[:limit], how
+
+
+def per_word(
+    connection: Connection, words: Sequence[str], limit: int
+) -> tuple[list[list[int]], _Plan]:
+    """For each word, its newest ``limit`` matching block indices (newest first)."""
+    how = plan(connection)
+    return [how.word(connection, word, limit, True) for word in words], how
+
+
+_CONTAINED = {
+    "sqlite": """
+        SELECT block_index FROM blocks
+        WHERE block_index IN (SELECT value FROM json_each(?))
+          AND instr(lower(context), lower(?)) > 0
+        UNION
+        SELECT block_index FROM block_keywords
+        WHERE block_index IN (SELECT value FROM json_each(?))
+          AND instr(lower(keyword), lower(?)) > 0""",
+    "postgresql": """
+        SELECT block_index FROM blocks
+        WHERE block_index = ANY(%s) AND strpos(lower(context), lower(%s)) > 0
+        UNION
+        SELECT block_index FROM block_keywords
+        WHERE block_index = ANY(%s) AND strpos(lower(keyword), lower(%s)) > 0""",
+}
+
+
+def words_contained(
+    connection: Connection, words: Sequence[str], blocks: Sequence[int]
+) -> dict[int, int]:
+    """How many of ``words`` each of ``blocks`` contains (by the exact test)."""
+    found: dict[int, int] = dict.fromkeys(blocks, 0)
+    sqlite = connection.dialect.name == "sqlite"
+    among: Any = json.dumps(list(blocks)) if sqlite else list(blocks)
+    statement = _CONTAINED["sqlite" if sqlite else "postgresql"]
+    for word in words:
+        for row in raw_execute(connection, statement, (among, word, among, word)):
+            found[row[0]] += 1
+    return found
+
+
+#: Whether this process's SQLite library folds ASCII letters only in lower() (asked once).
+_LOWER: dict[str, bool] = {}
+
+
+def sqlite_index_ready(connection: Connection) -> bool:
+    """True when the FTS5 tables and the pending table exist, and ``lower()`` folds ASCII
+    letters only (an ICU build of SQLite folds more, and could match where trigrams do not)."""
+    present = raw_execute(
+        connection,
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+        "AND name IN ('search_context_fts', 'search_keyword_fts', 'search_pending')",
+    ).fetchone()[0]
+    if present != 3:
+        return False
+    if "ascii_only" not in _LOWER:
+        folded = raw_execute(connection, "SELECT lower('ÀÉÎõü')").fetchone()[0]
+        _LOWER["ascii_only"] = folded == "ÀÉÎõü"
+    return _LOWER["ascii_only"]
+
+
+def pending_count(connection: Connection, at_most: int | None = None) -> int:
+    """Blocks waiting in ``search_pending`` (counted up to ``at_most`` when given)."""
+    if at_most is None:
+        return int(raw_execute(connection, "SELECT count(*) FROM search_pending").fetchone()[0])
+    row = raw_execute(
+        connection, "SELECT count(*) FROM (SELECT 1 FROM search_pending LIMIT ?)", (at_most,)
+    ).fetchone()
+    return int(row[0])
+
+
+# Pending blocks up to the last one of a batch (the parameter), texts with or without NUL.
+_DRAIN_CONTEXTS = """
+    INSERT INTO search_context_fts (rowid, context)
+    SELECT block_index, context FROM blocks
+    WHERE block_index IN (SELECT block_index FROM search_pending WHERE block_index <= ?)
+      AND instr(CAST(context AS BLOB), x'00') = 0
+    ORDER BY block_index"""
+_DRAIN_KEYWORDS = """
+    INSERT INTO search_keyword_fts (rowid, keywords)
+    SELECT block_index, group_concat(keyword, char(10)) FROM block_keywords
+    WHERE block_index IN (SELECT block_index FROM search_pending WHERE block_index <= ?)
+    GROUP BY block_index HAVING max(instr(CAST(keyword AS BLOB), x'00')) = 0
+    ORDER BY block_index"""
+_CONTEXTS_WITH_NUL = """
+    SELECT block_index, context FROM blocks
+    WHERE block_index IN (SELECT block_index FROM search_pending WHERE block_index <= ?)
+      AND instr(CAST(context AS BLOB), x'00') > 0"""
+_KEYWORDS_WITH_NUL = """
+    SELECT block_index, keyword FROM block_keywords WHERE block_index IN (
+        SELECT block_index FROM block_keywords
+        WHERE block_index IN (SELECT block_index FROM search_pending WHERE block_index <= ?)
+          AND instr(CAST(keyword AS BLOB), x'00') > 0)"""
+
+
+def drain(connection: Connection, batch: int = DRAIN_BATCH) -> int:
+    """Move up to ``batch`` pending blocks into the FTS5 tables (inside a write unit).
+
+    NUL ends a text for the trigram tokenizer (and SQLite's ``replace()`` cannot replace
+    it), so the rare texts holding one (written by the legacy class; the layer refuses NUL)
+    are indexed from Python with a space in its place: a word never contains NUL, so every
+    trigram of a match is still indexed.
+
+    Returns:
+        How many pending blocks were handled.
+    """
+    rows = raw_execute(
+        connection,
+        "SELECT block_index FROM search_pending ORDER BY block_index LIMIT ?",
+        (batch,),
+    ).fetchall()
+    if not rows:
+        return 0
+    last = (rows[-1][0],)
+    raw_execute(connection, _DRAIN_CONTEXTS, last)
+    raw_execute(connection, _DRAIN_KEYWORDS, last)
+    for index, context in raw_execute(connection, _CONTEXTS_WITH_NUL, last).fetchall():
+        raw_execute(
+            connection,
+            "INSERT INTO search_context_fts (rowid, context) VALUES (?, ?)",
+            (index, context.replace("\x00", " ")),
+        )
+    keywords: dict[int, list[str]] = {}
+    for index, keyword in raw_execute(connection, _KEYWORDS_WITH_NUL, last).fetchall():
+        keywords.setdefault(index, []).append(keyword.replace("\x00", " "))
+    for index, held in keywords.items():
+        raw_execute(
+            connection,
+            "INSERT INTO search_keyword_fts (rowid, keywords) VALUES (?, ?)",
+            (index, "\n".join(held)),
+        )
+    raw_execute(connection, "DELETE FROM search_pending WHERE block_index <= ?", last)
+    return len(rows)
+
+
+_DRAINING: weakref.WeakKeyDictionary[Database, threading.Lock] = weakref.WeakKeyDictionary()
+_DRAINING_GUARD = threading.Lock()
+
+
+def catch_up(db: Database, *, wait: bool) -> int:
+    """Move every pending block into the index, a batch per write unit.
+
+    Only one thread of the process does this at a time: with ``wait`` false, a thread that
+    finds another one at it returns at once.
+
+    Returns:
+        How many pending blocks were handled.
+    """
+    with _DRAINING_GUARD:
+        lock = _DRAINING.get(db)
+        if lock is None:
+            lock = _DRAINING[db] = threading.Lock()
+    if not lock.acquire(blocking=wait, timeout=db.settings.retry_deadline if wait else -1):
+        return 0
+    try:
+        total = 0
+        while True:
+            done = db.run_on_connection(drain)
+            total += done
+            if done < DRAIN_BATCH:
+                return total
+    finally:
+        lock.release()
+
+
+def catch_up_quietly(db: Database) -> None:
+    """:func:`catch_up` after a search: a failure (a read-only file, a busy database) is
+    logged and left for the next search, whose results stay exact meanwhile."""
+    if db.in_write_unit():
+        return  # inside the caller's unit: not this search's work to commit
+    try:
+        catch_up(db, wait=False)
+    except errors.AppError as exc:
+        log.info("indexing pending blocks of %s failed, searches scan them: %s", db.url, exc)
+
+
+def status(connection: Connection) -> str:
+    """One line on the keyword index of the connection's database (for ``app doctor``)."""
+    if connection.dialect.name == "sqlite":
+        if not sqlite_index_ready(connection):
+            return "none (searches scan): schema before revision 0003, or no FTS5 trigram"
+        waiting = pending_count(connection)
+        return f"FTS5 trigram, {waiting:,} blocks waiting to be indexed"
+    found = raw_execute(
+        connection,
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() "
+        "AND indexname IN ('ix_blocks_context_trgm', 'ix_block_keywords_keyword_trgm')",
+    ).fetchone()[0]
+    if found == 2:
+        return "pg_trgm GIN indexes on lower(context) and lower(keyword)"
+    return "none (searches scan): schema before revision 0003, or pg_trgm not installed"

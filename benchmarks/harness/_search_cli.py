@@ -1,0 +1,142 @@
+"""``python -m benchmarks.search``: the search benchmark on the command line (see
+``_search``)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 4GiB or 500M") from None
+
+
+@click.command("bench-search")
+@click.option("--blocks", default=100_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--dim", default=384, show_default=True, type=click.IntRange(1), help="Embedding size."
+)
+@click.option(
+    "--queries",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Timed queries per call.",
+)
+@click.option(
+    "--reference-queries",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Timed queries of the full-scan reference.",
+)
+@click.option(
+    "--check-queries",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Random keyword queries checked against the reference (a quarter as many similarity).",
+)
+@click.option(
+    "--peer-queries",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Timed queries of the peer (0: skip it).",
+)
+@click.option("--append-threads", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--append-units", default=2000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--append-rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Rounds of appends with and without revision 0003 (0: skip).",
+)
+@click.option(
+    "--cache-limit", default="4GiB", show_default=True, help="vector_cache_limit for the run."
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Keep the files here (default: a temporary directory, removed).",
+)
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option(
+    "--compare-to",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON of a smaller run: also check how p50 grew.",
+)
+@click.option(
+    "--scale-to",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A larger database filled by an earlier run (--workdir keeps it): time the searches "
+    "on it in turn with this run's, to measure their growth in one run.",
+)
+@click.option("--markdown", is_flag=True, help="Also print the table as Markdown.")
+def bench_search(
+    blocks: int,
+    dim: int,
+    queries: int,
+    reference_queries: int,
+    check_queries: int,
+    peer_queries: int,
+    append_threads: int,
+    append_units: int,
+    append_rounds: int,
+    cache_limit: str,
+    workdir: str | None,
+    json_out: str | None,
+    compare_to: str | None,
+    scale_to: str | None,
+    markdown: bool,
+) -> None:
+    """Fill BLOCKS blocks and time keyword, similarity and hybrid search against a full
+    scan of the old code (same run) and the write-queue peer; appends with and without the
+    keyword index."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from . import _search
+
+    console = Console(highlight=False, stderr=False)
+    result = _search.run_search_bench(
+        blocks=blocks,
+        dim=dim,
+        queries=queries,
+        reference_queries=reference_queries,
+        check_queries=check_queries,
+        peer_queries=peer_queries,
+        append_threads=append_threads,
+        append_units=append_units,
+        append_rounds=append_rounds,
+        cache_limit=_size(cache_limit),
+        workdir=workdir,
+        scale_to=scale_to,
+        progress=lambda message: console.log(escape(message)),
+    )
+    table = Table(title=f"bench-search: {blocks:,} blocks x {dim}-d", title_justify="left")
+    for header in _search.HEADERS:
+        table.add_column(header, justify="left" if header == "call" else "right")
+    for row in _search.table_rows(result):
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    for line in _search.summary(result):
+        console.print(escape(line))
+    baseline = _search.read_json(compare_to) if compare_to else None
+    for goal, met in _search.goals(result, baseline):
+        console.print(
+            f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {escape(goal)}"
+        )
+    if markdown:
+        click.echo(_search.markdown(result))
+    if json_out:
+        _search.write_json(json_out, result)
+        console.print(f"results written to {escape(json_out)}")
