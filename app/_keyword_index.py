@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Connection
 
 from . import errors
-from ._engine import raw_execute
+from ._driver import raw_execute
 
 if TYPE_CHECKING:
     from .database import Database

@@ -8,7 +8,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from . import _keyword_index, _vector_cache
-from ._engine import raw_execute
+from ._driver import raw_execute
 
 if TYPE_CHECKING:
     from .database import Database

@@ -45,7 +45,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
-from ._engine import raw_execute
+from ._driver import raw_execute
 from .models import blocks_table, embeddings_table
 
 if TYPE_CHECKING:
