@@ -36,6 +36,7 @@ from ._stress_workers import EMBEDDING_MODEL, TAG, in_process, in_processes, mer
 from .blocks import BlockStore
 from .database import Database
 from .errors import AppError, ConfigurationError, InvalidInputError
+from .models import LEGACY_TABLES
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -355,8 +356,10 @@ def _rows_held(settings: Settings) -> dict[str, int]:
 
 
 def _counts(conn: Connection) -> dict[str, int]:
-    """Rows per table that has any, on ``conn`` (names quoted by SQLAlchemy)."""
-    names = sorted(n for n in inspect(conn).get_table_names() if n != "alembic_version")
+    """Rows per data table that has any, on ``conn`` (the search index and the schema's
+    bookkeeping are derived from them and not counted)."""
+    present = set(inspect(conn).get_table_names())
+    names = [name for name in LEGACY_TABLES if name in present]
     counts = {
         name: int(conn.execute(select(func.count()).select_from(table(name))).scalar_one())
         for name in names

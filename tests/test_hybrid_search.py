@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from app import BlockStore, Database, DatabaseManager, errors
 
-from .conftest import postgres_schema
+from .helpers import postgres_schema
 from .search_reference import embeddings, fsum_scores, need_backend
 
 TOPICS = ["garden", "budget", "travel", "music", "Garden party", "recipe"]

@@ -17,7 +17,8 @@ from sqlalchemy import text
 from app import BlockStore, Database, errors, schema
 from app import _keyword_index as keyword_index
 
-from .conftest import LEGACY_FIXTURE, postgres_schema
+from .helpers import postgres_schema
+from .legacy_helpers import LEGACY_FIXTURE
 from .search_reference import need_backend, python_keywords, scan_keywords
 
 # Characters that stress the exact test and the index alike: LIKE wildcards, quotes, FTS5
@@ -101,7 +102,7 @@ def _searched(db: Database) -> Iterator[Database]:
             )
         legacy.commit()
         legacy.close()
-        with db._reading() as connection:  # the searches below see both kinds of blocks
+        with db.reading() as connection:  # the searches below see both kinds of blocks
             assert keyword_index.sqlite_index_ready(connection)
             assert keyword_index.pending_count(connection) == 74
     try:
@@ -174,7 +175,7 @@ def test_refused_words_change_nothing(searched: Database) -> None:
 
 
 def _pending(db: Database) -> int:
-    with db._reading() as connection:
+    with db.reading() as connection:
         return keyword_index.pending_count(connection)
 
 
@@ -189,7 +190,7 @@ def test_the_index_is_used_and_searches_drain_pending_blocks(sqlite_db: Database
     store.append_many({"context": f"later {i}"} for i in range(10))
     assert [b.block_index for b in store.search_keywords(["LATER 7"])] == [307]
     assert _pending(sqlite_db) == 10  # below DRAIN_AT: found by a scan of the pending rows
-    with sqlite_db._reading() as connection:
+    with sqlite_db.reading() as connection:
         indexed = keyword_index._STATEMENTS["indexed", False]
         plan = [
             str(row[-1])
@@ -280,7 +281,7 @@ def test_searches_scan_when_the_index_is_missing(sqlite_db: Database) -> None:
     store = BlockStore(sqlite_db)
     store.append_many({"context": f"row {i}", "keywords": ["kw"]} for i in range(50))
     schema.downgrade(sqlite_db, "0002")
-    with sqlite_db._reading() as connection:
+    with sqlite_db.reading() as connection:
         assert not keyword_index.sqlite_index_ready(connection)
     assert [b.block_index for b in store.search_keywords(["ROW 4"])] == [4, *range(40, 50)]
     assert store.refresh_search_index() == 0
@@ -332,7 +333,7 @@ def test_upgrade_fills_the_index_and_downgrade_removes_it(db: Database) -> None:
 
 def test_the_legacy_fixture_is_indexed_on_adoption(legacy_copy: Path) -> None:
     db = Database(f"sqlite:///{legacy_copy}")
-    with db._reading() as connection:
+    with db.reading() as connection:
         assert keyword_index.sqlite_index_ready(connection)
         assert keyword_index.pending_count(connection) == 0
     store = BlockStore(db)
@@ -351,7 +352,7 @@ def test_the_legacy_fixture_is_indexed_on_adoption(legacy_copy: Path) -> None:
 
 
 def test_texts_with_nul_are_indexed_on_adoption(tmp_path: Path) -> None:
-    from .conftest import LEGACY_DDL
+    from .legacy_helpers import LEGACY_DDL
 
     path = tmp_path / "legacy.db"
     legacy = sqlite3.connect(path)
@@ -367,7 +368,7 @@ def test_texts_with_nul_are_indexed_on_adoption(tmp_path: Path) -> None:
     legacy.commit()
     legacy.close()
     db = Database(f"sqlite:///{path}")
-    with db._reading() as connection:
+    with db.reading() as connection:
         assert keyword_index.pending_count(connection) == 0
     store = BlockStore(db)
     for word, expected in (("HIDDEN", [0]), ("secret", [0]), ("words", [0, 1])):

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from app import BlockStore, Database, errors
 from app import _vector_cache as vector_cache
 
-from .conftest import postgres_schema
+from .helpers import postgres_schema
 from .search_reference import assert_top_k, embeddings, fsum_scores, need_backend
 
 ROOT = Path(__file__).parent.parent

@@ -199,7 +199,7 @@ def reference_keywords(db: Database, words: Sequence[str], limit: int) -> list[i
     if not checked:
         return []
     found: set[int] = set()
-    with db._reading() as connection:
+    with db.reading() as connection:
         position = func.instr if connection.dialect.name == "sqlite" else func.strpos
         for start in range(0, len(checked), 200):
             matches: list[Select[Any]] = []
@@ -237,7 +237,7 @@ def reference_similar(db: Database, query: Any, top_k: int) -> list[tuple[int, f
         embeddings_table.c.embedding,
         embeddings_table.c.embedding_dim,
     )
-    with db._reading() as connection:
+    with db.reading() as connection:
         result = connection.execute(stmt.execution_options(yield_per=4096))
         for chunk in result.partitions():
             indices = np.array([row[0] for row in chunk], dtype=np.int64)
@@ -278,7 +278,7 @@ def _p(values: Sequence[float], fraction: float) -> float:
 def _check_words(rng: np.random.Generator, db: Database, count: int) -> list[tuple[list[str], int]]:
     """Random keyword queries: worker names of every length, topics in any case, random
     pieces of stored texts (1 to 12 characters), several words at once, hostile words."""
-    with db._reading() as connection:
+    with db.reading() as connection:
         total = int(raw_execute(connection, "SELECT count(*) FROM blocks").fetchone()[0])
         chosen = [int(i) for i in rng.integers(0, total, 64)]
         query = select(blocks_table.c.context).where(blocks_table.c.block_index.in_(chosen))
