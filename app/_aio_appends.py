@@ -24,6 +24,8 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -38,7 +40,7 @@ Result = TypeVar("Result")
 
 
 class _Waiting(Generic[Item, Result]):
-    """One task's append: its future, its deadline timer and what it asked for."""
+    """One task's append: its future, its second deadline's timer and what it asked for."""
 
     __slots__ = (
         "batcher",
@@ -72,6 +74,7 @@ class _Waiting(Generic[Item, Result]):
         """On the loop: the batch holding this append was settled."""
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
         future = self.future
         if future.done():  # the caller stopped waiting after the append was taken
             _log_outcome(request, self.describe)
@@ -117,6 +120,59 @@ class _Waiting(Generic[Item, Result]):
         )
 
 
+class _Deadlines:
+    """The first deadlines of the appends a loop awaits, for one deadline length, behind one
+    timer: they fall due in the order the appends were queued, so a queue does what a timer
+    per append (an entry each in the loop's heap) would. Used on the loop's thread only."""
+
+    __slots__ = ("entries", "seconds", "timer")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.entries: deque[tuple[float, _Waiting[Any, Any]]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, waiting: _Waiting[Any, Any]) -> None:
+        entries = self.entries
+        # Appends are mostly done in the order they came: drop the done ones at the front.
+        while entries and entries[0][1].future.done():
+            entries.popleft()
+        due = loop.time() + self.seconds
+        entries.append((due, waiting))
+        if self.timer is None:
+            self.timer = loop.call_at(due, self.check, loop)
+
+    def check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        now = loop.time()
+        entries = self.entries
+        while entries:
+            due, waiting = entries[0]
+            if not waiting.future.done():
+                if due > now:
+                    break
+                waiting.expire()
+            entries.popleft()
+        if entries:
+            self.timer = loop.call_at(entries[0][0], self.check, loop)
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Deadlines]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop, seconds: float) -> _Deadlines:
+    """On the loop's thread: the deadline queue of ``loop`` for ``seconds``."""
+    mine = _DEADLINES.get(loop)
+    if mine is None:
+        mine = _DEADLINES[loop] = {}
+    found = mine.get(seconds)
+    if found is None:
+        found = mine[seconds] = _Deadlines(seconds)
+    return found
+
+
 async def append_without_thread(
     batcher: AppendBatcher[Item, Result],
     items: Sequence[Item],
@@ -143,7 +199,7 @@ async def append_without_thread(
     waiting = _Waiting(batcher, future, deadline, database, describe)
     notify = functools.partial(inbox_for(loop).post, waiting.finish)
     waiting.request = request = batcher.enqueue(items, notify)
-    waiting.timer = loop.call_later(deadline, waiting.expire)
+    _deadlines(loop, deadline).add(loop, waiting)
     try:
         return await waiting.future
     except asyncio.CancelledError:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 #: Outcomes handed out per visit of the loop: each wakes a task, whose next step runs in the
 #: loop's following iteration, so this bounds how much work one iteration gets from us.
-SLICE = 32
+SLICE = 8
 
 
 class LoopInbox:

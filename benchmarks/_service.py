@@ -140,10 +140,16 @@ async def drive(
     another: ``request(client, number, sequence)``. An answer other than ``expect`` counts
     as a failure, as does any exception (a timeout included)."""
     phase = Phase(requests=clients * per_client)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120) as client:
+    tls = httpx.create_ssl_context()  # made once: every client would make its own
 
-        async def one(number: int) -> None:
+    async def one(number: int) -> None:
+        # A client of its own per simulated user: one shared client with hundreds of
+        # connections costs the driving process more per request than the service.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(
+            base_url=base_url, limits=limits, timeout=120, verify=tls
+        ) as client:
+            await start.wait()
             for sequence in range(per_client):
                 started = time.perf_counter()
                 try:
@@ -159,7 +165,11 @@ async def drive(
                 phase.latencies.append(time.perf_counter() - started)
                 phase.bodies.append(response.json())
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(number) for number in range(clients)))
-        phase.seconds = time.perf_counter() - started
+    start = asyncio.Event()
+    clients_done = asyncio.gather(*(one(number) for number in range(clients)))
+    await asyncio.sleep(0)  # every client made, waiting for the start
+    started = time.perf_counter()
+    start.set()
+    await clients_done
+    phase.seconds = time.perf_counter() - started
     return phase
