@@ -48,6 +48,10 @@ _GATHER_LIMIT = 0.02
 _SLICE = 0.25
 # The helper thread that leads for callers without a thread ends after this long without work.
 _HELPER_IDLE = 10.0
+# Most appends in a batch the helper writes. Its callers' event loops need the interpreter
+# while it works, and a batch holds it (between its statements) for a time that grows with
+# its size; past a hundred or so appends the commit's cost is shared well enough already.
+_HELPER_BATCH = 128
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +316,7 @@ class AppendBatcher(Generic[Item, Result]):
         """Write batches until the queue is empty (the helper has no append of its own)."""
         while True:
             self._gather()
-            batch = self._take_batch()
+            batch = self._take_batch(min(self._max_batch, _HELPER_BATCH))
             if not batch.requests:
                 return
             try:
@@ -327,7 +331,7 @@ class AppendBatcher(Generic[Item, Result]):
     def _lead(self, own: _Request[Item, Result]) -> None:
         while not own.done:
             self._gather()
-            batch = self._take_batch()
+            batch = self._take_batch(self._max_batch)
             try:
                 self._commit(batch)
             finally:
@@ -351,12 +355,12 @@ class AppendBatcher(Generic[Item, Result]):
         with self._mutex:
             self._all_woken.wait_for(lambda: not self._waking, _GATHER_LIMIT)
 
-    def _take_batch(self) -> _Batch[Item, Result]:
+    def _take_batch(self, limit: int) -> _Batch[Item, Result]:
         with self._mutex:
             size = 0
             count = 0
             for request in self._queue:
-                if count and size + len(request.items) > self._max_batch:
+                if count and size + len(request.items) > limit:
                     break
                 size += len(request.items)
                 count += 1
