@@ -43,6 +43,7 @@ class _Waiting(Generic[Item, Result]):
     """One task's append: its future, its second deadline's timer and what it asked for."""
 
     __slots__ = (
+        "__weakref__",
         "batcher",
         "database",
         "deadline",
@@ -123,38 +124,52 @@ class _Waiting(Generic[Item, Result]):
 class _Deadlines:
     """The first deadlines of the appends a loop awaits, for one deadline length, behind one
     timer: they fall due in the order the appends were queued, so a queue does what a timer
-    per append (an entry each in the loop's heap) would. Used on the loop's thread only."""
+    per append (an entry each in the loop's heap) would. Used on the loop's thread only.
 
-    __slots__ = ("entries", "seconds", "timer")
+    Nothing here refers to the loop (the registry below is keyed weakly by it): appends are
+    held weakly (an append whose task is gone has nothing left to expire, and its future
+    refers to the loop), and the timer is not kept, only whether one is due.
+    """
+
+    __slots__ = ("entries", "scheduled", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.entries: deque[tuple[float, _Waiting[Any, Any]]] = deque()
-        self.timer: asyncio.TimerHandle | None = None
+        self.entries: deque[tuple[float, weakref.ref[_Waiting[Any, Any]]]] = deque()
+        self.scheduled = False
 
     def add(self, loop: asyncio.AbstractEventLoop, waiting: _Waiting[Any, Any]) -> None:
         entries = self.entries
         # Appends are mostly done in the order they came: drop the done ones at the front.
-        while entries and entries[0][1].future.done():
+        while entries and _over(entries[0][1]()):
             entries.popleft()
         due = loop.time() + self.seconds
-        entries.append((due, waiting))
-        if self.timer is None:
-            self.timer = loop.call_at(due, self.check, loop)
+        entries.append((due, weakref.ref(waiting)))
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_at(due, self.check)
 
-    def check(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.timer = None
+    def check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.scheduled = False
         now = loop.time()
         entries = self.entries
         while entries:
-            due, waiting = entries[0]
-            if not waiting.future.done():
+            due, held = entries[0]
+            waiting = held()
+            if not _over(waiting):
                 if due > now:
                     break
+                assert waiting is not None
                 waiting.expire()
             entries.popleft()
         if entries:
-            self.timer = loop.call_at(entries[0][0], self.check, loop)
+            self.scheduled = True
+            loop.call_at(entries[0][0], self.check)
+
+
+def _over(waiting: _Waiting[Any, Any] | None) -> bool:
+    return waiting is None or waiting.future.done()
 
 
 _DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Deadlines]] = (

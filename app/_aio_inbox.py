@@ -45,13 +45,14 @@ class LoopInbox:
         DEBUG)."""
         with self._lock:
             self._pending.append((call, argument))
-            if self._scheduled:
+            if self._scheduled and not self._closed():
                 return
             self._scheduled = True
         loop = self._loop()
         try:
-            if loop is None:
-                raise RuntimeError("the event loop is gone")
+            if loop is None or loop.is_closed():
+                # Also drops what a visit scheduled just before the loop closed never took.
+                raise RuntimeError("the event loop is closed")
             loop.call_soon_threadsafe(self._visit)
         except RuntimeError:  # the loop is closed
             with self._lock:
@@ -59,6 +60,10 @@ class LoopInbox:
                 self._pending.clear()
                 self._scheduled = False
             log.debug("event loop closed: %d outcomes nobody waits for were dropped", dropped)
+
+    def _closed(self) -> bool:
+        loop = self._loop()
+        return loop is None or loop.is_closed()
 
     def _visit(self) -> None:
         """On the loop: run one slice of the pending calls; come back for the rest."""

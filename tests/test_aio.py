@@ -5,8 +5,10 @@ their deadline), on every backend."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from .helpers import (
     increment_counter,
     make_counter_table,
     run_threads,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -496,3 +499,21 @@ def test_the_batchers_helper_thread_ends_when_idle(
     # And it comes back when needed.
     run_async(main)
     assert_chain_intact(db, 2)
+
+
+def test_a_finished_event_loop_is_not_kept_alive(db: Database) -> None:
+    """Nothing the layer keeps per loop (its inbox, its deadline queue) holds the loop, or
+    the appends and results of its tasks, once the loop is gone."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with AsyncDatabase.wrap(db) as adb:
+            store = AsyncBlockStore(adb)
+            await asyncio.gather(*(store.append(f"b{n}") for n in range(50)))
+            assert await store.count() == 50
+
+    run_async(main)
+    # The worker and the batcher's helper may still be returning from handing over the
+    # last outcomes: freed soon, not at once.
+    wait_until(lambda: gc.collect() >= 0 and loops[0]() is None, "the loop freed", timeout=30)
