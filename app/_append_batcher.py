@@ -18,12 +18,20 @@ caller whose append is being written waits for that write's outcome, which the w
 own deadline bounds, and past a second deadline gives up with ``CommitTimeoutError``. A
 leader interrupted while writing puts the appends it had not written back at the front of
 the queue; an append whose commit happened is never written again (``WriteOutcome``).
+
+Callers that must not block (asyncio tasks, see ``app.aio``) queue with
+:meth:`AppendBatcher.enqueue` instead: nothing sleeps on their request, and whoever settles
+its batch calls the request's callback once it is done. Having no thread of their own, they
+cannot lead; a helper thread (one per batcher, started when first needed, gone after a while
+without work) takes the leader's role whenever such a request waits and nobody leads, and
+leads until the queue is empty.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -38,6 +46,14 @@ from ._shared_transaction import WriteOutcome
 _GATHER_LIMIT = 0.02
 # A sleeping caller looks at its append's state at least this often.
 _SLICE = 0.25
+# The helper thread that leads for callers without a thread ends after this long without work.
+_HELPER_IDLE = 10.0
+# Most appends in a batch the helper writes. Its callers' event loops need the interpreter
+# while it works, and a batch holds it (between its statements) for a time that grows with
+# its size; past a hundred or so appends the commit's cost is shared well enough already.
+_HELPER_BATCH = 128
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -51,8 +67,10 @@ class _Request(Generic[Item, Result]):
         "in_chain",
         "items",
         "next_to_wake",
+        "notify",
         "outcome",
         "results",
+        "threadless",
         "woken",
     )
 
@@ -66,8 +84,16 @@ class _Request(Generic[Item, Result]):
         self.in_chain = False  # counted in the batcher's _waking (guarded by its mutex)
         # Where its own write went when it was written alone (see _commit_alone).
         self.outcome: WriteOutcome | None = None
+        # A caller that does not sleep on the gate (see AppendBatcher.enqueue), and the
+        # callback that tells it its outcome (cleared, under the mutex, once called).
+        self.threadless = False
+        self.notify: Callable[[_Request[Item, Result]], None] | None = None
         self.gate = threading.Lock()
         self.gate.acquire()  # bounded: a new lock, free: taking it never waits
+
+
+#: The request :meth:`AppendBatcher.enqueue` returns: ``done``, then ``error`` or ``results``.
+AppendRequest = _Request
 
 
 class _Batch(Generic[Item, Result]):
@@ -110,6 +136,9 @@ class AppendBatcher(Generic[Item, Result]):
         self._leader: int | None = None  # the leading caller's thread
         self._queue: deque[_Request[Item, Result]] = deque()
         self._waking = 0  # callers of finished batches not yet woken
+        self._helper: threading.Thread | None = None  # leads for callers without a thread
+        self._helper_wanted = False  # such a caller waits and nobody leads
+        self._helper_called = threading.Condition(self._mutex)
 
     def submit(self, items: Sequence[Item]) -> list[Result]:
         """Queue ``items`` (written contiguously, in order) and wait until they are committed.
@@ -140,6 +169,43 @@ class AppendBatcher(Generic[Item, Result]):
             raise request.error
         return request.results
 
+    def enqueue(
+        self, items: Sequence[Item], notify: Callable[[_Request[Item, Result]], None]
+    ) -> _Request[Item, Result]:
+        """Queue ``items`` (written contiguously, in order) without waiting.
+
+        ``notify(request)`` is called once the request is done (``request.error`` or
+        ``request.results`` then holds the outcome), by the thread that wrote its batch,
+        outside the batcher's lock; it must be quick. The caller keeps its own deadline and
+        may take a request still queued back with :meth:`withdraw`.
+        """
+        request: _Request[Item, Result] = _Request(items)
+        request.threadless = True
+        request.notify = notify
+        with self._mutex:
+            self._queue.append(request)
+            if self._leader is None:
+                self._call_helper()
+        return request
+
+    def withdraw(self, request: _Request[Item, Result]) -> bool:
+        """Take back a request made with :meth:`enqueue`.
+
+        Returns:
+            True when it was still queued: it is not written, and ``notify`` is never
+            called. False once a leader has taken it into a batch (or it is done): it is
+            written, or fails, as if nothing happened, and ``notify`` is called as usual.
+        """
+        with self._mutex:
+            if request.done:
+                return False
+            try:
+                self._queue.remove(request)
+            except ValueError:
+                return False
+            request.notify = None
+            return True
+
     def _try_to_lead(self) -> bool:
         with self._mutex:
             if self._leader is None:
@@ -154,7 +220,7 @@ class AppendBatcher(Generic[Item, Result]):
             if self._leader == threading.get_ident():
                 self._leader = None
                 if self._queue:
-                    self._wake(self._queue[0])
+                    self._wake(self._queue[0])  # or the helper, for a caller without a thread
 
     def _leave(self, request: _Request[Item, Result]) -> None:
         """The caller is done: returning, failing or interrupted. Safe to repeat."""
@@ -201,10 +267,71 @@ class AppendBatcher(Generic[Item, Result]):
                 waited=waited,
             )
 
+    def _call_helper(self) -> None:
+        """With the mutex held: have the helper thread lead, as a caller without a thread
+        waits and nobody leads."""
+        self._helper_wanted = True
+        if self._helper is None:
+            self._helper = threading.Thread(
+                target=self._serve, name=f"append leader ({self._database})", daemon=True
+            )
+            self._helper.start()
+        else:
+            self._helper_called.notify()
+
+    def _serve(self) -> None:
+        """The helper thread: lead whenever called, until the queue is empty."""
+        try:
+            while self._become_leader():
+                try:
+                    self._lead_queue()
+                finally:
+                    # Hands the queue on if it filled again meanwhile (to the head's
+                    # thread, or back to this one).
+                    self._stop_leading()
+        finally:
+            with self._mutex:
+                if self._helper is threading.current_thread():
+                    self._helper = None
+                    if self._helper_wanted:  # ended by an error while called: replace it
+                        self._call_helper()
+
+    def _become_leader(self) -> bool:
+        """Wait until called and take the leader's role; False after ``_HELPER_IDLE``
+        seconds without a call (the thread then ends)."""
+        with self._mutex:
+            while True:
+                if self._helper_wanted:
+                    self._helper_wanted = False
+                    if self._leader is None:
+                        self._leader = threading.get_ident()
+                        return True
+                    # Somebody else leads; when they stop, a request without a thread at
+                    # the head of the queue calls the helper again.
+                elif not self._helper_called.wait(_HELPER_IDLE) and not self._helper_wanted:
+                    self._helper = None
+                    return False
+
+    def _lead_queue(self) -> None:
+        """Write batches until the queue is empty (the helper has no append of its own)."""
+        while True:
+            self._gather()
+            batch = self._take_batch(min(self._max_batch, _HELPER_BATCH))
+            if not batch.requests:
+                return
+            try:
+                self._commit(batch)
+            finally:
+                try:
+                    self._settle(batch, None)
+                except BaseException:
+                    self._settle(batch, None)
+                    raise
+
     def _lead(self, own: _Request[Item, Result]) -> None:
         while not own.done:
             self._gather()
-            batch = self._take_batch()
+            batch = self._take_batch(self._max_batch)
             try:
                 self._commit(batch)
             finally:
@@ -228,12 +355,12 @@ class AppendBatcher(Generic[Item, Result]):
         with self._mutex:
             self._all_woken.wait_for(lambda: not self._waking, _GATHER_LIMIT)
 
-    def _take_batch(self) -> _Batch[Item, Result]:
+    def _take_batch(self, limit: int) -> _Batch[Item, Result]:
         with self._mutex:
             size = 0
             count = 0
             for request in self._queue:
-                if count and size + len(request.items) > self._max_batch:
+                if count and size + len(request.items) > limit:
                     break
                 size += len(request.items)
                 count += 1
@@ -276,7 +403,7 @@ class AppendBatcher(Generic[Item, Result]):
             if not outcome.committed():
                 self._finish(request, error=exc)
 
-    def _settle(self, batch: _Batch[Item, Result], own: _Request[Item, Result]) -> None:
+    def _settle(self, batch: _Batch[Item, Result], own: _Request[Item, Result] | None) -> None:
         """After the batch's write, or its interruption: each request gets the results of a
         committed write (the batch's, or its own), or goes back to the queue. Whether a
         write was committed is read from its WriteOutcome, never from a return value, so an
@@ -298,6 +425,18 @@ class AppendBatcher(Generic[Item, Result]):
                 back = [r for r in batch.requests if not r.done and r is not own][::-1]
                 batch.settled = True
                 self._queue.extendleft(back)
+            # Callers without a thread are told here, each once: the callback is taken
+            # under the mutex, so a settle run again after an interruption tells nobody twice.
+            told = []
+            for request in batch.requests:
+                if request.done and request.notify is not None:
+                    told.append((request, request.notify))
+                    request.notify = None
+        for request, notify in told:
+            try:
+                notify(request)
+            except Exception:
+                log.exception("telling an append's caller its outcome failed")
         self._wake_in_turn([r for r in batch.requests if r.done and r is not own])
 
     def _finish(
@@ -318,7 +457,7 @@ class AppendBatcher(Generic[Item, Result]):
         next batch's writer with them); instead each caller, once running, wakes the next.
         """
         with self._mutex:
-            sleepers = [r for r in batch if not r.woken and not r.in_chain]
+            sleepers = [r for r in batch if not (r.woken or r.in_chain or r.threadless)]
             for current, following in itertools.pairwise(sleepers):
                 current.next_to_wake = following
             for sleeper in sleepers:
@@ -341,6 +480,8 @@ class AppendBatcher(Generic[Item, Result]):
 
     def _wake(self, request: _Request[Item, Result]) -> None:
         # Called with the mutex held.
-        if not request.woken:
+        if request.threadless:
+            self._call_helper()  # nobody sleeps on its gate: the helper leads for it
+        elif not request.woken:
             request.woken = True
             request.gate.release()

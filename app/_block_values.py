@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -186,6 +186,33 @@ def prepare_block(
         embedding_dim=None if values is None else len(values),
         embedding_model=model,
     )
+
+
+def prepare_blocks(blocks: Iterable[Mapping[str, Any]]) -> list[PreparedBlock]:
+    """:func:`prepare_block` for each mapping of an append's arguments (``context`` and the
+    keywords), all checked before any is returned.
+
+    Raises:
+        InvalidInputError: naming the first bad block by its position.
+    """
+    prepared = []
+    for position, block in enumerate(blocks):
+        if not isinstance(block, Mapping):
+            raise InvalidInputError(
+                f"blocks[{position}] must be a mapping, got {type(block).__name__}"
+            )
+        arguments = dict(block)
+        try:
+            context = arguments.pop("context")
+        except KeyError:
+            raise InvalidInputError(f"blocks[{position}] has no 'context'") from None
+        try:
+            prepared.append(prepare_block(context, **arguments))
+        except TypeError as exc:
+            raise InvalidInputError(f"blocks[{position}]: {exc}") from None
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"blocks[{position}]: {exc}") from None
+    return prepared
 
 
 def _metadata_json(metadata: Any) -> str | None:

@@ -29,6 +29,7 @@ from ._block_values import (
     decode_json_object,
     encode_embedding,
     prepare_block,
+    prepare_blocks,
 )
 from ._driver import pipeline, placeholder, raw_execute, raw_execute_all
 from ._shared_transaction import WriteOutcome
@@ -192,23 +193,7 @@ class BlockStore:
         ``max_batch``; each batch is contiguous, and appends of other threads may fall
         between batches.
         """
-        prepared = []
-        for position, block in enumerate(blocks):
-            if not isinstance(block, Mapping):
-                raise errors.InvalidInputError(
-                    f"blocks[{position}] must be a mapping, got {type(block).__name__}"
-                )
-            arguments = dict(block)
-            try:
-                context = arguments.pop("context")
-            except KeyError:
-                raise errors.InvalidInputError(f"blocks[{position}] has no 'context'") from None
-            try:
-                prepared.append(prepare_block(context, **arguments))
-            except TypeError as exc:
-                raise errors.InvalidInputError(f"blocks[{position}]: {exc}") from None
-            except errors.InvalidInputError as exc:
-                raise errors.InvalidInputError(f"blocks[{position}]: {exc}") from None
+        prepared = prepare_blocks(blocks)
         records: list[BlockRecord] = []
         size = self.db.settings.max_batch
         for start in range(0, len(prepared), size):
@@ -229,6 +214,11 @@ class BlockStore:
 
     def _committer(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
         return self.db.process_local("chain", self._new_batcher)
+
+    def chain_batcher(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
+        """For the layer's modules (``app.aio``): this process's append batcher of the chain,
+        to queue prepared blocks without blocking (``AppendBatcher.enqueue``)."""
+        return self._committer()
 
     def _new_batcher(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
         db = self.db
