@@ -306,6 +306,8 @@ class AsyncBlockStore:
     since = _offloaded(BlockStore.since)
     by_importance = _offloaded(BlockStore.by_importance)
     similar = _offloaded(BlockStore.similar)
+    search = _offloaded(BlockStore.search)
+    refresh_search_index = _offloaded(BlockStore.refresh_search_index)
     verify_chain = _offloaded(BlockStore.verify_chain)
 
 
