@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Select, func, literal, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
 
 from . import errors
+from ._block_sql import index_value
 from ._driver import raw_execute
 from .models import blocks_table, embeddings_table
 
@@ -372,11 +372,6 @@ def _snapshot_head(connection: Connection) -> tuple[int | None, np.uint64]:
     if row is None:
         return None, _NO_HASH
     return int(row[0]), _digest(row[1])
-
-
-def index_value(index: int) -> ColumnElement[int]:
-    # BIGINT: block_index is 4 bytes on PostgreSQL, and a larger index must compare, not fail.
-    return literal(index, BigInteger())
 
 
 def _hash_at(connection: Connection, index: int) -> np.uint64:

@@ -39,11 +39,12 @@ from sqlalchemy import delete, insert, inspect, select, text
 from sqlalchemy.engine import URL, Connection
 
 from . import errors
+from ._block_sql import BlockRecord, index_value, insert_blocks
 from ._block_values import PreparedBlock, encode_json, prepare_block
 from ._hints import install_hint
 from ._legacy_conn import ThreadConnection, UseTracker
 from ._validate import check_index, check_text, check_timestamp
-from .blocks import BlockRecord, BlockStore, index_value, insert_blocks
+from .blocks import BlockStore
 from .database import Database
 from .maintenance import import_jsonl
 from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table

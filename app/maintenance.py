@@ -20,9 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from . import errors
+from ._block_sql import insert_blocks
 from ._block_values import PreparedBlock, prepare_block
 from ._sqlite_file import create_file, file_size
-from .blocks import BlockStore, insert_blocks
+from .blocks import BlockStore
 from .database import CHECKPOINT_MODES, Database
 from .models import blocks_table
 

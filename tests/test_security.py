@@ -242,16 +242,16 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
     ("_legacy_conn.py", "ThreadConnection._run_postgres", ("_PG_STATEMENT_SAVEPOINT",)): (
         "a module constant name"
     ),
-    ("blocks.py", "_insert_statement", ("table", "', '.join(columns)")): (
+    ("_block_sql.py", "_insert_statement", ("table", "', '.join(columns)")): (
         "table and column names from the models (_INSERTS)"
     ),
-    ("blocks.py", "_insert_statement", ("', '.join([row] * rows)",)): (
+    ("_block_sql.py", "_insert_statement", ("', '.join([row] * rows)",)): (
         "copies of a row of driver placeholders"
     ),
-    ("blocks.py", "_load_chunk", ("', '.join([placeholder(connection)] * len(wanted))",)): (
+    ("_block_sql.py", "_load_chunk", ("', '.join([placeholder(connection)] * len(wanted))",)): (
         "driver placeholders, one per bound index"
     ),
-    ("blocks.py", "_load_chunk.rows", ("columns", "table", "where")): (
+    ("_block_sql.py", "_load_chunk.rows", ("columns", "table", "where")): (
         "literal column and table names, and the placeholder clause above"
     ),
     ("_units.py", "savepoint", ("name",)): "'app_unit_' and an int depth",
