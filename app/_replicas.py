@@ -340,7 +340,7 @@ class ReplicaSet:
             replica.trying = False
         if was != NOT_A_REPLICA:
             log.warning(
-                "%s is not a replica (pg_last_wal_replay_lsn() is NULL: a primary, or a "
+                "%s is not a replica (pg_is_in_recovery() is false: a primary, or a "
                 "promoted replica); no reads go to it",
                 replica.url,
             )
@@ -421,7 +421,13 @@ def _primary_position(connection: Connection) -> int:
 
 
 def _replay_position(connection: Connection) -> int | None:
-    return parse_lsn(raw_execute(connection, "SELECT pg_last_wal_replay_lsn()").fetchone()[0])
+    """How far the server has replayed the primary's WAL, or None when it is not in
+    recovery. pg_last_wal_replay_lsn() alone is not enough: a primary that was itself
+    started by crash recovery keeps returning where that recovery ended."""
+    in_recovery, replayed = raw_execute(
+        connection, "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()"
+    ).fetchone()
+    return parse_lsn(replayed) if in_recovery else None
 
 
 def _close_quietly(connection: Connection) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from app import BlockStore, Database, DatabaseManager, Settings, errors
 from app.doctor import diagnose
+from app.schema import head_revision
 from benchmarks.replicas import main as replicas_benchmark
 
 from .helpers import Background, assert_chain_intact, run_cli, run_threads, wait_until
@@ -190,7 +191,7 @@ def test_migrations_run_on_the_primary_with_replicas_configured(
     monkeypatch.setenv("APP_REPLICAS", replica)
     upgraded = run_cli("--url", primary, "db", "upgrade")
     assert upgraded.exit_code == 0, upgraded.output
-    assert "none -> 0002 (head)" in upgraded.output
+    assert f"none -> {head_revision()} (head)" in upgraded.output
     db = Database(primary)  # replicas from the environment; the schema is current
     try:
         assert db.settings.replicas == (replica,)
@@ -510,6 +511,36 @@ def test_primary_restarted_mid_load(cluster: PrivateCluster) -> None:
                 stored = {index: digest for index, digest in rows}
             assert {index: stored.get(index) for index in committed} == committed
             assert_chain_intact(check, len(stored))
+
+
+def test_a_primary_started_by_crash_recovery_is_still_not_a_replica(
+    cluster: PrivateCluster,
+) -> None:
+    """After a crash, a primary's pg_last_wal_replay_lsn() keeps where its recovery ended
+    (not NULL); what tells it from a replica is pg_is_in_recovery()."""
+    cluster.restart_primary("immediate")  # a crash: the start replays the WAL
+    with cluster.database("crashed_") as (primary, replica):
+        engine = create_engine(primary)
+        try:
+            with engine.connect() as connection:
+                recovered = connection.execute(
+                    text("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() IS NOT NULL")
+                ).one()
+        finally:
+            engine.dispose()
+        assert tuple(recovered) == (False, True)
+        db = open_db(primary, [primary + "?application_name=crashed-primary", replica])
+        try:
+            store = BlockStore(db)
+            block = store.append("after the crash")
+            wait_for_replay(primary, replica)
+            for _ in range(10):
+                assert store.get(block.block_index) == block
+            listed, real = db.stats().replicas
+            assert (listed.state, listed.reads) == ("not a replica", 0)
+            assert real.state == "up" and real.reads + db.stats().primary_reads == 10
+        finally:
+            db.dispose()
 
 
 # -- observability -----------------------------------------------------------------------------
