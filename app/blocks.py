@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 
-from . import _hybrid, _keyword_index, _vector_cache, errors
+from . import _hybrid, _keyword_index, _vector_cache, _vector_scores, errors
 from ._append_batcher import AppendBatcher
 from ._block_sql import (
     _HEAD_SQL,
@@ -390,7 +390,7 @@ class BlockStore:
             ranked = self._top_k(connection, query, k, floor, wanted)
             records = {r.block_index: r for r in load_records(connection, [i for i, _ in ranked])}
         embeddings = {i: r.embedding for i, r in records.items()}
-        scores = _vector_cache.complete_scores(ranked, embeddings, query)
+        scores = _vector_scores.complete_scores(ranked, embeddings, query)
         return [ScoredBlock(records[i], scores[i]) for i, _ in ranked if i in scores]
 
     def search(
@@ -457,7 +457,7 @@ class BlockStore:
         if vector is not None:
             hits = [(i, s) for i, s in vector_ranked if i in records]
             embeddings = {i: records[i].embedding for i, _ in hits}
-            similarity = _vector_cache.complete_scores(hits, embeddings, vector)
+            similarity = _vector_scores.complete_scores(hits, embeddings, vector)
         return [
             SearchHit(records[index], score, keyword_rank, vector_rank, similarity.get(index))
             for index, score, keyword_rank, vector_rank in fused
