@@ -1,4 +1,5 @@
-"""Units of work: what one may do, who opened it, and its SAVEPOINT.
+"""Units of work: what one may do, who opened it, and its SAVEPOINT; and what the classes
+that run units for ``Database`` use of it (:class:`UnitHost`).
 
 A unit is the body of ``Database.unit_of_work()``, ``read()`` or ``run()`` (or one of the
 layer's own reads and writes). Its state lives in a :class:`Unit` object rather than in
@@ -13,13 +14,23 @@ import enum
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, scoped_session
 
 from ._driver import raw_execute
 from ._shared_transaction import CommitWaiter, SharedTransaction
+
+if TYPE_CHECKING:
+    from . import errors
+    from ._replicas import ReplicaSet
+    from ._sessions import SessionGuard
+    from ._stats import Counters
+    from ._wal_bound import WalBound
+    from ._write_side import WriteSide
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +146,32 @@ def rollback_quietly(session: Session) -> None:
         session.rollback()
     except Exception:
         log.debug("rollback after error failed", exc_info=True)
+
+
+class UnitHost:
+    """What the unit classes of ``Database`` (``_read_units``, ``_write_units``) use of the
+    Database that inherits them, declared here so that each of them type-checks on its own;
+    ``Database`` sets and defines every one."""
+
+    settings: Settings
+    url: str
+    engine: Engine
+    session: scoped_session[Session]
+    _exclusive: bool  # one connection: units take turns on it, reads included
+    _local: threading.local
+    _side: WriteSide
+    _wal: WalBound
+    _counters: Counters
+    _sessions: SessionGuard
+    _replicas: ReplicaSet | None
+
+    if TYPE_CHECKING:
+
+        def _check_open(self) -> None: ...
+        def _unit(self) -> Unit | None: ...
+        def in_write_unit(self) -> bool: ...
+        def _enter(self, unit: Unit) -> None: ...
+        def _leave(self, unit: Unit) -> None: ...
+        def _connect(self) -> Connection: ...
+        def _pool_exhausted(self) -> errors.PoolExhaustedError: ...
+        def exclusive_turn(self, deadline: float | None = None) -> AbstractContextManager[None]: ...

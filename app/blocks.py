@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 
-from . import _hybrid, _keyword_index, _vector_cache, errors
+from . import _hybrid, _keyword_index, _vector_cache, _vector_scores, errors
 from ._append_batcher import AppendBatcher
+from ._block_arguments import (
+    SORT_COLUMNS,
+    fusion_weights,
+    similarity_arguments,
+    sort_column,
+    sort_order,
+)
+from ._block_results import ChainCheck, ChainHead, ScoredBlock, SearchHit, check_chain
 from ._block_sql import (
     _HEAD_SQL,
     _RECENT_SQL,
@@ -27,14 +34,9 @@ from ._block_sql import (
     load_records,
     write_chain,
 )
-from ._block_values import (
-    PreparedBlock,
-    block_hash,
-    encode_embedding,
-    prepare_block,
-    prepare_blocks,
-)
+from ._block_values import PreparedBlock, prepare_block, prepare_blocks
 from ._driver import placeholder, raw_execute
+from ._read_units import retried_reads
 from ._shared_transaction import WriteOutcome
 from ._validate import (
     check_index,
@@ -44,77 +46,24 @@ from ._validate import (
     check_timestamp,
     check_words,
 )
-from .database import Database, UnitKind, retried_reads
+from .database import Database, UnitKind
 from .models import (
     blocks_table,
     tags_table,
 )
 from .short_term import ShortTermMemories
 
-__all__ = ["BlockRecord", "BlockStore", "ChainCheck", "ChainHead", "ScoredBlock", "SearchHit"]
+__all__ = [
+    "SORT_COLUMNS",
+    "BlockRecord",
+    "BlockStore",
+    "ChainCheck",
+    "ChainHead",
+    "ScoredBlock",
+    "SearchHit",
+]
 
 log = logging.getLogger(__name__)
-
-#: Columns a page of blocks may be sorted by (never taken from the caller as SQL).
-SORT_COLUMNS = {
-    "block_index": blocks_table.c.block_index,
-    "timestamp": blocks_table.c.timestamp,
-    "importance": blocks_table.c.importance,
-}
-_ORDERS = ("asc", "desc")
-_STREAM_CHUNK = 4096
-
-
-class ScoredBlock(NamedTuple):
-    block: BlockRecord
-    similarity: float
-
-
-class SearchHit(NamedTuple):
-    """A block found by :meth:`BlockStore.search`, with its fused score and the ranks it had
-    in the keyword and the vector list (1 = first; None when it was not in that list)."""
-
-    block: BlockRecord
-    score: float
-    keyword_rank: int | None
-    vector_rank: int | None
-    similarity: float | None
-
-
-class ChainHead(NamedTuple):
-    block_index: int
-    hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChainCheck:
-    """What :meth:`BlockStore.verify_chain` found. True when the chain is intact.
-
-    Attributes:
-        checked: blocks read: every block when the chain is intact, else the good ones
-            before the first bad index and the block where the problem was found.
-        first_bad_index: the first index where the chain is wrong, or None when intact.
-            A chain broken at block 0 gives 0, so test ``ok`` (or the object itself),
-            never this number's truth.
-        problem: what is wrong at ``first_bad_index``, in words ('' when intact).
-    """
-
-    checked: int
-    first_bad_index: int | None = None
-    problem: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when the chain is intact."""
-        return self.first_bad_index is None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"intact ({self.checked:,} blocks)"
-        return f"broken at block {self.first_bad_index}: {self.problem}"
 
 
 # Every method that opens read snapshots of its own (the others read through ``_load``).
@@ -246,8 +195,8 @@ class BlockStore:
     ) -> list[BlockRecord]:
         """Blocks with ``start <= index <= end``, sorted by ``sort_by`` (a column name from
         :data:`SORT_COLUMNS`) in ``order`` ('asc' or 'desc')."""
-        column = _sort_column(sort_by)
-        direction = _order(order)
+        column = sort_column(sort_by)
+        direction = sort_order(order)
         query = select(blocks_table.c.block_index)
         if start is not None:
             low = index_value(check_index(start, "start"))
@@ -353,11 +302,11 @@ class BlockStore:
         order: str = "desc",
     ) -> list[BlockRecord]:
         """Blocks with ``importance >= threshold``."""
-        column = _sort_column(sort_by)
+        column = sort_column(sort_by)
         query = (
             select(blocks_table.c.block_index)
             .where(blocks_table.c.importance >= check_number(threshold, "threshold"))
-            .order_by(getattr(column, _order(order))(), blocks_table.c.block_index)
+            .order_by(getattr(column, sort_order(order))(), blocks_table.c.block_index)
         )
         return self._load(query.limit(check_limit(limit)))
 
@@ -383,14 +332,14 @@ class BlockStore:
             InvalidInputError: the query is not a finite, non-zero vector, or its dimension
                 differs from a stored embedding's (a ``ValueError`` as in the legacy class).
         """
-        query, k, floor, wanted = _similarity_arguments(
+        query, k, floor, wanted = similarity_arguments(
             query_embedding, top_k, min_similarity, model
         )
         with self.db.reading() as connection:
             ranked = self._top_k(connection, query, k, floor, wanted)
             records = {r.block_index: r for r in load_records(connection, [i for i, _ in ranked])}
         embeddings = {i: r.embedding for i, r in records.items()}
-        scores = _vector_cache.complete_scores(ranked, embeddings, query)
+        scores = _vector_scores.complete_scores(ranked, embeddings, query)
         return [ScoredBlock(records[i], scores[i]) for i, _ in ranked if i in scores]
 
     def search(
@@ -424,11 +373,11 @@ class BlockStore:
                 (as for :meth:`search_keywords` and :meth:`similar`).
         """
         k = check_limit(top_k, "top_k")
-        keyword_weight, vector_weight = _weights(weights)
+        keyword_weight, vector_weight = fusion_weights(weights)
         words = _hybrid.words(check_text(text, "text")) if text is not None else []
         vector = None
         if embedding is not None:
-            vector, _, _, model = _similarity_arguments(embedding, k, None, model)
+            vector, _, _, model = similarity_arguments(embedding, k, None, model)
         if text is None and vector is None:
             raise errors.InvalidInputError("search needs text, an embedding, or both")
         depth = max(_hybrid.DEPTH, k) if depth is None else check_limit(depth, "depth")
@@ -457,7 +406,7 @@ class BlockStore:
         if vector is not None:
             hits = [(i, s) for i, s in vector_ranked if i in records]
             embeddings = {i: records[i].embedding for i, _ in hits}
-            similarity = _vector_cache.complete_scores(hits, embeddings, vector)
+            similarity = _vector_scores.complete_scores(hits, embeddings, vector)
         return [
             SearchHit(records[index], score, keyword_rank, vector_rank, similarity.get(index))
             for index, score, keyword_rank, vector_rank in fused
@@ -488,102 +437,10 @@ class BlockStore:
             predecessor's hash and the indices run 0, 1, 2, ... without gaps; otherwise it
             names the first index that does not and what is wrong there.
         """
-        stmt = select(
-            blocks_table.c.block_index,
-            blocks_table.c.timestamp,
-            blocks_table.c.context,
-            blocks_table.c.importance,
-            blocks_table.c.hash,
-            blocks_table.c.prev_hash,
-        ).order_by(blocks_table.c.block_index)
-        expected_index, previous = 0, ""
         with self.db.reading() as connection:
-            result = connection.execute(stmt.execution_options(yield_per=_STREAM_CHUNK))
-            for chunk in result.partitions():
-                for index, timestamp, context, importance, digest, prev_hash in chunk:
-                    problem = ""
-                    if index != expected_index:
-                        problem = f"block {expected_index} is missing (the next block is {index})"
-                    elif prev_hash != previous:
-                        problem = (
-                            f"block {index}'s prev_hash is not block {index - 1}'s hash"
-                            if index
-                            else "block 0's prev_hash is not empty, as the first block's must be"
-                        )
-                    elif not _hash_matches(
-                        digest, index, timestamp, context, importance, prev_hash
-                    ):
-                        problem = (
-                            f"block {index}'s hash does not match its timestamp, context, "
-                            "importance and prev_hash (one of them, or the hash, was changed)"
-                        )
-                    if problem:
-                        return ChainCheck(expected_index + 1, expected_index, problem)
-                    expected_index, previous = index + 1, digest
-                if progress is not None:
-                    progress(expected_index)
-        return ChainCheck(checked=expected_index)
+            return check_chain(connection, progress)
 
     def _load(self, query: Select[Any]) -> list[BlockRecord]:
         with self.db.reading() as connection:
             indices = list(connection.execute(query).scalars())
             return load_records(connection, indices)
-
-
-# -- writing helpers -------------------------------------------------------------------------
-
-
-def _similarity_arguments(
-    query_embedding: Any, top_k: Any, min_similarity: Any, model: Any
-) -> tuple[np.ndarray[Any, Any], int, float | None, str | None]:
-    """The checked query (float32), k, floor and model of a similarity search."""
-    raw, _ = encode_embedding(query_embedding, "query embedding")
-    query = np.frombuffer(raw, dtype=np.float32)
-    if not query.any():
-        raise errors.InvalidInputError("query embedding has length zero")
-    k = check_limit(top_k, "top_k")
-    floor = None if min_similarity is None else check_number(min_similarity, "min_similarity")
-    wanted = None if model is None else check_text(model, "model")
-    return query, k, floor, wanted
-
-
-def _weights(weights: Any) -> tuple[float, float]:
-    if not isinstance(weights, tuple | list) or len(weights) != 2:
-        raise errors.InvalidInputError(
-            f"weights must be a pair (keyword, vector) of numbers, got {weights!r}"
-        )
-    keyword, vector = (check_number(w, "weights") for w in weights)
-    if keyword < 0 or vector < 0 or keyword + vector == 0:
-        raise errors.InvalidInputError(
-            f"weights must be >= 0 and not both 0, got ({keyword}, {vector})"
-        )
-    return keyword, vector
-
-
-def _hash_matches(
-    digest: str, index: int, timestamp: str, context: str, importance: float, prev_hash: str
-) -> bool:
-    if block_hash(index, timestamp, context, importance, prev_hash) == digest:
-        return True
-    # A caller of the legacy class may have hashed an integral importance as an int (1)
-    # although the REAL column gives it back as 1.0, or hashed -0.0, which SQLite stores as 0.
-    if not float(importance).is_integer():
-        return False
-    if block_hash(index, timestamp, context, int(importance), prev_hash) == digest:
-        return True
-    return importance == 0 and block_hash(index, timestamp, context, -0.0, prev_hash) == digest
-
-
-def _sort_column(sort_by: str) -> Any:
-    try:
-        return SORT_COLUMNS[sort_by]
-    except (KeyError, TypeError):
-        raise errors.InvalidInputError(
-            f"sort_by must be one of {', '.join(SORT_COLUMNS)}; got {sort_by!r}"
-        ) from None
-
-
-def _order(order: str) -> str:
-    if not isinstance(order, str) or order.lower() not in _ORDERS:
-        raise errors.InvalidInputError(f"order must be 'asc' or 'desc'; got {order!r}")
-    return order.lower()

@@ -1,22 +1,21 @@
-"""`Database`: the engine, one Session per thread, and write/read units of work.
+"""`Database`: the engine, one Session per thread, the object's lifetime, and the surface
+that applications and the layer's modules call.
 
-How writers take turns and share a transaction is ``_write_side`` and
+What each kind of unit does lives with its kind, in classes ``Database`` inherits: write
+units and the write turn in ``_write_units``, read units and where reads run in
+``_read_units``. How writers take turns and share a transaction is ``_write_side`` and
 ``_shared_transaction``; what the thread's Session does outside units is ``_sessions``; the
-WAL bound is ``_wal_bound``. This module describes units: what each kind does, in order.
+WAL bound is ``_wal_bound``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import random
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -24,15 +23,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from . import _vector_cache, errors
-from ._driver import BUSY_OPTION, UNIT_OPTION, raw_execute
+from ._driver import raw_execute
 from ._engine import build_engine
+from ._read_units import ReadUnits, retried_reads
 from ._replicas import ReplicaSet
-from ._sessions import READ_UNIT, SessionGuard, ThreadSessions
-from ._shared_transaction import SharedTransaction, WriteOutcome
+from ._sessions import SessionGuard, ThreadSessions
 from ._stats import Counters, ReplicaStats, Stats
-from ._units import Unit, UnitKind, current_task, rollback_quietly, savepoint
+from ._units import Unit, UnitKind, current_task
 from ._wal_bound import CHECKPOINT_MODES, WalBound
 from ._write_side import WriteSide, write_side
+from ._write_units import WriteUnits
 from .schema import ensure_schema
 from .settings import Settings
 
@@ -43,16 +43,9 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 K = TypeVar("K")
-T = TypeVar("T")
-
-#: Reads of this context (thread or asyncio task) may go to a replica that has not replayed
-#: this process's last commit (see Database.allow_stale).
-_STALE_OK: ContextVar[bool] = ContextVar("app_stale_reads_ok", default=False)
-#: Where a read runs when there are no replicas: on the primary (no replica connection).
-_PRIMARY = nullcontext(None)
 
 
-class Database:
+class Database(WriteUnits, ReadUnits):
     """A database shared safely by every thread of a process.
 
     Args:
@@ -274,352 +267,11 @@ class Database:
         with self._write_scope(None) as connection:
             yield connection
 
-    @contextmanager
-    def _write_scope(
-        self, deadline: float | None, outcome: WriteOutcome | None = None
-    ) -> Iterator[Connection]:
-        """The write unit behind unit_of_work, run and the layer's own writes.
-
-        The outermost unit takes this process's write turn (``_write_side``), joins the
-        transaction the previous unit of this Database left open or begins one, runs the
-        body in a SAVEPOINT (none for the first unit of a transaction), then either hands
-        the open transaction with the turn to the next unit of this Database, or commits.
-        ``outcome``, when given, records where the unit's work went, so that a caller
-        interrupted after the commit can still tell that it was committed.
-        """
-        self._check_open()
-        unit = self._unit()
-        session = self.session()
-        if unit is not None:
-            if unit.kind is not UnitKind.WRITE:
-                raise errors.TransactionStateError(
-                    "cannot open a write unit inside a read unit: open the write unit first"
-                )
-            assert unit.connection is not None
-            unit.depth += 1
-            try:
-                with savepoint(unit, session, None):
-                    yield unit.connection
-            finally:
-                unit.depth -= 1
-            return
-        self._sessions.before_unit(session)
-        side = self._side
-        self.check_may_wait_for_turn()
-        if deadline is None:
-            deadline = time.monotonic() + self.settings.retry_deadline
-        unit = Unit(UnitKind.WRITE)
-        failure: BaseException | None = None
-        result: BaseException | None = None
-        self._enter(unit)
-        try:
-            self._record_wait(side.take_turn(deadline, self, self.url))
-            self._check_open()  # disposed while this unit waited
-            shared = side.shared or self._begin(side, deadline)
-            if outcome is not None:
-                outcome.unit, outcome.transaction = unit, shared
-            unit.connection = shared.connection
-            session.bind = shared.connection
-            self._local.unit = unit
-            try:
-                with savepoint(unit, session, shared):
-                    yield shared.connection
-            except BaseException as exc:  # noqa: BLE001 - re-raised once the turn is ended
-                failure = exc
-                if not shared.holds(unit):
-                    # The first unit of a transaction runs without a SAVEPOINT, and a
-                    # SAVEPOINT whose rollback was interrupted holds part of the work:
-                    # either way only a rollback of everything undoes it.
-                    shared.spoiled = shared.spoiled or not shared.units or unit.unclean
-                    self._counters.add("rolled_back")
-            self._close_unit(unit, session)
-            limit = self.settings.max_units_per_commit
-            result = side.end_unit(self, shared, unit, failure, limit)
-        finally:
-            # Also after an interruption anywhere above (and once more if the clean-up
-            # itself is interrupted): the unit is closed, the turn passed on with the open
-            # transaction committed (or rolled back), and a unit whose work another unit
-            # will commit learns the outcome first, so nobody is unsure whether it was
-            # written.
-            try:
-                self._end_write_scope(side, unit, session)
-            except BaseException:
-                self._end_write_scope(side, unit, session)
-                raise
-            finally:
-                if unit.waiter is not None:
-                    deadline = time.monotonic() + self.settings.retry_deadline
-                    result = unit.waiter.wait(deadline, self.url)
-        if failure is not None:
-            raise failure
-        if result is not None:
-            raise result
-
-    def _end_write_scope(self, side: WriteSide, unit: Unit, session: Session) -> None:
-        """Whatever state the outermost write unit stopped in, end it. Safe to repeat."""
-        self._close_unit(unit, session)
-        if side.turn.held_by_me():
-            if unit.unclean and side.shared is not None:
-                side.shared.spoiled = True
-            side.release()
-        self._leave(unit)
-
-    def _close_unit(self, unit: Unit, session: Session) -> None:
-        unit.open = False
-        if getattr(self._local, "unit", None) is unit:
-            self._local.unit = None
-        session.bind = self.engine
-
-    def _begin(self, side: WriteSide, deadline: float) -> SharedTransaction:
-        options: dict[str, Any] = {UNIT_OPTION: UnitKind.WRITE.value}
-        remaining = deadline - time.monotonic()
-        if remaining < self.settings.busy_timeout:
-            # Wait for another process's write lock no longer than the deadline allows.
-            options[BUSY_OPTION] = max(1, int(remaining * 1000))
-        connection = self._connect().execution_options(**options)
-        after_commit = self._wal.after_commit if self._replicas is None else self._after_commit
-        return side.begin(connection, self, after_commit, self._count_units)
-
-    def _after_commit(self, connection: Connection) -> None:
-        """After a commit on a primary with replicas: remember its log position (reads
-        then go to replicas that have replayed it). Never raises."""
-        self._wal.after_commit(connection)
-        if self._replicas is not None:
-            self._replicas.note_commit(connection)
-
-    def _release_session_turn(self) -> None:
-        """The thread's Session ended a transaction in which it wrote (see ``_sessions``)."""
-        self._side.release_if_held()
-        if self._replicas is not None:
-            self._replicas.note_commit(None)
-
-    def check_may_wait_for_turn(self) -> None:
-        """Refuse, up front, to wait for the write turn in a thread that holds it.
-
-        Raises:
-            TransactionStateError: this thread is inside a write unit of another Database
-                object on the same database (waiting would wait for itself).
-        """
-        if self._side.turn.held_by_me():
-            raise errors.TransactionStateError(
-                f"this thread is inside a write unit of another Database object on {self.url}; "
-                "a second one would wait for the first: use the same Database object (or "
-                "finish the first unit)"
-            )
-
-    def _take_turn_for_session(self) -> None:
-        """The thread's Session writes outside a unit (see ``_sessions``)."""
-        self.check_may_wait_for_turn()
-        deadline = time.monotonic() + self.settings.retry_deadline
-        self._record_wait(self._side.take_turn(deadline, None, self.url))
-
     def _connect(self) -> Connection:
         try:
             return self.engine.connect()
         except PoolTimeout as exc:
             raise self._pool_exhausted() from exc
-
-    def _count_units(self, committed: bool, units: int) -> None:
-        self._counters.add("committed" if committed else "rolled_back", units)
-
-    def _record_wait(self, waited: float) -> None:
-        self._counters.record_wait(waited)
-        if waited > self.settings.slow_wait_threshold:
-            log.warning("writer waited %.3fs for its turn on %s", waited, self.url)
-
-    @contextmanager
-    def read(self, *, allow_stale: bool = False) -> Iterator[Session]:
-        """One read unit: a snapshot that never takes or waits for the write lock.
-
-        Inside, any write is refused with :class:`~app.errors.ReadOnlyUnitError`. A read
-        unit opened inside a write unit joins it (and sees its uncommitted changes).
-
-        With ``replicas``, the unit runs on a replica that has replayed this process's last
-        commit on the primary and is within ``max_replica_lag``, else on the primary.
-
-        Args:
-            allow_stale: any replica within ``max_replica_lag`` will do, even one that has
-                not replayed this process's last commit yet (see :meth:`allow_stale`).
-
-        Raises:
-            ReplicaUnavailableError: the replica failed in the middle of the unit; nothing
-                was changed, and running the unit again uses another replica or the primary.
-        """
-        self._check_open()
-        unit = self._unit()
-        session = self.session()
-        if unit is not None:
-            yield session
-            return
-        self._sessions.before_unit(session)
-        unit = Unit(UnitKind.READ)
-        where = _PRIMARY if self._replicas is None else self._on_replica(allow_stale)
-        with self._read_scope(unit), where as replica:
-            if replica is not None:
-                session.bind = replica
-            session.info[READ_UNIT] = True
-            try:
-                try:
-                    session.begin()
-                    session.connection(execution_options={UNIT_OPTION: UnitKind.READ.value})
-                    yield session
-                    if session.new or session.dirty or session.deleted:
-                        raise errors.ReadOnlyUnitError(
-                            "objects were added, changed or deleted inside a read unit; "
-                            "use Database.unit_of_work() or Database.run() for writes"
-                        )
-                    session.commit()  # nothing to write: ends the snapshot, keeps objects loaded
-                except BaseException as exc:
-                    rollback_quietly(session)
-                    if isinstance(exc, PoolTimeout):
-                        raise self._pool_exhausted() from exc
-                    raise
-            finally:
-                session.info[READ_UNIT] = False
-                if replica is not None:
-                    session.bind = self.engine
-
-    @contextmanager
-    def reading(self) -> Iterator[Connection]:
-        """For the layer's own queries: a read snapshot's connection, without the ORM.
-
-        Inside a unit of this thread it is that unit's connection (reads see its changes).
-        Otherwise it goes where :meth:`read` goes (a replica, or the primary).
-
-        Raises:
-            ReplicaUnavailableError: the replica failed in the middle of the snapshot (see
-                :meth:`retrying_read`).
-        """
-        self._check_open()
-        unit = self._unit()
-        if unit is not None:
-            if unit.connection is not None:
-                yield unit.connection
-            else:  # a read unit of the ORM Session
-                yield self.session().connection()
-            return
-        unit = Unit(UnitKind.SNAPSHOT)
-        where = _PRIMARY if self._replicas is None else self._on_replica(False)
-        with (
-            self._read_scope(unit),
-            where as replica,
-            (replica or self._connect()).execution_options(
-                **{UNIT_OPTION: UnitKind.SNAPSHOT.value}
-            ) as connection,
-        ):
-            unit.connection = connection
-            with connection.begin():
-                yield connection
-
-    @contextmanager
-    def _on_replica(self, allow_stale: bool) -> Iterator[Connection | None]:
-        """Where a read unit runs when there are replicas: a replica's connection (no
-        transaction begun yet), or None for the primary. A failure of the replica in the
-        body becomes :class:`~app.errors.ReplicaUnavailableError`."""
-        replicas = self._replicas
-        assert replicas is not None
-        chosen = replicas.choose(fresh=not (allow_stale or _STALE_OK.get()))
-        if chosen is None:
-            yield None
-            return
-        replica, connection = chosen
-        try:
-            yield connection
-        except Exception as exc:  # an interruption (KeyboardInterrupt...) is not the replica's
-            if replicas.read_failed(replica, exc, connection):
-                raise errors.ReplicaUnavailableError(
-                    f"the read replica {replica.url} failed during this read ({exc}); it is "
-                    "skipped for now: run the read again (it goes to another replica or the "
-                    "primary)"
-                ) from exc
-            raise
-        finally:
-            try:
-                connection.close()
-            finally:
-                replicas.done(replica)
-
-    @contextmanager
-    def allow_stale(self) -> Iterator[None]:
-        """Reads made inside (by this thread or asyncio task: units, the block store's
-        searches, the facade) may go to any replica within ``max_replica_lag``, even one
-        that has not replayed this process's last commit yet: for reads that need not see
-        the latest writes, to keep load off the primary. No effect without replicas."""
-        token = _STALE_OK.set(True)
-        try:
-            yield
-        finally:
-            _STALE_OK.reset(token)
-
-    def retrying_read(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """For the layer's modules: ``fn(*args, **kwargs)``, whose reads use :meth:`reading`
-        or :meth:`read`, run again when the replica one of them ran on failed in the
-        middle of it (the replica is skipped then, so the next run goes to another replica
-        or the primary). Without replicas, or inside a unit, ``fn`` runs once.
-
-        Raises:
-            ReplicaUnavailableError: every replica failed in turn.
-        """
-        if self._replicas is None:
-            return fn(*args, **kwargs)
-        attempts = len(self.settings.replicas) + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except errors.ReplicaUnavailableError as exc:
-                if attempt == attempts or self._unit() is not None:
-                    raise
-                log.info("%s: read run again after its replica failed: %s", self.url, exc)
-        raise AssertionError("unreachable")  # the last attempt returned or raised
-
-    @contextmanager
-    def _read_scope(self, unit: Unit) -> Iterator[None]:
-        """What every outermost read unit does around its snapshot: count it, wait (briefly)
-        while a checkpoint empties the WAL, take the turn of a one-connection database, and
-        mark the thread as inside the unit."""
-        self._enter(unit)
-        try:
-            with (
-                self._wal.snapshot(unit),
-                self.exclusive_turn() if self._exclusive else nullcontext(),
-            ):
-                self._local.unit = unit
-                try:
-                    yield
-                finally:
-                    unit.open = False
-                    if getattr(self._local, "unit", None) is unit:
-                        self._local.unit = None
-        finally:
-            try:
-                self._leave(unit)
-            except BaseException:
-                self._leave(unit)
-                raise
-
-    @contextmanager
-    def exclusive_turn(self, deadline: float | None = None) -> Iterator[None]:
-        """Hold this database's write turn without joining a unit's transaction (a
-        transaction left open is committed first); for migrations, checkpoints and the
-        units of a one-connection database.
-
-        Raises:
-            DatabaseBusyError: the turn did not come within ``retry_deadline``.
-            TransactionStateError: this thread holds the turn already.
-        """
-        side = self._side
-        self.check_may_wait_for_turn()
-        if deadline is None:
-            deadline = time.monotonic() + self.settings.retry_deadline
-        try:
-            self._record_wait(side.take_turn(deadline, None, self.url))
-            yield
-        finally:
-            try:
-                side.release_if_held()
-            except BaseException:
-                side.release_if_held()
-                raise
 
     def _pool_exhausted(self) -> errors.PoolExhaustedError:
         return errors.PoolExhaustedError(
@@ -643,50 +295,6 @@ class Database:
         """
         session = self.session()
         return self.run_on_connection(lambda _connection: fn(session, *args, **kwargs))
-
-    def run_on_connection(
-        self, body: Callable[[Connection], R], outcome: WriteOutcome | None = None
-    ) -> R:
-        """:meth:`run` for the layer's own statements: ``body(connection)``.
-
-        ``outcome`` records where the last attempt's work went (see ``WriteOutcome``).
-        Each attempt is a write unit; busy attempts are rolled back and run again after a
-        jittered pause that doubles (to at most half a second) until ``retry_deadline``.
-        """
-        if self.in_write_unit():
-            with self._write_scope(None) as connection:
-                return body(connection)
-        started = time.monotonic()
-        deadline = started + self.settings.retry_deadline
-        attempt = 0
-        while True:
-            try:
-                with self._write_scope(deadline, outcome) as connection:
-                    return body(connection)
-            except errors.UnitAbortedError as exc:
-                # Another unit's failure ended the transaction this one shared; nothing of
-                # it was written, and nothing about it was at fault: run it again at once.
-                if time.monotonic() >= deadline:
-                    raise
-                attempt += 1
-                self._counters.add("retries")
-                log.info("%s: unit run again after another unit aborted: %s", self.url, exc)
-            except errors.DatabaseBusyError as exc:
-                now = time.monotonic()
-                if now >= deadline - 0.001:
-                    waited = now - started
-                    raise errors.DatabaseBusyError(
-                        f"{self.url} stayed busy: gave up after {waited:.2f}s and "
-                        f"{attempt + 1} attempts (retry_deadline is "
-                        f"{self.settings.retry_deadline}s); the last one: {exc}",
-                        database=self.url,
-                        waited=waited,
-                    ) from exc
-                attempt += 1
-                self._counters.add("retries")
-                pause = min(deadline - now, random.uniform(0, min(0.5, 0.005 * 2**attempt)))
-                log.info("%s busy, retry %d in %.3fs: %s", self.url, attempt, pause, exc)
-                time.sleep(pause)
 
     def process_local(self, key: str, make: Callable[[], K]) -> K:
         """For the layer's modules: the helper ``make()`` built once per process for this
@@ -784,27 +392,6 @@ class Database:
                 primary_reads=0 if self._replicas is None else self._replicas.primary_reads,
                 vector_cache_bytes=_vector_cache.cache_bytes(self),
             )
-
-
-def retried_reads(*names: str) -> Callable[[type[T]], type[T]]:
-    """Class decorator for the layer's read services, whose ``db`` is their Database: the
-    methods ``names`` (each opening read snapshots of its own) run through
-    :meth:`Database.retrying_read`, so a replica lost half-way never fails them."""
-
-    def decorate(cls: type[T]) -> type[T]:
-        for name in names:
-            setattr(cls, name, _retried(getattr(cls, name)))
-        return cls
-
-    return decorate
-
-
-def _retried(method: Callable[..., R]) -> Callable[..., R]:
-    @functools.wraps(method)
-    def retried(self: Any, *args: Any, **kwargs: Any) -> R:
-        return self.db.retrying_read(method, self, *args, **kwargs)  # type: ignore[no-any-return]
-
-    return retried
 
 
 @contextmanager

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 
 from ._block_values import decode_json_object, encode_json
+from ._read_units import retried_reads
 from ._validate import check_limit, check_number, check_text, check_timestamp
-from .database import retried_reads
 from .models import ShortTermMemory, short_term_table
 
 if TYPE_CHECKING:
