@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 import app._append_batcher
 import app._fairlock
+import app.blocks
 from app import BlockStore, Database
 from app._fairlock import FairLock
 from app._shared_transaction import SharedTransaction
@@ -38,6 +39,7 @@ from .helpers import (
     make_counter_table,
     run_threads,
     wait_for_queue,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -276,6 +278,19 @@ def test_a_woken_append_caller_interrupted_before_passing_the_wake_up_on(
 
     monkeypatch.setattr(app._append_batcher, "_Request", Request)
     store = BlockStore(db)
+    batcher = store.chain_batcher()
+    real_write_chain = app.blocks.write_chain
+    first_batch = threading.Event()
+
+    def write_chain(*args: Any, **kwargs: Any) -> Any:
+        # The first batch waits until two callers queue behind it, so the next batch has
+        # callers asleep on their gates whatever the machine's load.
+        if not first_batch.is_set():
+            first_batch.set()
+            wait_until(lambda: len(batcher._queue) >= 2, "two appends queued behind a batch")
+        return real_write_chain(*args, **kwargs)
+
+    monkeypatch.setattr(app.blocks, "write_chain", write_chain)
     results: dict[int, str] = {}
 
     def append(number: int) -> None:
