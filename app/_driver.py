@@ -8,6 +8,7 @@ exactly as the engine's ``handle_error`` hook translates every other statement's
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import logging
 import re
@@ -21,8 +22,19 @@ from . import errors
 
 log = logging.getLogger(__name__)
 
-#: Execution option naming the kind of unit a connection's transaction serves.
+#: Execution option naming the kind of unit a connection's transaction serves: the value
+#: of a :class:`UnitKind`.
 UNIT_OPTION = "app_unit"
+
+
+class UnitKind(enum.Enum):
+    """What a unit of work may do; the value is what the engine's ``begin`` hook reads."""
+
+    WRITE = "write"  # BEGIN IMMEDIATE (the advisory lock on PostgreSQL)
+    READ = "read"  # Database.read(): a snapshot in which writes are refused
+    SNAPSHOT = "snapshot"  # the layer's own reads: a snapshot without the ORM
+
+
 #: Execution option lowering ``busy_timeout`` (ms) for one transaction (deadline-bound retries).
 BUSY_OPTION = "app_busy_timeout_ms"
 
@@ -83,7 +95,7 @@ def raw_execute_all(connection: Connection, statements: Iterable[tuple[str, Any]
 
 
 def _raise_translated(connection: Connection, exc: Exception) -> NoReturn:
-    read_unit = connection.get_execution_options().get(UNIT_OPTION) == "read"
+    read_unit = connection.get_execution_options().get(UNIT_OPTION) == UnitKind.READ.value
     database = connection.engine.url.render_as_string(hide_password=True)
     translated = errors.translate(exc, database=database, read_unit=read_unit)
     if translated is None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool, StaticPool
 
 from . import errors
-from ._driver import UNIT_OPTION, reopen_if_read_only
+from ._driver import UNIT_OPTION, UnitKind, reopen_if_read_only
 from ._postgres_hooks import install_postgres_hooks
 from ._sqlite_file import prepare_sqlite_file
 from ._sqlite_hooks import install_sqlite_hooks
@@ -127,7 +127,7 @@ def _install_common_hooks(engine: Engine, settings: Settings) -> None:
         conn = context.connection
         read_unit = False
         if conn is not None and not conn.closed:
-            read_unit = conn.get_execution_options().get(UNIT_OPTION) == "read"
+            read_unit = conn.get_execution_options().get(UNIT_OPTION) == UnitKind.READ.value
         translated = errors.translate(
             context.original_exception, database=database, read_unit=read_unit
         )

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from ._driver import BUSY_OPTION, UNIT_OPTION
+from ._driver import BUSY_OPTION, UNIT_OPTION, UnitKind
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,12 @@ def install_postgres_hooks(engine: Engine, settings: Settings) -> None:
         if not dbapi_connection.autocommit:
             # An isolation level set through SQLAlchemy turned autocommit off: psycopg
             # sends BEGIN itself before the first statement.
-            if unit == "write":
+            if unit == UnitKind.WRITE.value:
                 conn.exec_driver_sql(take_lock)
             elif unit in ("read", "snapshot"):
                 conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return
-        if unit == "write":
+        if unit == UnitKind.WRITE.value:
             # One write unit at a time across every process, like SQLite's write lock.
             conn.exec_driver_sql(f"BEGIN; {take_lock}")
         elif unit in ("read", "snapshot"):

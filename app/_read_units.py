@@ -20,9 +20,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from . import errors
-from ._driver import UNIT_OPTION
+from ._driver import UNIT_OPTION, UnitKind
 from ._sessions import READ_UNIT
-from ._units import Unit, UnitHost, UnitKind, rollback_quietly
+from ._units import Unit, UnitHost, rollback_quietly
 
 __all__ = ["ReadUnits", "retried_reads"]
 

@@ -19,6 +19,7 @@ from ._driver import (
     OPENED_READ_ONLY,
     REOPEN,
     UNIT_OPTION,
+    UnitKind,
     raw_execute,
     raw_execute_all,
     record_info,
@@ -84,13 +85,13 @@ def install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
             record_info(conn)["busy_override"] = True
         unit = options.get(UNIT_OPTION)
-        if unit == "write":
+        if unit == UnitKind.WRITE.value:
             if path is not None:
                 _check_same_file(record_info(conn).get("file_id"), path, settings)
             # Take the write lock now: a DEFERRED transaction that reads and then writes
             # can fail with SQLITE_BUSY at once, without waiting for busy_timeout.
             raw_execute(conn, "BEGIN IMMEDIATE")
-        elif unit == "read":
+        elif unit == UnitKind.READ.value:
             raw_execute_all(conn, (("BEGIN", None), ("PRAGMA query_only = ON", None)))
             record_info(conn)["query_only"] = True
         else:

@@ -10,7 +10,6 @@ resumed elsewhere), and because asyncio tasks share a thread.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import threading
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
-from ._driver import raw_execute
+from ._driver import UnitKind, raw_execute
 from ._shared_transaction import CommitWaiter, SharedTransaction
 
 if TYPE_CHECKING:
@@ -33,14 +32,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class UnitKind(enum.Enum):
-    """What a unit of work may do; the value is what the engine's ``begin`` hook reads."""
-
-    WRITE = "write"  # BEGIN IMMEDIATE (the advisory lock on PostgreSQL)
-    READ = "read"  # Database.read(): a snapshot in which writes are refused
-    SNAPSHOT = "snapshot"  # the layer's own reads: a snapshot without the ORM
 
 
 def current_task() -> object:

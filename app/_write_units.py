@@ -23,9 +23,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import errors
-from ._driver import BUSY_OPTION, UNIT_OPTION
+from ._driver import BUSY_OPTION, UNIT_OPTION, UnitKind
 from ._shared_transaction import SharedTransaction, WriteOutcome
-from ._units import Unit, UnitHost, UnitKind, savepoint
+from ._units import Unit, UnitHost, savepoint
 from ._write_side import WriteSide
 
 __all__ = ["WriteUnits"]

@@ -23,13 +23,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from . import _vector_cache, errors
-from ._driver import raw_execute
+from ._driver import UnitKind, raw_execute
 from ._engine import build_engine
 from ._read_units import ReadUnits, retried_reads
 from ._replicas import ReplicaSet
 from ._sessions import SessionGuard, ThreadSessions
 from ._stats import Counters, ReplicaStats, Stats
-from ._units import Unit, UnitKind, current_task
+from ._units import Unit, current_task
 from ._wal_bound import CHECKPOINT_MODES, WalBound
 from ._write_side import WriteSide, write_side
 from ._write_units import WriteUnits

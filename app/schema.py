@@ -22,7 +22,7 @@ from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection, Engine
 
 from . import errors
-from ._driver import UNIT_OPTION
+from ._driver import UNIT_OPTION, UnitKind
 from ._hints import command_hint
 from .settings import Settings
 
@@ -102,7 +102,7 @@ def history() -> list[Revision]:
 def write_connection(database: Migratable) -> Iterator[Connection]:
     """A connection whose transaction is a write unit, taken in this process's turn order."""
     with database.exclusive_turn(), database.engine.connect() as connection:
-        yield connection.execution_options(**{UNIT_OPTION: "write"})
+        yield connection.execution_options(**{UNIT_OPTION: UnitKind.WRITE.value})
 
 
 def current_revision(database: Migratable) -> str | None:
