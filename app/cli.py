@@ -1,7 +1,7 @@
 """The command line: ``app`` (console script) or ``python -m app``.
 
 A thin layer: each command parses its options, calls library functions (``app.schema``,
-``app.doctor``, ``app.stress``, ``app.maintenance``) and prints their
+``app.doctor``, ``app.stress``, ``app.maintenance``, ``app.jsonl_import``) and prints their
 results. Errors are turned into one line and a non-zero exit in one place,
 :meth:`AppGroup.invoke`; ``-v`` adds logging and progress lines, ``-vv`` also tracebacks.
 Progress bars go to stderr when it is a terminal; elsewhere ``-v`` prints plain progress
@@ -462,7 +462,7 @@ def copy(options: Options, target: str, force: bool, batch_size: int) -> None:
 
 
 def _import_help() -> str:
-    from .maintenance import JSONL_FIELDS
+    from .jsonl_import import JSONL_FIELDS
 
     return (
         "Import blocks from a JSONL FILE (one block per line), as the legacy "
@@ -475,7 +475,7 @@ def _import_help() -> str:
 @url_option
 @click.pass_obj
 def import_jsonl(options: Options, file: str) -> None:
-    from .maintenance import import_jsonl as run_import
+    from .jsonl_import import import_jsonl as run_import
 
     console = make_console()
     with _open(options) as database, ProgressLines(options) as progress:

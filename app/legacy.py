@@ -46,7 +46,7 @@ from ._legacy_conn import ThreadConnection, UseTracker
 from ._validate import check_index, check_text, check_timestamp
 from .blocks import BlockStore
 from .database import Database
-from .maintenance import import_jsonl
+from .jsonl_import import import_jsonl
 from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table
 from .settings import parse_flag
 from .short_term import MemoryRecord
