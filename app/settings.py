@@ -74,8 +74,7 @@ class Settings:
         max_units_per_commit: most write units that share one commit. A unit that ends
             while other writers of the process wait for their turn leaves its transaction
             open for them (each unit in its own SAVEPOINT) and returns once the last of them
-            commits; 1 commits every unit on its own (the README's benchmark section says
-            how the default was chosen).
+            commits; 1 commits every unit on its own.
         vector_cache_limit: most bytes each process may hold for a database's embeddings in
             memory, so that similarity searches need not read them all per query (1 GiB,
             about 680,000 embeddings of 384 floats); past it, searches stream them from the
