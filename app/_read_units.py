@@ -134,6 +134,8 @@ class ReadUnits(UnitHost):
         body becomes :class:`~app.errors.ReplicaUnavailableError`."""
         replicas = self._replicas
         assert replicas is not None
+        # bounded: choosing checks out replica connections with pool_timeout and
+        # connect_timeout, and a replica that fails them is skipped
         chosen = replicas.choose(fresh=not (allow_stale or _STALE_OK.get()))
         if chosen is None:
             yield None

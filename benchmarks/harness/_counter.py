@@ -6,11 +6,12 @@ the same value and one update is lost, or the write fails with "database is lock
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from app.database import Database
 
+from ._orm import PlainScopedSession
 from ._target import Target
 from ._workload import COUNTER_DDL, BenchBlock
 
@@ -59,10 +60,9 @@ def counter_layer_unit(path: str) -> Target:
     return _LayerUnit(path)
 
 
-class _PlainCounter(Target):
+class _PlainCounter(PlainScopedSession):
     def __init__(self, path: str) -> None:
-        self.engine = create_engine(f"sqlite:///{path}")
-        self.session = scoped_session(sessionmaker(self.engine))
+        super().__init__(path)
         with self.engine.begin() as conn:
             conn.execute(text(COUNTER_DDL))
             conn.execute(text("INSERT OR IGNORE INTO bench_counter (id, value) VALUES (1, 0)"))
@@ -75,13 +75,6 @@ class _PlainCounter(Target):
         except BaseException:
             session.rollback()
             raise
-
-    def thread_done(self) -> None:
-        self.session.remove()
-
-    def close(self) -> None:
-        self.session.remove()
-        self.engine.dispose()
 
 
 def counter_sqlalchemy_default(path: str) -> Target:

@@ -16,13 +16,24 @@ from ._target import Target
 from ._workload import BenchBlock, legacy_block, now
 
 
-class _PlainSession(Target):
+class PlainScopedSession(Target):
+    """A plain ``scoped_session`` on an engine with SQLAlchemy's defaults throughout:
+    QueuePool(5 + 10 overflow), pysqlite's own DEFERRED BEGIN before the first write, busy
+    timeout 5 s. What a first version usually looks like."""
+
     def __init__(self, path: str) -> None:
-        # Defaults throughout: QueuePool(5 + 10 overflow), pysqlite's own DEFERRED BEGIN
-        # before the first INSERT, busy timeout 5 s. What a first version usually looks like.
         self.engine = create_engine(f"sqlite:///{path}")
         self.session = scoped_session(sessionmaker(self.engine))
 
+    def thread_done(self) -> None:
+        self.session.remove()
+
+    def close(self) -> None:
+        self.session.remove()
+        self.engine.dispose()
+
+
+class _PlainSession(PlainScopedSession):
     def unit(self, block: BenchBlock) -> None:
         session = self.session()
         try:
@@ -54,13 +65,6 @@ class _PlainSession(Target):
         except BaseException:
             session.rollback()
             raise
-
-    def thread_done(self) -> None:
-        self.session.remove()
-
-    def close(self) -> None:
-        self.session.remove()
-        self.engine.dispose()
 
 
 def sqlalchemy_default(path: str) -> Target:

@@ -105,7 +105,7 @@ def run_cases(
         directory: where the case files go (a temporary directory by default; removed).
     """
     results = []
-    with _workspace(directory) as root:
+    with workspace(directory) as root:
         templates: dict[str, str] = {}
         for number, case in enumerate(cases):
             if on_start is not None:
@@ -137,12 +137,13 @@ def run_cases(
 
 
 @contextmanager
-def _workspace(directory: str | None) -> Iterator[str]:
+def workspace(directory: str | None, prefix: str = "app-bench-") -> Iterator[str]:
+    """``directory`` (made if missing, kept), or a temporary one removed afterwards."""
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
         yield directory
         return
-    with tempfile.TemporaryDirectory(prefix="app-bench-") as root:
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
         yield root
 
 

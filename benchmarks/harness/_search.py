@@ -24,10 +24,9 @@ import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -41,7 +40,7 @@ from app.database import Database
 from app.models import blocks_table, embeddings_table, keywords_table
 
 from ._peer import PEER_MODULE, load_peer_module, peer_missing
-from ._runner import Case, _run_child
+from ._runner import Case, _run_child, workspace
 
 TOPICS = ("weather", "meeting", "travel", "music", "garden", "budget", "recipe", "project")
 PEOPLE = ("Ana", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana")
@@ -345,7 +344,7 @@ def run_search_bench(
     from ._report import machine
 
     result = SearchBench(blocks, dim, seed, queries, cache_limit, machine=machine())
-    with _workspace(workdir) as root:
+    with workspace(workdir, "app-bench-search-") as root:
         path = os.path.join(root, "search.db")
         result.fill_seconds, result.index_build_seconds = fill(path, blocks, dim, seed, progress)
         db = Database(f"sqlite:///{path}", vector_cache_limit=cache_limit)
@@ -583,16 +582,6 @@ def _appends(
         else:
             os.environ["APP_CHECK_SCHEMA"] = previous
     result.append_threads = threads
-
-
-@contextmanager
-def _workspace(directory: str | None) -> Iterator[str]:
-    if directory is not None:
-        os.makedirs(directory, exist_ok=True)
-        yield directory
-        return
-    with tempfile.TemporaryDirectory(prefix="app-bench-search-") as root:
-        yield root
 
 
 # -- reports -----------------------------------------------------------------------------------
