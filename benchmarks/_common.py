@@ -23,9 +23,11 @@ from .harness import (
     STRATEGIES,
     Case,
     CaseResult,
+    add_ratios,
     chart_title,
     default_cases,
     markdown_table,
+    median_of_rounds,
     plot,
     print_report,
     run_cases,
@@ -99,12 +101,21 @@ def arguments(
         default=DEFAULT_TIMEOUT,
         help=f"seconds a case may run before it is stopped (default {DEFAULT_TIMEOUT})",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every case this many times, alternating the order, and report the median "
+        "of each figure (default 1)",
+    )
     parser.add_argument("--json-out", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and p99 (matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     options = parser.parse_args(argv)
     if options.units < 1:
         parser.error("--units must be at least 1")
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if options.plot and not _has_matplotlib():
         parser.error("--plot needs matplotlib: pip install matplotlib (or the plot extra)")
     if choose:
@@ -140,20 +151,29 @@ def run(
         console.width = max(console.width, 120)  # piped: the table needs 120 columns
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     progress_console = Console(stderr=True)
+    rounds = options.rounds
     with Progress(*columns, TimeElapsedColumn(), console=progress_console, transient=True) as bar:
-        overall = bar.add_task("cases", total=len(cases))
+        overall = bar.add_task("cases", total=len(cases) * rounds)
         current = bar.add_task("", total=options.units)
 
         def started(case: Case) -> None:
             bar.update(current, description=f"{case.strategy} @ {case.threads}", completed=0)
 
-        results = run_cases(
-            cases,
-            timeout=options.timeout,
-            on_start=started,
-            on_progress=lambda case, done: bar.update(current, completed=done),
-            on_result=lambda result: bar.advance(overall),
-        )
+        runs = [
+            run_cases(
+                # Alternating the order spreads a slow spell of the machine over the cases.
+                cases if number % 2 == 0 else cases[::-1],
+                timeout=options.timeout,
+                on_start=started,
+                on_progress=lambda case, done: bar.update(current, completed=done),
+                on_result=lambda result: bar.advance(overall),
+            )
+            for number in range(rounds)
+        ]
+    results = runs[0] if rounds == 1 else median_of_rounds(runs)
+    if rounds > 1:
+        add_ratios(results)
+        title += f", median of {rounds} rounds"
     print_report(console, results, title)
     for goal, met in (goals or (lambda _: []))(results):
         console.print(f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {goal}")
@@ -162,6 +182,7 @@ def run(
         "threads": list(threads),
         "units": options.units,
         "max_seconds": options.max_seconds,
+        "rounds": rounds,
     }
     if options.markdown:
         print(markdown_table(results))

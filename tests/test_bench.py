@@ -24,6 +24,7 @@ from benchmarks.harness import (
     chart_title,
     check_chain,
     markdown_table,
+    median_of_rounds,
     plot,
     print_report,
     problems,
@@ -386,6 +387,7 @@ def test_plot_without_matplotlib_is_a_usage_error(
         (["--threads", "1,x"], "separated by commas"),
         (["--threads", "0"], "whole numbers >= 1"),
         (["--units", "0"], "--units must be at least 1"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -395,3 +397,55 @@ def test_bad_options_are_usage_errors(
         bench_main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _measured(strategy: str, throughput: float, p99: float, **changes: Any) -> CaseResult:
+    result = CaseResult("append", strategy, strategy, 10, 100, attempted=100, ok=100)
+    result.throughput, result.p50, result.p99, result.max = throughput, p99 / 2, p99, p99 * 2
+    result.intact, result.seconds = True, 100 / throughput
+    for name, value in changes.items():
+        setattr(result, name, value)
+    return result
+
+
+def test_median_of_rounds_takes_each_figure_median_and_keeps_every_failure() -> None:
+    rounds = [
+        [_measured("layer", 900.0, 0.030), _measured("peer", 500.0, 0.050)],
+        [_measured("layer", 1500.0, 0.010), _measured("peer", 400.0, 0.090)],
+        [
+            _measured(
+                "layer", 1000.0, 0.020, errors=2, error_kinds={"DatabaseBusyError": [2, "x"]}
+            ),
+            _measured("peer", 450.0, 0.070, intact=False, problem="a gap at 7"),
+        ],
+    ]
+    layer, peer = median_of_rounds(rounds)
+    assert (layer.strategy, layer.rounds, layer.throughput, layer.p99) == (
+        "layer",
+        3,
+        1000.0,
+        0.020,
+    )
+    assert layer.p50 == 0.010 and layer.max == 0.040
+    assert (layer.ok, layer.errors, layer.error_kinds) == (300, 2, {"DatabaseBusyError": [2, "x"]})
+    assert layer.intact is True
+    assert (peer.throughput, peer.p99) == (450.0, 0.070)
+    assert peer.intact is False and peer.problem == "a gap at 7"  # one bad round is enough
+
+
+def test_rounds_alternate_and_report_medians(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "-s", "sqlite3-lock", "-s", "layer",
+            "--threads", "2", "--units", "20", "--rounds", "2", "--json-out", str(out),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "median of 2 rounds" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["settings"]["rounds"] == 2
+    rows = [(r["strategy"], r["rounds"], r["ok"], r["intact"]) for r in data["results"]]
+    assert rows == [("sqlite3-lock", 2, 40, True), ("layer", 2, 40, True)]
+    assert data["results"][0]["vs_floor"] == 1.0

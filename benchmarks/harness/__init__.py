@@ -35,6 +35,7 @@ from ._runner import (
     CaseResult,
     add_ratios,
     default_cases,
+    median_of_rounds,
     run_cases,
 )
 from ._strategies import APPEND, COUNTER, FLOOR, STRATEGIES, strategy, unavailable
@@ -68,6 +69,7 @@ __all__ = [
     "machine",
     "make_block",
     "markdown_table",
+    "median_of_rounds",
     "plot",
     "print_report",
     "problems",

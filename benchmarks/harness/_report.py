@@ -247,9 +247,11 @@ def chart_title(results: Sequence[CaseResult], settings: dict[str, Any]) -> str:
     info = machine()
     threads = sorted({r.threads for r in results})
     workload = settings.get("workload") or (results[0].workload if results else "")
+    rounds = settings.get("rounds", 1)
+    medians = f", median of {rounds} rounds" if rounds > 1 else ""
     return (
         f"{workload}: {settings.get('units', '?'):,} units per case at "
-        f"{', '.join(map(str, threads))} threads\n"
+        f"{', '.join(map(str, threads))} threads{medians}\n"
         f"{info['cpus']} CPUs, {info['platform']}, Python {info['python']}, "
         f"SQLite {info['sqlite']}, SQLAlchemy {info['sqlalchemy']}"
     )

@@ -65,6 +65,7 @@ class CaseResult:
     vs_one_thread: float | None = None
     vs_floor: float | None = None
     skipped: str = ""
+    rounds: int = 1  # runs of the case this result is the median of
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,6 +250,57 @@ def _fill(result: CaseResult, payload: dict[str, Any]) -> None:
     result.problem = payload["problem"]
     result.peak_rss_mib = round(payload["peak_rss_kib"] / 1024, 1)
     result.peak_connections = payload["peak_connections"]
+
+
+def median_of_rounds(rounds: Sequence[Sequence[CaseResult]]) -> list[CaseResult]:
+    """One result per case from several rounds of the same cases: throughput, p50, p99 and
+    max are each the median over the rounds, errors and units are summed, the check holds
+    only if it held in every round. A noisy machine moves single runs by 15-30%; a median
+    of alternating rounds is what a comparison should rest on."""
+    merged: list[CaseResult] = []
+    by_case: dict[tuple[str, str, int], list[CaseResult]] = {}
+    for results in rounds:
+        for r in results:
+            by_case.setdefault((r.workload, r.strategy, r.threads), []).append(r)
+    for runs in by_case.values():
+        first = runs[0]
+        result = CaseResult(first.workload, first.strategy, first.label, first.threads, first.units)
+        skipped = [r.skipped for r in runs if r.skipped]
+        if skipped:
+            result.skipped = skipped[0]
+            merged.append(result)
+            continue
+        result.rounds = len(runs)
+        result.attempted = sum(r.attempted for r in runs)
+        result.ok = sum(r.ok for r in runs)
+        result.errors = sum(r.errors for r in runs)
+        for r in runs:
+            for kind, (count, example) in r.error_kinds.items():
+                seen = result.error_kinds.setdefault(kind, [0, example])
+                seen[0] += count
+        result.seconds = sum(r.seconds for r in runs)
+        result.throughput = _median([r.throughput for r in runs]) or 0.0
+        result.p50 = _median([r.p50 for r in runs])
+        result.p99 = _median([r.p99 for r in runs])
+        result.max = _median([r.max for r in runs])
+        result.intact = (
+            all(r.intact for r in runs) if all(r.intact is not None for r in runs) else None
+        )
+        result.problem = next((r.problem for r in runs if r.problem), "")
+        rss = [r.peak_rss_mib for r in runs if r.peak_rss_mib is not None]
+        result.peak_rss_mib = max(rss) if rss else None
+        conns = [r.peak_connections for r in runs if r.peak_connections is not None]
+        result.peak_connections = max(conns) if conns else None
+        merged.append(result)
+    return merged
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return None
+    middle = len(known) // 2
+    return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
 
 
 def add_ratios(results: Sequence[CaseResult]) -> None:
