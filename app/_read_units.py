@@ -134,9 +134,10 @@ class ReadUnits(UnitHost):
         body becomes :class:`~app.errors.ReplicaUnavailableError`."""
         replicas = self._replicas
         assert replicas is not None
-        # bounded: choosing checks out replica connections with pool_timeout and
-        # connect_timeout, and a replica that fails them is skipped
-        chosen = replicas.choose(fresh=not (allow_stale or _STALE_OK.get()))
+        # Choosing checks out replica connections with pool_timeout and connect_timeout,
+        # and a replica that fails them is skipped.
+        fresh = not (allow_stale or _STALE_OK.get())
+        chosen = replicas.choose(fresh=fresh)  # bounded: pool_timeout and connect_timeout
         if chosen is None:
             yield None
             return
