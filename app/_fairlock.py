@@ -62,7 +62,7 @@ class _EventGate:
         poller = select.poll()  # not select(): it refuses descriptors above 1023
         poller.register(self.fd, select.POLLIN)
         wait_ms = None if timeout < 0 else min(math.ceil(timeout * 1000), _MAX_POLL_MS)
-        if not poller.poll(wait_ms if blocking else 0):
+        if not poller.poll(wait_ms if blocking else 0):  # bounded: FairLock passes its timeout
             return False
         self.drain()
         return True
