@@ -246,3 +246,50 @@ def test_a_forked_child_does_not_share_the_parents_gates() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert fairlock._shut_gate() is parent_gate  # the parent keeps its own
+
+
+@pytest.mark.skipif(not HAS_EVENTFD, reason="os.eventfd is Linux only")
+def test_past_the_gate_limit_threads_sleep_on_locks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most ``_GATE_LIMIT`` eventfd gates are alive (a quarter of the descriptor limit),
+    so waiting writers never take the descriptors the application needs; the others wait
+    on locks, in the same line."""
+    made: list[int] = []
+
+    class CountedGate(fairlock._EventGate):  # type: ignore[misc]
+        __slots__ = ()
+
+        def __init__(self, fd: int) -> None:
+            super().__init__(fd)
+            made.append(fd)
+
+    monkeypatch.setattr(fairlock, "_EventGate", CountedGate)
+    monkeypatch.setattr(fairlock, "_GATE_LIMIT", 2)
+    monkeypatch.setattr(fairlock, "_gate_fds", set())
+    monkeypatch.setattr(fairlock, "_thread_gates", threading.local())
+    lock = FairLock()
+    turns = [0]
+
+    def work() -> None:
+        for _ in range(20):
+            assert lock.acquire(30.0)
+            turns[0] += 1
+            lock.release()
+
+    assert lock.acquire(1.0)  # all eight line up behind this thread first
+    workers = [Background(work, timeout=30).start() for _ in range(8)]
+    wait_for_waiters(lock, 8)
+    lock.release()
+    for worker in workers:
+        worker.join()
+    assert turns[0] == 8 * 20
+    assert len(made) == 2  # two waited on eventfds, six on locks
+    assert fairlock._gate_fds == set()  # the threads ended: their gates are closed
+
+
+def test_the_gate_limit_is_a_quarter_of_the_descriptor_limit() -> None:
+    resource = pytest.importorskip("resource")
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        assert fairlock._gate_limit() == 2**20
+    else:
+        assert fairlock._gate_limit() == soft // 4
