@@ -91,7 +91,9 @@ class _EventGate:
             os.eventfd_read(self.fd)
 
     def __del__(self, _close: Any = os.close) -> None:
-        _gate_fds.discard(self.fd)
+        live = _gate_fds  # None late in the interpreter's shutdown
+        if live is not None:
+            live.discard(self.fd)
         _close(self.fd)
 
 
