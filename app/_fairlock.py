@@ -69,18 +69,18 @@ class _EventGate:
     holds the waiter can still write to it.
     """
 
-    __slots__ = ("fd", "release")
+    __slots__ = ("fd", "poller", "release")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.release = functools.partial(os.eventfd_write, fd, 1)
+        self.poller = select.poll()  # not select(): it refuses descriptors above 1023
+        self.poller.register(fd, select.POLLIN)
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+    def acquire(self, timeout: float = -1) -> bool:
         """Wait until released and take the wake-up; False if ``timeout`` seconds passed."""
-        poller = select.poll()  # not select(): it refuses descriptors above 1023
-        poller.register(self.fd, select.POLLIN)
         wait_ms = None if timeout < 0 else min(math.ceil(timeout * 1000), _MAX_POLL_MS)
-        if not poller.poll(wait_ms if blocking else 0):  # bounded: FairLock passes its timeout
+        if not self.poller.poll(wait_ms):  # bounded: FairLock passes its timeout
             return False
         self.drain()
         return True

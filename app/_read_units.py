@@ -136,7 +136,7 @@ class ReadUnits(UnitHost):
         assert replicas is not None
         # Choosing checks out replica connections with pool_timeout and connect_timeout,
         # and a replica that fails them is skipped.
-        fresh = not (allow_stale or _STALE_OK.get())
+        fresh = not (allow_stale or _STALE_OK.get())  # bounded: a ContextVar read, no wait
         chosen = replicas.choose(fresh=fresh)  # bounded: pool_timeout and connect_timeout
         if chosen is None:
             yield None
