@@ -74,7 +74,11 @@ class _Request(Generic[Item, Result]):
         "woken",
     )
 
-    def __init__(self, items: Sequence[Item]) -> None:
+    def __init__(
+        self,
+        items: Sequence[Item],
+        notify: Callable[[_Request[Item, Result]], None] | None = None,
+    ) -> None:
         self.items = items
         self.results: list[Result] = []
         self.error: BaseException | None = None
@@ -84,12 +88,13 @@ class _Request(Generic[Item, Result]):
         self.in_chain = False  # counted in the batcher's _waking (guarded by its mutex)
         # Where its own write went when it was written alone (see _commit_alone).
         self.outcome: WriteOutcome | None = None
-        # A caller that does not sleep on the gate (see AppendBatcher.enqueue), and the
+        # A caller that does not sleep on a gate (see AppendBatcher.enqueue), and the
         # callback that tells it its outcome (cleared, under the mutex, once called).
-        self.threadless = False
-        self.notify: Callable[[_Request[Item, Result]], None] | None = None
-        self.gate = threading.Lock()
-        self.gate.acquire()  # bounded: a new lock, free: taking it never waits
+        self.threadless = notify is not None
+        self.notify = notify
+        if notify is None:
+            self.gate = threading.Lock()
+            self.gate.acquire()  # bounded: a new lock, free: taking it never waits
 
 
 #: The request :meth:`AppendBatcher.enqueue` returns: ``done``, then ``error`` or ``results``.
@@ -179,9 +184,7 @@ class AppendBatcher(Generic[Item, Result]):
         outside the batcher's lock; it must be quick. The caller keeps its own deadline and
         may take a request still queued back with :meth:`withdraw`.
         """
-        request: _Request[Item, Result] = _Request(items)
-        request.threadless = True
-        request.notify = notify
+        request: _Request[Item, Result] = _Request(items, notify)
         with self._mutex:
             self._queue.append(request)
             if self._leader is None:

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -77,20 +77,47 @@ def _json_number(value: float) -> str:
     return float.__repr__(value)
 
 
-# Made once: json.dumps with any non-default option builds a new encoder on every call.
-_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+def _json_encoder() -> Callable[[Any], str]:
+    """Strict JSON text of a value, as ``json.dumps(value, ensure_ascii=False,
+    allow_nan=False)`` writes it. Built once: ``json.dumps`` and ``JSONEncoder.encode`` build
+    a new C encoder on every call, which costs as much as encoding a small mapping. Without
+    the circular-reference check (a shared encoder must keep no state between calls), a
+    cycle ends in RecursionError, which ``encode_json`` reports."""
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False)
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:  # an interpreter without the C accelerator
+        return encoder.encode
+    encode = make(
+        None,
+        encoder.default,
+        json.encoder.encode_basestring,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        False,
+        False,
+        False,
+    )
+    return lambda value: "".join(encode(value, 0))
+
+
+_encode_json_text = _json_encoder()
 
 
 def encode_json(value: Any, what: str) -> str:
     """Strict JSON text (no NaN/Infinity) of a mapping."""
-    if not isinstance(value, Mapping):
-        raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
+    if type(value) is not dict:
+        if not isinstance(value, Mapping):
+            raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
+        value = dict(value)
     try:
-        text = _JSON_ENCODER.encode(value if type(value) is dict else dict(value))
+        text = _encode_json_text(value)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
-        raise InvalidInputError(f"{what} is nested too deeply to be stored as JSON") from None
+        raise InvalidInputError(
+            f"{what} is nested too deeply, or contains itself, to be stored as JSON"
+        ) from None
     return check_text(text, what)
 
 

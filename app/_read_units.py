@@ -207,7 +207,7 @@ class ReadUnits(UnitHost):
                     yield
                 finally:
                     unit.open = False
-                    if getattr(self._local, "unit", None) is unit:
+                    if self._local.unit is unit:
                         self._local.unit = None
         finally:
             try:

@@ -139,6 +139,14 @@ def rollback_quietly(session: Session) -> None:
         log.debug("rollback after error failed", exc_info=True)
 
 
+class ThreadUnit(threading.local):
+    """The unit of work a thread has open in one Database. A class default, so a thread
+    without one reads None instead of raising and catching AttributeError: every call of
+    the layer looks it up."""
+
+    unit: Unit | None = None
+
+
 class UnitHost:
     """What the unit classes of ``Database`` (``_read_units``, ``_write_units``) use of the
     Database that inherits them, declared here so that each of them type-checks on its own;
@@ -149,7 +157,7 @@ class UnitHost:
     engine: Engine
     session: scoped_session[Session]
     _exclusive: bool  # one connection: units take turns on it, reads included
-    _local: threading.local
+    _local: ThreadUnit
     _side: WriteSide
     _wal: WalBound
     _counters: Counters

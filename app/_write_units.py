@@ -175,7 +175,7 @@ class WriteUnits(UnitHost):
 
     def _close_unit(self, unit: Unit, session: Session) -> None:
         unit.open = False
-        if getattr(self._local, "unit", None) is unit:
+        if self._local.unit is unit:
             self._local.unit = None
         session.bind = self.engine
 

@@ -29,7 +29,7 @@ from ._read_units import ReadUnits, retried_reads
 from ._replicas import ReplicaSet
 from ._sessions import SessionGuard, ThreadSessions
 from ._stats import Counters, ReplicaStats, Stats
-from ._units import Unit, current_task
+from ._units import ThreadUnit, Unit, current_task
 from ._wal_bound import CHECKPOINT_MODES, WalBound
 from ._write_side import WriteSide, write_side
 from ._write_units import WriteUnits
@@ -183,7 +183,7 @@ class Database(WriteUnits, ReadUnits):
     def _reset_process_state(self) -> None:
         """What belongs to this process: made here, and made again in a forked child."""
         self._side: WriteSide = write_side(self._lock_key(), self.settings.retry_deadline)
-        self._local = threading.local()
+        self._local = ThreadUnit()
         self._process_local: dict[str, Any] = {}
         self._wal = WalBound(self.settings)
         self.session.registry = ThreadSessions(self._factory)
@@ -213,7 +213,7 @@ class Database(WriteUnits, ReadUnits):
             TransactionStateError: another asyncio task has a unit open on this thread: the
                 two would share one Session and one transaction.
         """
-        unit: Unit | None = getattr(self._local, "unit", None)
+        unit = self._local.unit
         if unit is None or not unit.open:
             return None
         if unit.task is not current_task():

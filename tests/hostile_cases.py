@@ -37,6 +37,13 @@ def nested(depth: int) -> dict[str, Any]:
     return root
 
 
+def containing_itself() -> dict[str, Any]:
+    """A dict that holds itself (json.dumps: "Circular reference detected")."""
+    loop: dict[str, Any] = {"x": 1}
+    loop["self"] = loop
+    return loop
+
+
 #: A field value meaning "leave the field out".
 DROP = object()
 
@@ -139,6 +146,7 @@ ADD_BLOCK_FIELDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("metadata-set", {"metadata": {"x": {1, 2}}}, "metadata", "JSON"),
     ("metadata-surrogate", {"metadata": {"x": "\ud800"}}, "metadata", "Unicode"),
     ("metadata-too-deep", {"metadata": nested(100_000)}, "metadata", "too deeply"),
+    ("metadata-contains-itself", {"metadata": containing_itself()}, "metadata", "itself"),
     ("timestamp-int", {"timestamp": 1_700_000_000}, "timestamp", "must be a string"),
     ("timestamp-NUL", {"timestamp": "2024-01-01\x00"}, "timestamp", "NUL"),
     ("block_index-str", {"block_index": "3"}, "block_index", "must be an integer"),

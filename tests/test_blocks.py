@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -78,6 +79,33 @@ def test_embeddings_are_stored_as_numpy_float32_bytes(store: BlockStore, embeddi
             {"i": stored.block_index},
         ).one()
     assert (bytes(raw[0]), raw[1]) == (expected.tobytes(), expected.size)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"text": 'é \u2028 " \\ \n', "n": [1, 2.5, -0.0, 1e308, 10**30, None, True]},
+        {1: "int key", 2.5: "float key", None: "None key", False: "bool key"},
+        {"nested": {"deeper": [{"a": []}, {}]}},
+        {},
+    ],
+)
+def test_metadata_is_stored_as_json_dumps_writes_it(store: BlockStore, metadata: Any) -> None:
+    stored = store.append("m", metadata=metadata)
+    with store.db.read() as session:
+        text_stored = session.execute(
+            text("SELECT metadata FROM block_metadata WHERE block_index = :i"),
+            {"i": stored.block_index},
+        ).scalar()
+    if metadata:
+        assert text_stored == json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+    else:
+        assert text_stored is None  # as the legacy class: empty metadata is not stored
+    assert (
+        stored.metadata
+        == json.loads(json.dumps(metadata))
+        == store.get(stored.block_index).metadata
+    )
 
 
 def test_round_trip_of_every_field(store: BlockStore) -> None:

@@ -124,10 +124,10 @@ def _index_texts_with_nul(bind: Connection) -> None:
     contexts = bind.execute(
         text(f"SELECT block_index, context FROM blocks WHERE {_NUL.format('context')}")
     ).all()
-    for index, context in contexts:
+    for index, block_context in contexts:
         bind.execute(
             text("INSERT INTO search_context_fts (rowid, context) VALUES (:i, :t)"),
-            {"i": index, "t": context.replace("\x00", " ")},
+            {"i": index, "t": block_context.replace("\x00", " ")},
         )
     keywords: dict[int, list[str]] = {}
     for index, keyword in bind.execute(
