@@ -45,9 +45,7 @@ log = logging.getLogger("alembic.runtime.migration")
 # (its WHEN clause): the INSERT can then never conflict, so no conflict clause is needed
 # (an outer INSERT OR FAIL would impose its own on the trigger's statement), and the
 # keyword rows of a block appended with it cost one lookup each.
-_NOT_PENDING = (
-    "WHEN NOT EXISTS (SELECT 1 FROM search_pending WHERE block_index = new.block_index)"
-)
+_NOT_PENDING = "WHEN NOT EXISTS (SELECT 1 FROM search_pending WHERE block_index = new.block_index)"
 _REMEMBER = "INSERT INTO search_pending (block_index) VALUES (new.block_index);"
 _TRIGGERS = {
     "search_pending_block_insert": "AFTER INSERT ON blocks",
