@@ -21,7 +21,6 @@ outcome is not known yet, and is logged when it is).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import weakref
@@ -172,19 +171,44 @@ def _over(waiting: _Waiting[Any, Any] | None) -> bool:
     return waiting is None or waiting.future.done()
 
 
-_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Deadlines]] = (
+class _LoopAppends:
+    """What the appends awaited on one event loop share: the inbox their outcomes are
+    handed to, and their deadline queues (one per deadline length)."""
+
+    __slots__ = ("deadlines", "inbox")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.inbox = inbox_for(loop)
+        self.deadlines: dict[float, _Deadlines] = {}
+
+    def deadline_queue(self, seconds: float) -> _Deadlines:
+        found = self.deadlines.get(seconds)
+        if found is None:
+            found = self.deadlines[seconds] = _Deadlines(seconds)
+        return found
+
+    def tell(self, requests: list[AppendRequest[Any, Any]]) -> None:
+        """From the thread that wrote their batch: hand the finished appends of this loop
+        to it in one go (each request's tag is its ``_Waiting``)."""
+        calls = []
+        for request in requests:
+            calls.append((request.tag.finish, request))
+            # The tag and the append refer to each other: dropping this link leaves the
+            # garbage collector no cycle to find once the append is done.
+            request.tag = None
+        self.inbox.post_many(calls)
+
+
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopAppends] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _deadlines(loop: asyncio.AbstractEventLoop, seconds: float) -> _Deadlines:
-    """On the loop's thread: the deadline queue of ``loop`` for ``seconds``."""
-    mine = _DEADLINES.get(loop)
-    if mine is None:
-        mine = _DEADLINES[loop] = {}
-    found = mine.get(seconds)
+def _loop_appends(loop: asyncio.AbstractEventLoop) -> _LoopAppends:
+    """On the loop's thread: what the appends awaited on ``loop`` share."""
+    found = _LOOPS.get(loop)
     if found is None:
-        found = mine[seconds] = _Deadlines(seconds)
+        found = _LOOPS[loop] = _LoopAppends(loop)
     return found
 
 
@@ -210,11 +234,11 @@ async def append_without_thread(
         AppError: whatever the write of its batch raised.
     """
     loop = asyncio.get_running_loop()
+    shared = _loop_appends(loop)
     future: asyncio.Future[list[Result]] = loop.create_future()
     waiting = _Waiting(batcher, future, deadline, database, describe)
-    notify = functools.partial(inbox_for(loop).post, waiting.finish)
-    waiting.request = request = batcher.enqueue(items, notify)
-    _deadlines(loop, deadline).add(loop, waiting)
+    waiting.request = request = batcher.enqueue(items, shared.tell, waiting)
+    shared.deadline_queue(deadline).add(loop, waiting)
     try:
         return await waiting.future
     except asyncio.CancelledError:

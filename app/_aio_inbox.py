@@ -15,7 +15,7 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,12 @@ class LoopInbox:
         """Have the loop's thread run ``call(argument)`` soon. Safe from any thread; never
         raises (a closed loop has nobody left to tell: the call is dropped, logged at
         DEBUG)."""
+        self.post_many(((call, argument),))
+
+    def post_many(self, calls: Iterable[tuple[Callable[[Any], None], Any]]) -> None:
+        """:meth:`post` for several ``(call, argument)``, run in this order."""
         with self._lock:
-            self._pending.append((call, argument))
+            self._pending.extend(calls)
             if self._scheduled and not self._closed():
                 return
             self._scheduled = True

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import errors
 from ._shared_transaction import WriteOutcome
@@ -70,6 +70,7 @@ class _Request(Generic[Item, Result]):
         "notify",
         "outcome",
         "results",
+        "tag",
         "threadless",
         "woken",
     )
@@ -77,9 +78,11 @@ class _Request(Generic[Item, Result]):
     def __init__(
         self,
         items: Sequence[Item],
-        notify: Callable[[_Request[Item, Result]], None] | None = None,
+        notify: Notify[Item, Result] | None = None,
+        tag: Any = None,
     ) -> None:
         self.items = items
+        self.tag = tag  # whatever the caller without a thread wants back with it
         self.results: list[Result] = []
         self.error: BaseException | None = None
         self.done = False
@@ -89,7 +92,7 @@ class _Request(Generic[Item, Result]):
         # Where its own write went when it was written alone (see _commit_alone).
         self.outcome: WriteOutcome | None = None
         # A caller that does not sleep on a gate (see AppendBatcher.enqueue), and the
-        # callback that tells it its outcome (cleared, under the mutex, once called).
+        # callback that tells it its outcome (cleared, under the mutex, once due).
         self.threadless = notify is not None
         self.notify = notify
         if notify is None:
@@ -99,6 +102,10 @@ class _Request(Generic[Item, Result]):
 
 #: The request :meth:`AppendBatcher.enqueue` returns: ``done``, then ``error`` or ``results``.
 AppendRequest = _Request
+
+#: Told the outcomes of requests queued with :meth:`AppendBatcher.enqueue`: called with
+#: every request of a batch that was queued with it (an equal callable), in queue order.
+Notify = Callable[[list[_Request[Item, Result]]], None]
 
 
 class _Batch(Generic[Item, Result]):
@@ -175,16 +182,18 @@ class AppendBatcher(Generic[Item, Result]):
         return request.results
 
     def enqueue(
-        self, items: Sequence[Item], notify: Callable[[_Request[Item, Result]], None]
+        self, items: Sequence[Item], notify: Notify[Item, Result], tag: Any = None
     ) -> _Request[Item, Result]:
         """Queue ``items`` (written contiguously, in order) without waiting.
 
-        ``notify(request)`` is called once the request is done (``request.error`` or
-        ``request.results`` then holds the outcome), by the thread that wrote its batch,
-        outside the batcher's lock; it must be quick. The caller keeps its own deadline and
-        may take a request still queued back with :meth:`withdraw`.
+        Once the request is done (``request.error`` or ``request.results`` then holds the
+        outcome), the thread that wrote its batch calls ``notify([request, ...])``, once
+        for all the requests of the batch queued with the same (an equal) ``notify``,
+        outside the batcher's lock; it must be quick. ``tag`` is kept as ``request.tag``.
+        The caller keeps its own deadline and may take a request still queued back with
+        :meth:`withdraw`.
         """
-        request: _Request[Item, Result] = _Request(items, notify)
+        request: _Request[Item, Result] = _Request(items, notify, tag)
         with self._mutex:
             self._queue.append(request)
             if self._leader is None:
@@ -206,7 +215,7 @@ class AppendBatcher(Generic[Item, Result]):
                 self._queue.remove(request)
             except ValueError:
                 return False
-            request.notify = None
+            request.notify = request.tag = None  # never told: nothing of the caller kept
             return True
 
     def _try_to_lead(self) -> bool:
@@ -429,17 +438,18 @@ class AppendBatcher(Generic[Item, Result]):
                 batch.settled = True
                 self._queue.extendleft(back)
             # Callers without a thread are told here, each once: the callback is taken
-            # under the mutex, so a settle run again after an interruption tells nobody twice.
-            told = []
+            # under the mutex, so a settle run again after an interruption tells nobody
+            # twice. One call per callback (per event loop) for the whole batch.
+            told: dict[Notify[Item, Result], list[_Request[Item, Result]]] = {}
             for request in batch.requests:
                 if request.done and request.notify is not None:
-                    told.append((request, request.notify))
+                    told.setdefault(request.notify, []).append(request)
                     request.notify = None
-        for request, notify in told:
+        for notify, requests in told.items():
             try:
-                notify(request)
+                notify(requests)
             except Exception:
-                log.exception("telling an append's caller its outcome failed")
+                log.exception("telling appends' callers their outcome failed")
         self._wake_in_turn([r for r in batch.requests if r.done and r is not own])
 
     def _finish(

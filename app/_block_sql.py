@@ -14,7 +14,7 @@ from sqlalchemy import BigInteger, Table, literal
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ._block_values import PreparedBlock, block_hash, decode_json_object
+from ._block_values import PreparedBlock, chained_hash, decode_json_object, float32_values
 from ._driver import pipeline, placeholder, raw_execute, raw_execute_all
 from .models import blocks_table, embeddings_table, keywords_table, metadata_table, tags_table
 
@@ -79,17 +79,36 @@ def _insert_statements(
         yield _insert_statement(table.name, columns, len(chunk) // width, marker), chunk
 
 
-def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[BlockRecord]:
-    """Chain ``blocks`` onto the current head and insert them (inside a write unit)."""
+class ChainedBlock(NamedTuple):
+    """A block as :func:`write_chain` wrote it: its place in the chain and what it holds."""
+
+    block_index: int
+    hash: str
+    prev_hash: str
+    block: PreparedBlock
+
+
+def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[ChainedBlock]:
+    """Chain ``blocks`` onto the current head and insert them (inside a write unit).
+
+    Returns the written blocks, which :func:`chained_records` turns into records: whoever
+    asked for them does that, not the writer, which holds the write lock (and, with asyncio
+    callers, the interpreter lock their event loop waits for) while it writes.
+    """
     head = raw_execute(connection, _HEAD_SQL).fetchone()
     index, previous = (head[0] + 1, head[1]) if head is not None else (0, "")
     rows = []
     for block in blocks:
-        digest = block_hash(index, block.timestamp, block.context, block.importance, previous)
-        rows.append((index, digest, previous, block))
+        digest = chained_hash(index, previous, block)
+        rows.append(ChainedBlock(index, digest, previous, block))
         previous = digest
         index += 1
     insert_blocks(connection, rows)
+    return rows
+
+
+def chained_records(rows: Sequence[ChainedBlock]) -> list[BlockRecord]:
+    """The records of blocks :func:`write_chain` wrote, as they read back."""
     return [_prepared_record(*row) for row in rows]
 
 
@@ -133,7 +152,7 @@ def _prepared_record(index: int, digest: str, previous: str, block: PreparedBloc
         tags=tuple(sorted(block.tags)),
         # Decoded from the stored text: a private copy, as it will read back.
         metadata=decode_json_object(block.metadata_json),
-        embedding=block.embedding_values,
+        embedding=None if block.embedding is None else float32_values(block.embedding),
         embedding_model=block.embedding_model if block.embedding is not None else None,
     )
 

@@ -3,6 +3,7 @@ class hashed them, and read back."""
 
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
 import json
@@ -38,10 +39,14 @@ class PreparedBlock(NamedTuple):
     keywords: tuple[str, ...]
     tags: tuple[str, ...]
     metadata_json: str | None
-    embedding: bytes | None
-    embedding_values: tuple[float, ...] | None
+    embedding: bytes | None  # float32, native order: float32_values() reads it
     embedding_dim: int | None
     embedding_model: str | None
+    # The hashed JSON text around the two values only the chain's head decides (the index
+    # and prev_hash), encoded when the block is checked, by its caller: the writer, which
+    # holds the write lock, then only fills those in (see chained_hash).
+    hash_middle: bytes
+    hash_tail: bytes
 
 
 def block_hash(index: int, timestamp: str, context: str, importance: float, prev_hash: str) -> str:
@@ -69,6 +74,34 @@ def block_hash(index: int, timestamp: str, context: str, importance: float, prev
 
 
 _json_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
+_HASH_START = b'{"block_index": '
+
+
+def _hash_parts(context: str, importance: float, timestamp: str) -> tuple[bytes, bytes]:
+    """The parts of :func:`block_hash`'s text before and after ``prev_hash``'s value."""
+    middle = (
+        ', "context": '
+        + _json_string(context)
+        + ', "importance": '
+        + _json_number(importance)
+        + ', "prev_hash": '
+    )
+    return middle.encode(), (', "timestamp": ' + _json_string(timestamp) + "}").encode()
+
+
+def chained_hash(index: int, prev_hash: str, block: PreparedBlock) -> str:
+    """:func:`block_hash` of ``block`` at ``index`` after ``prev_hash``, from the parts of
+    its text encoded when it was checked."""
+    text = b"".join(
+        (
+            _HASH_START,
+            int.__repr__(index).encode(),
+            block.hash_middle,
+            _json_string(prev_hash).encode(),
+            block.hash_tail,
+        )
+    )
+    return hashlib.sha256(text).hexdigest()
 
 
 def _json_number(value: float) -> str:
@@ -123,29 +156,26 @@ def encode_json(value: Any, what: str) -> str:
 
 def encode_embedding(value: Any, what: str = "embedding") -> tuple[bytes, int]:
     """float32 bytes (native order, as the legacy class wrote them) and the dimension."""
-    raw, values = _embedding(value, what)
-    return raw, len(values)
-
-
-def _embedding(value: Any, what: str) -> tuple[bytes, tuple[float, ...]]:
-    """An embedding as float32 bytes and the float values those bytes hold."""
     # The usual case on the append path, a list of numbers, without numpy: packing refuses
-    # non-numbers and values beyond float32, and a finite sum of the packed values (which
-    # cannot overflow a double) means none is NaN or infinite. A list of bools, which numpy
-    # would not take for numbers, and anything refused here take the general path, which
-    # explains what is wrong.
+    # non-numbers (and turns values beyond float32 into infinities), and a finite sum of
+    # the packed values (which cannot overflow a double) means none is NaN or infinite. A
+    # list of bools, which numpy would not take for numbers, and anything refused here take
+    # the general path, which explains what is wrong.
     if (type(value) is list or type(value) is tuple) and value and type(value[0]) is not bool:
-        layout = _float32_layout(len(value))
         try:
-            raw = layout.pack(*value)
+            raw = _float32_layout(len(value)).pack(*value)
         except (struct.error, OverflowError):
             pass
         else:
-            values = layout.unpack(raw)
-            if math.isfinite(sum(values)):
-                return raw, values
-    array = _float32_vector(value, what)
-    return array.tobytes(), tuple(array.tolist())
+            if math.isfinite(sum(array.array("f", raw))):
+                return raw, len(value)
+    vector = _float32_vector(value, what)
+    return vector.tobytes(), vector.size
+
+
+def float32_values(raw: bytes) -> tuple[float, ...]:
+    """The values float32 bytes hold, as the database gives them back."""
+    return _float32_layout(len(raw) // 4).unpack(raw)
 
 
 @functools.lru_cache(maxsize=64)
@@ -192,26 +222,27 @@ def prepare_block(
     ``legacy=True`` accepts what the old class's ``add_block`` stored: any finite
     importance (everything else keeps it within 0..1) and any timestamp text.
     """
-    raw, values = (None, None) if embedding is None else _embedding(embedding, "embedding")
+    raw, dimension = (None, None) if embedding is None else encode_embedding(embedding)
     model = None
-    if values is not None and embedding_model is not None:
+    if raw is not None and embedding_model is not None:
         model = check_text(embedding_model, "embedding_model")
     metadata_json = _metadata_json(metadata)
+    context = check_text(context, "context")
+    timestamp = check_timestamp(datetime.now() if timestamp is None else timestamp, legacy=legacy)
+    importance = check_number(importance, "importance") if legacy else check_importance(importance)
+    hash_middle, hash_tail = _hash_parts(context, importance, timestamp)
     return PreparedBlock(
-        context=check_text(context, "context"),
-        timestamp=check_timestamp(
-            datetime.now() if timestamp is None else timestamp, legacy=legacy
-        ),
-        importance=(
-            check_number(importance, "importance") if legacy else check_importance(importance)
-        ),
+        context=context,
+        timestamp=timestamp,
+        importance=importance,
         keywords=check_words(keywords, "keywords"),
         tags=check_words(tags, "tags"),
         metadata_json=metadata_json,
         embedding=raw,
-        embedding_values=values,
-        embedding_dim=None if values is None else len(values),
+        embedding_dim=dimension,
         embedding_model=model,
+        hash_middle=hash_middle,
+        hash_tail=hash_tail,
     )
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from . import errors
 from ._aio_appends import append_without_thread
 from ._aio_workers import Workers
+from ._block_sql import ChainedBlock, chained_records
 from ._block_values import PreparedBlock, prepare_block, prepare_blocks
 from .blocks import BlockRecord, BlockStore
 from .database import Database, Stats
@@ -285,13 +286,14 @@ class AsyncBlockStore:
                 "write inside the unit with the sync BlockStore, or use AsyncDatabase.run"
             )
         db.check_may_wait_for_turn()
-        return await append_without_thread(
+        written = await append_without_thread(
             self.sync.chain_batcher(),
             blocks,
             deadline=db.settings.retry_deadline,
             database=db.url,
-            describe=_describe_records,
+            describe=_describe_written,
         )
+        return chained_records(written)
 
     # -- reads, in the database's worker threads --------------------------------------------
 
@@ -316,8 +318,8 @@ def _read_unit(db: Database, fn: Callable[..., R], /, *args: Any, **kwargs: Any)
         return fn(session, *args, **kwargs)
 
 
-def _describe_records(records: list[BlockRecord]) -> str:
-    indices = [record.block_index for record in records]
+def _describe_written(written: list[ChainedBlock]) -> str:
+    indices = [block.block_index for block in written]
     if not indices:
         return "no blocks"
     return f"block {indices[0]}" if len(indices) == 1 else f"blocks {indices[0]}-{indices[-1]}"

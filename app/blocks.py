@@ -30,6 +30,8 @@ from ._block_sql import (
     _HEAD_SQL,
     _RECENT_SQL,
     BlockRecord,
+    ChainedBlock,
+    chained_records,
     index_value,
     load_records,
     write_chain,
@@ -137,25 +139,25 @@ class BlockStore:
             # Inside the caller's own unit: write directly (the queue's leader would wait
             # for the lock this thread holds).
             with self.db.writing() as connection:
-                return write_chain(connection, list(blocks))
+                return chained_records(write_chain(connection, list(blocks)))
         if kind is not None:
             raise errors.TransactionStateError("cannot append inside a read unit")
         self.db.check_may_wait_for_turn()
-        return self._committer().submit(blocks)
+        return chained_records(self._committer().submit(blocks))
 
-    def _committer(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
+    def _committer(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
         return self.db.process_local("chain", self._new_batcher)
 
-    def chain_batcher(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
+    def chain_batcher(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
         """For the layer's modules (``app.aio``): this process's append batcher of the chain,
         to queue prepared blocks without blocking (``AppendBatcher.enqueue``)."""
         return self._committer()
 
-    def _new_batcher(self) -> AppendBatcher[PreparedBlock, BlockRecord]:
+    def _new_batcher(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
         db = self.db
 
-        def write(items: list[PreparedBlock], outcome: WriteOutcome) -> list[BlockRecord]:
-            def body(connection: Connection) -> list[BlockRecord]:
+        def write(items: list[PreparedBlock], outcome: WriteOutcome) -> list[ChainedBlock]:
+            def body(connection: Connection) -> list[ChainedBlock]:
                 outcome.value = write_chain(connection, items)
                 return outcome.value  # type: ignore[no-any-return]
 

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 import app.blocks
 from app import BlockStore, Database, errors
+from app._aio_appends import _Waiting as Waiting
+from app._append_batcher import AppendRequest
 from app.aio import AsyncBlockStore, AsyncDatabase
 
 from .aio_helpers import debug_log, eventually, run_async, turn_held, until_writers_queue
@@ -517,3 +519,57 @@ def test_a_finished_event_loop_is_not_kept_alive(db: Database) -> None:
     # The worker and the batcher's helper may still be returning from handing over the
     # last outcomes: freed soon, not at once.
     wait_until(lambda: gc.collect() >= 0 and loops[0]() is None, "the loop freed", timeout=30)
+
+
+def test_appends_leave_no_reference_cycles_for_the_garbage_collector(db: Database) -> None:
+    """An append's objects are freed by reference counting as soon as it is done, written
+    or withdrawn: with a thousand tasks in flight, garbage left for the collector makes its
+    passes longer, and each pass stops the event loop."""
+    ours = (AppendRequest, Waiting, asyncio.Future)
+
+    def left_for_the_collector() -> int:
+        gc.collect()
+        found = sum(isinstance(thing, ours) for thing in gc.garbage)
+        gc.garbage.clear()
+        return found
+
+    async def main() -> tuple[int, int, int]:
+        async with AsyncDatabase.wrap(db) as adb:
+            store = AsyncBlockStore(adb)
+            await store.append("warm up")
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # what a pass would free is kept to be looked at
+            try:
+                await asyncio.gather(
+                    *(
+                        store.append(f"b{n}", keywords=["k"], metadata={"n": n}, embedding=[0.5])
+                        for n in range(200)
+                    )
+                )
+                written = left_for_the_collector()
+                await asyncio.gather(
+                    *(
+                        store.append_many([{"context": f"m{n}"}, {"context": "x"}])
+                        for n in range(50)
+                    )
+                )
+                many = left_for_the_collector()
+                with turn_held(db) as release:
+                    taken = asyncio.create_task(store.append("taken"))
+                    await until_writers_queue(db, 1)  # its batch waits for the turn
+                    stopped = [asyncio.create_task(store.append(f"s{n}")) for n in range(20)]
+                    await eventually(lambda: queued(store) == 20, "20 appends queued")
+                    for task in stopped:
+                        task.cancel()
+                    await asyncio.gather(*stopped, return_exceptions=True)
+                    assert queued(store) == 0  # withdrawn
+                    release.set()
+                    await taken
+                withdrawn = left_for_the_collector()
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            return written, many, withdrawn
+
+    assert run_async(main) == (0, 0, 0)
+    assert_chain_intact(db, 1 + 200 + 100 + 1)

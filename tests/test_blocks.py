@@ -81,6 +81,41 @@ def test_embeddings_are_stored_as_numpy_float32_bytes(store: BlockStore, embeddi
     assert (bytes(raw[0]), raw[1]) == (expected.tobytes(), expected.size)
 
 
+def test_hashes_follow_the_legacy_formula_for_any_text_and_a_foreign_head(
+    store: BlockStore,
+) -> None:
+    # The writer fills the index and prev_hash into text encoded when the block was
+    # checked: every kind of character must come out as json.dumps writes it, after a head
+    # whose hash is not hex (a chain adopted from the old class may hold anything there).
+    with store.db.unit_of_work() as session:
+        session.execute(
+            text(
+                "INSERT INTO blocks (block_index, timestamp, context, importance, hash,"
+                " prev_hash) VALUES (41, 't', 'c', 1.0, :h, '')"
+            ),
+            {"h": 'legacy "hash" é\\'},
+        )
+    texts = ["plain", 'quote " back\\slash', "tab\tnew\nline \u2028", "메모 émoji 🙂", "\x7f\x01"]
+    for number, context in enumerate(texts):
+        importance = [0.0, 0.1, 1.0, 1 / 3, 0.5][number]
+        previous = store.head()
+        record = store.append(
+            context, importance=importance, timestamp=f"2026-01-0{number + 1}T00:00"
+        )
+        assert previous is not None
+        assert (record.block_index, record.prev_hash) == (previous.block_index + 1, previous.hash)
+        assert record.hash == legacy_hash(
+            record.block_index, record.timestamp, context, importance, previous.hash
+        )
+    records = store.append_many([{"context": c, "importance": 0.25} for c in texts])
+    befores = [store.get(records[0].block_index - 1), *records[:-1]]
+    for before, record in zip(befores, records, strict=True):
+        assert before is not None
+        assert record.hash == legacy_hash(
+            record.block_index, record.timestamp, record.context, 0.25, before.hash
+        )
+
+
 @pytest.mark.parametrize(
     "metadata",
     [
