@@ -52,6 +52,9 @@ _HELPER_IDLE = 10.0
 # while it works, and a batch holds it (between its statements) for a time that grows with
 # its size; past a hundred or so appends the commit's cost is shared well enough already.
 _HELPER_BATCH = 128
+# The helper plans the next batch (see AppendBatcher's ``plan``) in parts of this many
+# items, and lets go of the interpreter lock between two parts.
+_PLAN_PART = 32
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +126,31 @@ class AppendBatcher(Generic[Item, Result]):
     """Batches requests from many threads into write units.
 
     Args:
-        write: writes a batch of items in a write unit (with busy retries) and returns one
-            result per item, in order; it records the unit, and the results as the
-            outcome's ``value``, in the given outcome.
+        write: ``write(items, outcome, planned)`` writes a batch of items in a write unit
+            (with busy retries) and returns one result per item, in order; it records the
+            unit, and the results as the outcome's ``value``, in the given outcome.
+            ``planned`` is what ``plan`` made for these items, or None.
         max_batch: most items per transaction.
         deadline: seconds a caller waits for its append to be taken into a batch (the
             database's ``retry_deadline``).
         database: the URL, for messages.
+        plan: ``plan(items, after)``: the results ``items`` would have if written right
+            after the results ``after`` (None when it cannot tell). The helper thread calls
+            it before it starts the unit that writes them, outside every lock, so that the
+            work is done while nobody waits for the write lock; ``write`` must check that
+            the plan still holds.
     """
 
     def __init__(
         self,
-        write: Callable[[list[Item], WriteOutcome], list[Result]],
+        write: Callable[[list[Item], WriteOutcome, list[Result] | None], list[Result]],
         max_batch: int,
         deadline: float,
         database: str,
+        plan: Callable[[list[Item], list[Result]], list[Result] | None] | None = None,
     ) -> None:
         self._write = write
+        self._plan = plan
         self._max_batch = max_batch
         self._deadline = deadline
         self._database = database
@@ -151,6 +162,9 @@ class AppendBatcher(Generic[Item, Result]):
         self._helper: threading.Thread | None = None  # leads for callers without a thread
         self._helper_wanted = False  # such a caller waits and nobody leads
         self._helper_called = threading.Condition(self._mutex)
+        # Outcomes settled but not yet told to callers without a thread (guarded by the
+        # mutex; see _deliver).
+        self._untold: dict[Notify[Item, Result], list[_Request[Item, Result]]] = {}
 
     def submit(self, items: Sequence[Item]) -> list[Result]:
         """Queue ``items`` (written contiguously, in order) and wait until they are committed.
@@ -325,20 +339,60 @@ class AppendBatcher(Generic[Item, Result]):
                     return False
 
     def _lead_queue(self) -> None:
-        """Write batches until the queue is empty (the helper has no append of its own)."""
-        while True:
-            self._gather()
-            batch = self._take_batch(min(self._max_batch, _HELPER_BATCH))
-            if not batch.requests:
-                return
-            try:
-                self._commit(batch)
-            finally:
+        """Write batches until the queue is empty (the helper has no append of its own).
+
+        The helper tells the callers of a batch their outcome only once it has planned the
+        next batch, just before that batch's unit starts: its callers' event loops then
+        handle the outcomes while the next batch is being written, instead of waiting for
+        the interpreter lock while it is planned. Planning never waits for anything.
+        """
+        written: list[Result] = []  # the results of the batch written last
+        try:
+            while True:
+                if self._waking:
+                    self._deliver()  # _gather may wait: nobody waits for it meanwhile
+                self._gather()
+                batch = self._take_batch(min(self._max_batch, _HELPER_BATCH))
+                if not batch.requests:
+                    return
                 try:
-                    self._settle(batch, None)
-                except BaseException:
-                    self._settle(batch, None)
-                    raise
+                    planned = self._plan_batch(batch, written)
+                    self._deliver()
+                    self._commit(batch, planned)
+                finally:
+                    try:
+                        self._settle(batch, None)
+                    except BaseException:
+                        self._settle(batch, None)
+                        raise
+                written = batch.outcome.value if batch.outcome.committed() else []
+        finally:
+            self._deliver()
+
+    def _plan_batch(
+        self, batch: _Batch[Item, Result], written: list[Result]
+    ) -> list[Result] | None:
+        """``plan`` of the batch's items after ``written``, in parts, letting go of the
+        interpreter lock between two: an event loop waiting to run its timers runs them
+        then, not after the whole plan. None when there is nothing to plan after."""
+        if self._plan is None or not written:
+            return None
+        items = [item for request in batch.requests for item in request.items]
+        planned: list[Result] = []
+        after = written
+        try:
+            for start in range(0, len(items), _PLAN_PART):
+                part = self._plan(items[start : start + _PLAN_PART], after)
+                if part is None:
+                    return None
+                planned += part
+                after = part
+                if start + _PLAN_PART < len(items):
+                    time.sleep(0)  # bounded: a zero-length sleep, only to let go of the GIL
+        except Exception:  # the write works it out again (and meets any error itself)
+            log.exception("planning a batch of appends failed")
+            return None
+        return planned
 
     def _lead(self, own: _Request[Item, Result]) -> None:
         while not own.done:
@@ -355,6 +409,8 @@ class AppendBatcher(Generic[Item, Result]):
                 except BaseException:
                     self._settle(batch, own)
                     raise
+                finally:
+                    self._deliver()
 
     def _gather(self) -> None:
         """Let the callers of the last batch queue their next append before writing.
@@ -382,11 +438,11 @@ class AppendBatcher(Generic[Item, Result]):
             self._queue = deque(itertools.islice(self._queue, count, None))
             return batch
 
-    def _commit(self, batch: _Batch[Item, Result]) -> None:
+    def _commit(self, batch: _Batch[Item, Result], planned: list[Result] | None = None) -> None:
         requests = batch.requests
         items = [item for request in requests for item in request.items]
         try:
-            self._write(items, batch.outcome)
+            self._write(items, batch.outcome, planned)
         except Exception as exc:  # noqa: BLE001 - handed to the callers, who see it raised
             if batch.outcome.committed():
                 return  # failed after its commit (it cannot, but if it did: it is written)
@@ -410,7 +466,7 @@ class AppendBatcher(Generic[Item, Result]):
     def _commit_alone(self, request: _Request[Item, Result]) -> None:
         request.outcome = outcome = WriteOutcome()
         try:
-            self._write(list(request.items), outcome)
+            self._write(list(request.items), outcome, None)
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who sees it raised
             if not outcome.committed():
                 self._finish(request, error=exc)
@@ -437,20 +493,25 @@ class AppendBatcher(Generic[Item, Result]):
                 back = [r for r in batch.requests if not r.done and r is not own][::-1]
                 batch.settled = True
                 self._queue.extendleft(back)
-            # Callers without a thread are told here, each once: the callback is taken
-            # under the mutex, so a settle run again after an interruption tells nobody
-            # twice. One call per callback (per event loop) for the whole batch.
-            told: dict[Notify[Item, Result], list[_Request[Item, Result]]] = {}
+            # Callers without a thread are told by _deliver, each once: the callback is
+            # taken under the mutex, so a settle run again after an interruption tells
+            # nobody twice.
             for request in batch.requests:
                 if request.done and request.notify is not None:
-                    told.setdefault(request.notify, []).append(request)
+                    self._untold.setdefault(request.notify, []).append(request)
                     request.notify = None
-        for notify, requests in told.items():
+        self._wake_in_turn([r for r in batch.requests if r.done and r is not own])
+
+    def _deliver(self) -> None:
+        """Tell the callers without a thread of every settled batch their outcome: one
+        call per callback (per event loop). Safe to repeat; never raises."""
+        with self._mutex:
+            untold, self._untold = self._untold, {}
+        for notify, requests in untold.items():
             try:
                 notify(requests)
             except Exception:
                 log.exception("telling appends' callers their outcome failed")
-        self._wake_in_turn([r for r in batch.requests if r.done and r is not own])
 
     def _finish(
         self,

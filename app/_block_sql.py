@@ -88,8 +88,15 @@ class ChainedBlock(NamedTuple):
     block: PreparedBlock
 
 
-def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[ChainedBlock]:
+def write_chain(
+    connection: Connection,
+    blocks: list[PreparedBlock],
+    planned: Sequence[ChainedBlock] | None = None,
+) -> list[ChainedBlock]:
     """Chain ``blocks`` onto the current head and insert them (inside a write unit).
+
+    ``planned``: the blocks already chained (:func:`plan_chain`) onto the head their
+    planner expected; used when the head is that one, else the chain is worked out again.
 
     Returns the written blocks, which :func:`chained_records` turns into records: whoever
     asked for them does that, not the writer, which holds the write lock (and, with asyncio
@@ -97,13 +104,27 @@ def write_chain(connection: Connection, blocks: list[PreparedBlock]) -> list[Cha
     """
     head = raw_execute(connection, _HEAD_SQL).fetchone()
     index, previous = (head[0] + 1, head[1]) if head is not None else (0, "")
+    if (
+        planned
+        and len(planned) == len(blocks)
+        and planned[0].block_index == index
+        and planned[0].prev_hash == previous
+    ):
+        rows = list(planned)
+    else:
+        rows = plan_chain(blocks, index, previous)
+    insert_blocks(connection, rows)
+    return rows
+
+
+def plan_chain(blocks: Sequence[PreparedBlock], index: int, previous: str) -> list[ChainedBlock]:
+    """``blocks`` chained after the block ``index - 1`` whose hash is ``previous``."""
     rows = []
     for block in blocks:
         digest = chained_hash(index, previous, block)
         rows.append(ChainedBlock(index, digest, previous, block))
         previous = digest
         index += 1
-    insert_blocks(connection, rows)
     return rows
 
 

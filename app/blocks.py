@@ -34,6 +34,7 @@ from ._block_sql import (
     chained_records,
     index_value,
     load_records,
+    plan_chain,
     write_chain,
 )
 from ._block_values import PreparedBlock, prepare_block, prepare_blocks
@@ -156,14 +157,24 @@ class BlockStore:
     def _new_batcher(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
         db = self.db
 
-        def write(items: list[PreparedBlock], outcome: WriteOutcome) -> list[ChainedBlock]:
+        def write(
+            items: list[PreparedBlock],
+            outcome: WriteOutcome,
+            planned: list[ChainedBlock] | None,
+        ) -> list[ChainedBlock]:
             def body(connection: Connection) -> list[ChainedBlock]:
-                outcome.value = write_chain(connection, items)
+                outcome.value = write_chain(connection, items, planned)
                 return outcome.value  # type: ignore[no-any-return]
 
             return db.run_on_connection(body, outcome)
 
-        return AppendBatcher(write, db.settings.max_batch, db.settings.retry_deadline, db.url)
+        def plan(items: list[PreparedBlock], after: list[ChainedBlock]) -> list[ChainedBlock]:
+            last = after[-1]
+            return plan_chain(items, last.block_index + 1, last.hash)
+
+        return AppendBatcher(
+            write, db.settings.max_batch, db.settings.retry_deadline, db.url, plan=plan
+        )
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -242,10 +242,10 @@ def test_deadlines_a_queued_append_is_withdrawn_and_a_taken_one_times_out_then_i
     write_chain = app.blocks.write_chain
     writing, leave = threading.Event(), threading.Event()
 
-    def stuck(connection: Any, blocks: Any) -> Any:
+    def stuck(connection: Any, blocks: Any, *planned: Any) -> Any:
         writing.set()
         assert leave.wait(30)
-        return write_chain(connection, blocks)
+        return write_chain(connection, blocks, *planned)
 
     monkeypatch.setattr(app.blocks, "write_chain", stuck)
 

@@ -11,6 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from app import BlockStore, Database
+from app._block_sql import plan_chain, write_chain
+from app._block_values import prepare_block
 from app.errors import InvalidInputError, TransactionStateError
 
 from .legacy_helpers import legacy_hash
@@ -114,6 +116,32 @@ def test_hashes_follow_the_legacy_formula_for_any_text_and_a_foreign_head(
         assert record.hash == legacy_hash(
             record.block_index, record.timestamp, record.context, 0.25, before.hash
         )
+
+
+def test_a_planned_chain_is_used_only_while_the_head_is_the_one_it_was_planned_after(
+    store: BlockStore,
+) -> None:
+    # The helper that writes asyncio appends chains a batch before its unit starts, after
+    # the batch it wrote last; another writer may append in between.
+    first = store.append("first")
+    blocks = [prepare_block(f"b{n}") for n in range(3)]
+    planned = plan_chain(blocks, first.block_index + 1, first.hash)
+    with store.db.writing() as connection:
+        written = write_chain(connection, blocks, planned)
+    assert all(a is b for a, b in zip(written, planned, strict=True))  # used as planned
+    stale = plan_chain(blocks, written[-1].block_index + 1, written[-1].hash)
+    between = store.append("another writer's block")
+    with store.db.writing() as connection:
+        rewritten = write_chain(connection, blocks, stale)
+    assert rewritten[0].block_index == between.block_index + 1
+    assert rewritten[0].prev_hash == between.hash
+    befores = [between.hash, *[r.hash for r in rewritten[:-1]]]
+    for before, row in zip(befores, rewritten, strict=True):
+        assert row.hash == legacy_hash(
+            row.block_index, row.block.timestamp, row.block.context, 0.0, before
+        )
+    assert store.verify_chain().ok
+    assert store.count() == 1 + 3 + 1 + 3
 
 
 @pytest.mark.parametrize(

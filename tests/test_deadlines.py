@@ -121,11 +121,11 @@ def test_appends_waiting_behind_a_write_that_never_ends(
     write_chain = app.blocks.write_chain
     writing, leave = threading.Event(), threading.Event()
 
-    def stuck(connection: Any, blocks: Any) -> Any:
+    def stuck(connection: Any, blocks: Any, *planned: Any) -> Any:
         if len(blocks) > 1 and not leave.is_set():
             writing.set()
             assert leave.wait(30)
-        return write_chain(connection, blocks)
+        return write_chain(connection, blocks, *planned)
 
     store = BlockStore(db)
     store.append("first")
