@@ -126,10 +126,14 @@ class AppendBatcher(Generic[Item, Result]):
     """Batches requests from many threads into write units.
 
     Args:
-        write: ``write(items, outcome, planned)`` writes a batch of items in a write unit
-            (with busy retries) and returns one result per item, in order; it records the
-            unit, and the results as the outcome's ``value``, in the given outcome.
-            ``planned`` is what ``plan`` made for these items, or None.
+        write: ``write(items, outcome, planned, finished)`` writes a batch of items in a
+            write unit (with busy retries) and returns one result per item, in order; it
+            records the unit, and the results as the outcome's ``value``, in the given
+            outcome. ``planned`` is what ``plan`` made for these items, or None.
+            ``finished`` is true when a caller with a thread writes: the results are then
+            made ready for their callers before they are woken, so that woken callers do
+            not compete with the next batch's writer for the interpreter lock; the helper,
+            whose callers' event loops wait for that lock, leaves it to them.
         max_batch: most items per transaction.
         deadline: seconds a caller waits for its append to be taken into a batch (the
             database's ``retry_deadline``).
@@ -143,7 +147,7 @@ class AppendBatcher(Generic[Item, Result]):
 
     def __init__(
         self,
-        write: Callable[[list[Item], WriteOutcome, list[Result] | None], list[Result]],
+        write: Callable[[list[Item], WriteOutcome, list[Result] | None, bool], list[Result]],
         max_batch: int,
         deadline: float,
         database: str,
@@ -358,7 +362,7 @@ class AppendBatcher(Generic[Item, Result]):
                 try:
                     planned = self._plan_batch(batch, written)
                     self._deliver()
-                    self._commit(batch, planned)
+                    self._commit(batch, planned, finished=False)
                 finally:
                     try:
                         self._settle(batch, None)
@@ -399,7 +403,7 @@ class AppendBatcher(Generic[Item, Result]):
             self._gather()
             batch = self._take_batch(self._max_batch)
             try:
-                self._commit(batch)
+                self._commit(batch, None, finished=True)
             finally:
                 # Whatever happened (an interruption included, and again if the clean-up
                 # is interrupted): appends not written go back to the front of the queue
@@ -438,11 +442,13 @@ class AppendBatcher(Generic[Item, Result]):
             self._queue = deque(itertools.islice(self._queue, count, None))
             return batch
 
-    def _commit(self, batch: _Batch[Item, Result], planned: list[Result] | None = None) -> None:
+    def _commit(
+        self, batch: _Batch[Item, Result], planned: list[Result] | None, *, finished: bool
+    ) -> None:
         requests = batch.requests
         items = [item for request in requests for item in request.items]
         try:
-            self._write(items, batch.outcome, planned)
+            self._write(items, batch.outcome, planned, finished)
         except Exception as exc:  # noqa: BLE001 - handed to the callers, who see it raised
             if batch.outcome.committed():
                 return  # failed after its commit (it cannot, but if it did: it is written)
@@ -461,12 +467,12 @@ class AppendBatcher(Generic[Item, Result]):
                     self._finish(request, error=exc)
                 return
             for request in requests:
-                self._commit_alone(request)
+                self._commit_alone(request, finished)
 
-    def _commit_alone(self, request: _Request[Item, Result]) -> None:
+    def _commit_alone(self, request: _Request[Item, Result], finished: bool) -> None:
         request.outcome = outcome = WriteOutcome()
         try:
-            self._write(list(request.items), outcome, None)
+            self._write(list(request.items), outcome, None, finished)
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who sees it raised
             if not outcome.committed():
                 self._finish(request, error=exc)

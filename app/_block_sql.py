@@ -98,9 +98,8 @@ def write_chain(
     ``planned``: the blocks already chained (:func:`plan_chain`) onto the head their
     planner expected; used when the head is that one, else the chain is worked out again.
 
-    Returns the written blocks, which :func:`chained_records` turns into records: whoever
-    asked for them does that, not the writer, which holds the write lock (and, with asyncio
-    callers, the interpreter lock their event loop waits for) while it writes.
+    Returns the written blocks, which :func:`chained_records` turns into records (see the
+    append batcher for who does it when).
     """
     head = raw_execute(connection, _HEAD_SQL).fetchone()
     index, previous = (head[0] + 1, head[1]) if head is not None else (0, "")
@@ -128,9 +127,15 @@ def plan_chain(blocks: Sequence[PreparedBlock], index: int, previous: str) -> li
     return rows
 
 
-def chained_records(rows: Sequence[ChainedBlock]) -> list[BlockRecord]:
-    """The records of blocks :func:`write_chain` wrote, as they read back."""
-    return [_prepared_record(*row) for row in rows]
+#: A block :func:`write_chain` wrote, as a writer hands it over: as written, or as its
+#: record already (see :func:`chained_records`).
+Written = ChainedBlock | BlockRecord
+
+
+def chained_records(rows: Sequence[Written]) -> list[BlockRecord]:
+    """The records of blocks :func:`write_chain` wrote, as they read back (a record given
+    is kept as it is)."""
+    return [row if isinstance(row, BlockRecord) else _prepared_record(*row) for row in rows]
 
 
 def insert_blocks(

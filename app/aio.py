@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from . import errors
 from ._aio_appends import append_without_thread
 from ._aio_workers import Workers
-from ._block_sql import ChainedBlock, chained_records
+from ._block_sql import Written, chained_records
 from ._block_values import PreparedBlock, prepare_block, prepare_blocks
 from .blocks import BlockRecord, BlockStore
 from .database import Database, Stats
@@ -318,7 +318,7 @@ def _read_unit(db: Database, fn: Callable[..., R], /, *args: Any, **kwargs: Any)
         return fn(session, *args, **kwargs)
 
 
-def _describe_written(written: list[ChainedBlock]) -> str:
+def _describe_written(written: list[Written]) -> str:
     indices = [block.block_index for block in written]
     if not indices:
         return "no blocks"

@@ -30,7 +30,7 @@ from ._block_sql import (
     _HEAD_SQL,
     _RECENT_SQL,
     BlockRecord,
-    ChainedBlock,
+    Written,
     chained_records,
     index_value,
     load_records,
@@ -146,31 +146,33 @@ class BlockStore:
         self.db.check_may_wait_for_turn()
         return chained_records(self._committer().submit(blocks))
 
-    def _committer(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
+    def _committer(self) -> AppendBatcher[PreparedBlock, Written]:
         return self.db.process_local("chain", self._new_batcher)
 
-    def chain_batcher(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
+    def chain_batcher(self) -> AppendBatcher[PreparedBlock, Written]:
         """For the layer's modules (``app.aio``): this process's append batcher of the chain,
         to queue prepared blocks without blocking (``AppendBatcher.enqueue``)."""
         return self._committer()
 
-    def _new_batcher(self) -> AppendBatcher[PreparedBlock, ChainedBlock]:
+    def _new_batcher(self) -> AppendBatcher[PreparedBlock, Written]:
         db = self.db
 
         def write(
             items: list[PreparedBlock],
             outcome: WriteOutcome,
-            planned: list[ChainedBlock] | None,
-        ) -> list[ChainedBlock]:
-            def body(connection: Connection) -> list[ChainedBlock]:
-                outcome.value = write_chain(connection, items, planned)
+            planned: list[Written] | None,
+            finished: bool,
+        ) -> list[Written]:
+            def body(connection: Connection) -> list[Written]:
+                rows = write_chain(connection, items, planned)  # type: ignore[arg-type]
+                outcome.value = chained_records(rows) if finished else rows
                 return outcome.value  # type: ignore[no-any-return]
 
             return db.run_on_connection(body, outcome)
 
-        def plan(items: list[PreparedBlock], after: list[ChainedBlock]) -> list[ChainedBlock]:
+        def plan(items: list[PreparedBlock], after: list[Written]) -> list[Written]:
             last = after[-1]
-            return plan_chain(items, last.block_index + 1, last.hash)
+            return list(plan_chain(items, last.block_index + 1, last.hash))
 
         return AppendBatcher(
             write, db.settings.max_batch, db.settings.retry_deadline, db.url, plan=plan
