@@ -21,10 +21,13 @@ the queue; an append whose commit happened is never written again (``WriteOutcom
 
 Callers that must not block (asyncio tasks, see ``app.aio``) queue with
 :meth:`AppendBatcher.enqueue` instead: nothing sleeps on their request, and whoever settles
-its batch calls the request's callback once it is done. Having no thread of their own, they
-cannot lead; a helper thread (one per batcher, started when first needed, gone after a while
-without work) takes the leader's role whenever such a request waits and nobody leads, and
-leads until the queue is empty.
+its batch calls the request's callback once it is done (once per callback and batch).
+Having no thread of their own, they cannot lead; a helper thread (one per batcher, started
+when first needed, gone after a while without work) takes the leader's role whenever such a
+request waits and nobody leads, and leads until the queue is empty. The helper keeps its
+hold on the interpreter lock short, since those callers' event loops wait for it: it plans
+the next batch before telling the last one's callers (see ``_lead_queue``), and leaves
+building their results to them.
 """
 
 from __future__ import annotations
