@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 import app.blocks
-from app import BlockStore, Database, errors
+from app import BlockRecord, BlockStore, Database, errors
 from app._aio_appends import _Waiting as Waiting
 from app._append_batcher import AppendRequest
 from app.aio import AsyncBlockStore, AsyncDatabase
@@ -81,10 +81,12 @@ def test_async_tasks_and_threads_append_to_one_chain_together(db: Database) -> N
     threads, per_thread, tasks, per_task = 20, 10, 200, 2
     go = threading.Event()
 
+    returned: list[Any] = []  # what each append gave its caller (list.append is atomic)
+
     def thread(number: int) -> None:
         assert go.wait(30)
         for sequence in range(per_thread):
-            store.append(f"thread {number} block {sequence}", tags=["sync"])
+            returned.append(store.append(f"thread {number} block {sequence}", tags=["sync"]))
 
     async def main() -> None:
         async with AsyncDatabase.wrap(db) as adb:
@@ -92,7 +94,8 @@ def test_async_tasks_and_threads_append_to_one_chain_together(db: Database) -> N
 
             async def task(number: int) -> None:
                 for sequence in range(per_task):
-                    await astore.append(f"task {number} block {sequence}", tags=["async"])
+                    block = await astore.append(f"task {number} block {sequence}", tags=["async"])
+                    returned.append(block)
 
             go.set()
             await asyncio.gather(*(task(number) for number in range(tasks)))
@@ -109,6 +112,10 @@ def test_async_tasks_and_threads_append_to_one_chain_together(db: Database) -> N
             session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()
         )
     assert tags == {"sync": threads * per_thread, "async": tasks * per_task}
+    # Whoever wrote an append's batch (a thread's leader or the helper), its caller got
+    # the block's record as it reads back.
+    assert all(isinstance(record, BlockRecord) for record in returned)
+    assert sorted(returned) == store.page(limit=len(returned) + 1)
 
 
 def test_append_many_checks_every_block_first_and_writes_them_in_order(db: Database) -> None:
