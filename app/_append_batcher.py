@@ -117,10 +117,11 @@ Notify = Callable[[list[_Request[Item, Result]]], None]
 class _Batch(Generic[Item, Result]):
     """The requests one leader writes in one unit, and where that unit's work went."""
 
-    __slots__ = ("outcome", "requests", "settled")
+    __slots__ = ("items", "outcome", "requests", "settled")
 
     def __init__(self, requests: list[_Request[Item, Result]]) -> None:
         self.requests = requests
+        self.items = [item for request in requests for item in request.items]
         self.outcome = WriteOutcome()
         self.settled = False  # its unwritten requests were put back in the queue
 
@@ -367,11 +368,7 @@ class AppendBatcher(Generic[Item, Result]):
                     self._deliver()
                     self._commit(batch, planned, finished=False)
                 finally:
-                    try:
-                        self._settle(batch, None)
-                    except BaseException:
-                        self._settle(batch, None)
-                        raise
+                    self._settle_surely(batch, None)
                 written = batch.outcome.value if batch.outcome.committed() else []
         finally:
             self._deliver()
@@ -384,7 +381,7 @@ class AppendBatcher(Generic[Item, Result]):
         then, not after the whole plan. None when there is nothing to plan after."""
         if self._plan is None or not written:
             return None
-        items = [item for request in batch.requests for item in request.items]
+        items = batch.items
         planned: list[Result] = []
         after = written
         try:
@@ -408,16 +405,22 @@ class AppendBatcher(Generic[Item, Result]):
             try:
                 self._commit(batch, None, finished=True)
             finally:
-                # Whatever happened (an interruption included, and again if the clean-up
-                # is interrupted): appends not written go back to the front of the queue
-                # for the next leader; the others are woken.
                 try:
-                    self._settle(batch, own)
-                except BaseException:
-                    self._settle(batch, own)
-                    raise
+                    self._settle_surely(batch, own)
                 finally:
                     self._deliver()
+
+    def _settle_surely(
+        self, batch: _Batch[Item, Result], own: _Request[Item, Result] | None
+    ) -> None:
+        """:meth:`_settle` whatever happened (an interruption included, and again if the
+        clean-up is interrupted): appends not written go back to the front of the queue
+        for the next leader; the others are told or woken."""
+        try:
+            self._settle(batch, own)
+        except BaseException:
+            self._settle(batch, own)
+            raise
 
     def _gather(self) -> None:
         """Let the callers of the last batch queue their next append before writing.
@@ -449,9 +452,8 @@ class AppendBatcher(Generic[Item, Result]):
         self, batch: _Batch[Item, Result], planned: list[Result] | None, *, finished: bool
     ) -> None:
         requests = batch.requests
-        items = [item for request in requests for item in request.items]
         try:
-            self._write(items, batch.outcome, planned, finished)
+            self._write(batch.items, batch.outcome, planned, finished)
         except Exception as exc:  # noqa: BLE001 - handed to the callers, who see it raised
             if batch.outcome.committed():
                 return  # failed after its commit (it cannot, but if it did: it is written)
