@@ -169,6 +169,7 @@ class AppendBatcher(Generic[Item, Result]):
         self._waking = 0  # callers of finished batches not yet woken
         self._helper: threading.Thread | None = None  # leads for callers without a thread
         self._helper_wanted = False  # such a caller waits and nobody leads
+        self._closed = False  # the Database was disposed: the idle helper ends at once
         self._helper_called = threading.Condition(self._mutex)
         # Outcomes settled but not yet told to callers without a thread (guarded by the
         # mutex; see _deliver).
@@ -239,6 +240,13 @@ class AppendBatcher(Generic[Item, Result]):
                 return False
             request.notify = request.tag = None  # never told: nothing of the caller kept
             return True
+
+    def close(self) -> None:
+        """The Database was disposed: the helper thread ends as soon as it has no work
+        (instead of idling for ``_HELPER_IDLE`` seconds and keeping the Database alive)."""
+        with self._mutex:
+            self._closed = True
+            self._helper_called.notify()
 
     def _try_to_lead(self) -> bool:
         with self._mutex:
@@ -342,7 +350,9 @@ class AppendBatcher(Generic[Item, Result]):
                         return True
                     # Somebody else leads; when they stop, a request without a thread at
                     # the head of the queue calls the helper again.
-                elif not self._helper_called.wait(_HELPER_IDLE) and not self._helper_wanted:
+                elif self._closed or (
+                    not self._helper_called.wait(_HELPER_IDLE) and not self._helper_wanted
+                ):
                     self._helper = None
                     return False
 

@@ -8,6 +8,7 @@ from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import event, inspect, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 from sqlalchemy.sql.elements import TextClause
@@ -17,9 +18,44 @@ from . import errors
 from ._sql_text import statement_kind
 
 #: Session.info keys: the Session is in a read unit; it wrote outside units and holds the
-#: write turn until its transaction ends.
+#: write turn until its transaction ends; the guard of the Database it belongs to.
 READ_UNIT = "read_unit"
 _WROTE = "app_wrote_outside_units"
+_GUARD = "app_session_guard"
+
+
+class GuardedSession(Session):
+    """The Session class of every Database's sessionmaker.
+
+    The guard's event listeners are registered once, on this class, and find the guard of
+    the Session's Database in ``Session.info``. Registered per Database, they would stay in
+    SQLAlchemy's class-level event registry for good, and through them every Database ever
+    made (its engine, its write side) would stay in memory.
+    """
+
+
+def _guard(session: Session) -> SessionGuard | None:
+    return session.info.get(_GUARD)
+
+
+@event.listens_for(GuardedSession, "before_flush")
+def _before_flush(session: Session, *args: Any) -> None:
+    guard = _guard(session)
+    if guard is not None:
+        guard.before_flush(session)
+
+
+@event.listens_for(GuardedSession, "do_orm_execute")
+def _on_execute(state: ORMExecuteState) -> Any:
+    guard = _guard(state.session)
+    return None if guard is None else guard.on_execute(state)
+
+
+@event.listens_for(GuardedSession, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    guard = _guard(session)
+    if guard is not None:
+        guard.after_transaction_end(session, transaction)
 
 
 class _SessionCloser:
@@ -88,10 +124,17 @@ class SessionGuard:
         self._release_turn = release_turn
         self._pool_exhausted = pool_exhausted
 
-    def install(self, factory: sessionmaker[Session]) -> None:
-        event.listen(factory, "before_flush", self._before_flush)
-        event.listen(factory, "do_orm_execute", self._on_execute)
-        event.listen(factory, "after_transaction_end", self._after_transaction_end)
+    def sessionmaker(self, engine: Engine) -> sessionmaker[Session]:
+        """The Database's Session factory: Sessions guarded by this object."""
+        # A write unit binds the thread's Session to the open write transaction's
+        # connection, where it opens a SAVEPOINT; a read unit binds it to the engine.
+        return sessionmaker(
+            engine,
+            class_=GuardedSession,
+            expire_on_commit=False,
+            join_transaction_mode="create_savepoint",
+            info={_GUARD: self},
+        )
 
     def before_unit(self, session: Session) -> None:
         """Before a unit: end a transaction the Session began outside any unit (it only
@@ -108,7 +151,7 @@ class SessionGuard:
         # read-modify-write on them would lose updates.
         session.expire_all()
 
-    def _before_flush(self, session: Session, *args: Any) -> None:
+    def before_flush(self, session: Session) -> None:
         if session.info.get(READ_UNIT):
             raise errors.ReadOnlyUnitError(
                 "objects were added, changed or deleted inside a read unit; "
@@ -118,7 +161,7 @@ class SessionGuard:
             self._writes(session)
             _refuse_stale_changes(session)
 
-    def _on_execute(self, state: ORMExecuteState) -> Any:
+    def on_execute(self, state: ORMExecuteState) -> Any:
         session = state.session
         if self._in_unit() or session.info.get(READ_UNIT):
             return None
@@ -150,7 +193,7 @@ class SessionGuard:
             self._take_turn()
             session.info[_WROTE] = True
 
-    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+    def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None and session.info.pop(_WROTE, False):
             self._release_turn()
 

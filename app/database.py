@@ -20,7 +20,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session
 
 from . import _vector_cache, errors
 from ._driver import UnitKind, raw_execute
@@ -87,11 +87,6 @@ class Database(WriteUnits, ReadUnits):
         # on it, reads included.
         self._exclusive = self.settings.is_memory or self.settings.single_connection
         self._counters = Counters()
-        # A write unit binds the thread's Session to the open write transaction's
-        # connection, where it opens a SAVEPOINT; a read unit binds it to the engine.
-        self._factory = sessionmaker(
-            self.engine, expire_on_commit=False, join_transaction_mode="create_savepoint"
-        )
         # Read replicas (PostgreSQL): where read units go, and the positions they need.
         self._replicas = ReplicaSet(self.settings, self.engine) if self.settings.replicas else None
         self._sessions = SessionGuard(
@@ -100,7 +95,7 @@ class Database(WriteUnits, ReadUnits):
             release_turn=self._release_session_turn,
             pool_exhausted=self._pool_exhausted,
         )
-        self._sessions.install(self._factory)
+        self._factory = self._sessions.sessionmaker(self.engine)
         self.session = scoped_session(self._factory)
         self._reset_process_state()
         _LIVE.add(self)
@@ -145,9 +140,18 @@ class Database(WriteUnits, ReadUnits):
         _LIVE.discard(self)
         try:
             self.session.remove()
+            self._close_helpers()
         finally:
             if idle:
                 self._dispose_engines()
+
+    def _close_helpers(self) -> None:
+        """Tell the per-process helpers (see :meth:`process_local`) that have a ``close()``
+        to stop: their threads must not outlive the Database for long, nor keep it alive."""
+        for helper in list(self._process_local.values()):
+            close = getattr(helper, "close", None)
+            if close is not None:
+                close()
 
     def _check_open(self) -> None:
         if self._closed:
