@@ -247,6 +247,20 @@ class FairLock:
         del self._waiters[0]
         waiter.gate.release()
 
+    def adopt(self, owner: int) -> bool:
+        """Take the lock over from the thread ``owner``, which holds it but will not use it
+        (it left a unit idle: see ``_legacy_conn``); this thread then holds it, and its
+        ``release()`` hands it on as usual.
+
+        Returns:
+            True once this thread holds the lock; False when ``owner`` no longer held it.
+        """
+        with self._mutex:
+            if self._owner != owner:
+                return False
+            self._owner = threading.get_ident()
+            return True
+
     def hand_over(self, joins: object) -> bool:
         """Hand the lock to the oldest waiter if its tag is ``joins``.
 

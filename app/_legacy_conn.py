@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Connection
 from . import errors
 from ._legacy_cursor import Columns, LegacyCursor, Row
 from ._sql_text import statement_kind, to_pyformat
+from ._units import Unit
 from .database import Database
 
 log = logging.getLogger(__name__)
@@ -112,16 +114,44 @@ class _Rollback(Exception):
 
 
 class _ImplicitUnit:
-    """The write unit that a thread's first raw write opened (pysqlite's implicit BEGIN)."""
+    """The write unit that a thread's first raw write opened (pysqlite's implicit BEGIN).
+
+    Old code often swallows a failed statement and never commits: the unit would keep the
+    write turn, and every other writer of the process would wait for it, for as long as the
+    thread lives (a pool thread never ends). With the old class's one shared connection,
+    the next commit by anyone ended such a transaction. So when a statement fails in it:
+
+    * if the unit has written nothing yet, it ends at once (rolled back: nothing is lost);
+    * else it is marked failed, and if its thread does nothing more with it for
+      ``failed_write_grace`` seconds, a timer thread commits what it wrote before the
+      failure (what the old class's next commit would have stored) and passes the turn on.
+      The thread coming back to the unit first (a statement, a commit or rollback, any call
+      of the layer) clears the mark: :meth:`touch`, called on each lookup of the unit.
+    """
 
     def __init__(self, db: Database, users: UseTracker) -> None:
         users.acquire()  # bounded: counts a call in progress, never waits
+        self._db = db
         self._users = users
+        self._lock = threading.Lock()  # between the thread coming back and the timer
+        self._failed: threading.Timer | None = None
+        unit: Any = db.unit_of_work()
         try:
-            self._unit: Any = db.unit_of_work()
-            self._unit.__enter__()
+            unit.__enter__()
         except BaseException:
             users.release()
+            raise
+        self._unit: Any = unit
+        try:
+            opened = db.current_unit()
+            assert opened is not None
+            self._opened: Unit = opened
+            self._changes_at_start = _sqlite_changes(opened.connection)
+            #: PostgreSQL: something was written before the statement now running.
+            self.written = False
+            opened.watch = weakref.WeakMethod(self.touch)
+        except BaseException:
+            self.end(commit=False)
             raise
 
     def end(self, *, commit: bool) -> None:
@@ -136,6 +166,63 @@ class _ImplicitUnit:
         finally:
             self._users.release()
 
+    def wrote_nothing(self) -> bool:
+        """True when nothing was written in the unit before the statement that failed.
+
+        SQLite counts the rows changed on a connection, and a failed statement changes
+        none. PostgreSQL gives a transaction an id at its first write, but a failed INSERT
+        gets one too: there the runner looks just before each statement (``written``).
+        """
+        if self._unit is None:
+            return True
+        if self._changes_at_start is None:
+            return not self.written
+        return _sqlite_changes(self._opened.connection) == self._changes_at_start
+
+    def statement_failed(self, error: BaseException) -> None:
+        """A statement of the unit failed in its thread (see the class docstring)."""
+        grace = self._db.settings.failed_write_grace
+        with self._lock:
+            self._cancel_timer()
+            timer = threading.Timer(grace, self._give_up, args=(error,))
+            timer.name = f"failed conn transaction ({self._db.url})"
+            timer.daemon = True
+            self._failed = timer
+            timer.start()
+
+    def touch(self) -> None:
+        if self._failed is not None:
+            with self._lock:  # bounded: waits only while the timer commits the unit
+                self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        timer, self._failed = self._failed, None
+        if timer is not None:
+            timer.cancel()
+
+    def _give_up(self, error: BaseException) -> None:
+        """In the timer's thread: commit the abandoned unit and pass the write turn on."""
+        with self._lock:
+            if self._failed is None or self._unit is None:
+                return  # its thread came back meanwhile
+            self._failed = None
+            if not self._db.adopt_write_turn(self._opened):
+                return
+            log.warning(
+                "a write transaction on %s made through conn was left open for %.1fs after a "
+                "statement in it failed (%s: %s); committed what it wrote before the failure, "
+                "as the old class's next commit would have, so that other writers can go on. "
+                "Commit or roll back after an error on conn",
+                self._db.url,
+                self._db.settings.failed_write_grace,
+                type(error).__name__,
+                error,
+            )
+            try:
+                self.end(commit=True)
+            except Exception:
+                log.exception("committing an abandoned conn transaction failed")
+
     def __del__(self) -> None:
         # Runs in the thread that is ending (its thread-local state is dropped there), like
         # a sqlite3 connection closed with a pending transaction: the writes are discarded
@@ -147,6 +234,13 @@ class _ImplicitUnit:
             self.end(commit=False)
         except Exception:  # noqa: BLE001 - nothing can report it (this may run at shutdown)
             pass
+
+
+def _sqlite_changes(connection: Connection | None) -> int | None:
+    """Rows changed so far on a SQLite connection (None on PostgreSQL)."""
+    assert connection is not None
+    changes = getattr(connection.connection.dbapi_connection, "total_changes", None)
+    return None if changes is None else int(changes)
 
 
 class ThreadConnection:
@@ -173,6 +267,11 @@ class ThreadConnection:
       connection in the old class too) or the end of the thread (rolled back). Until then
       the thread's statements and the manager's calls see the pending writes; other
       writers wait, so commit promptly.
+    * A statement that fails there (and is swallowed, as old code often does) never keeps
+      the other writers waiting: if it was the unit's first write, the unit ends at once;
+      otherwise, once the thread has left the unit alone for ``failed_write_grace``
+      seconds, what it wrote before the failure is committed (as the old class's next
+      commit did) and the turn passed on.
     * ``close()`` only rolls back the calling thread's pending writes; the manager stays
       open. Rows of large SELECTs are held in memory: page big reads with LIMIT.
     """
@@ -275,6 +374,18 @@ class ThreadConnection:
         # A unit opened inside the implicit one is nested in it (a SAVEPOINT).
         return self._db.write_depth() > 1
 
+    def _after_failure(self, error: BaseException) -> None:
+        """A statement failed in this thread's implicit unit (outside ``transaction()``):
+        end the unit if it wrote nothing, else mark it failed (see ``_ImplicitUnit``)."""
+        unit: _ImplicitUnit | None = getattr(self._local, "unit", None)
+        if unit is None or self._in_explicit_unit():
+            return
+        if unit.wrote_nothing():
+            self._take_unit()
+            unit.end(commit=False)
+        else:
+            unit.statement_failed(error)
+
     def _begin(self) -> None:
         # A BEGIN inside a unit is a no-op: old code guarded it with ``in_transaction``.
         if self._db.unit_kind() is None:
@@ -298,8 +409,15 @@ class ThreadConnection:
                 self._begin()
             if self._db.unit_kind() is not None:
                 # Inside a unit the statement joins it, on the unit's own connection.
-                with self._db.reading() as connection:
-                    self._run(connection, cursor, sql, parameters, many, in_unit=True)
+                try:
+                    with self._db.reading() as connection:
+                        self._run(connection, cursor, sql, parameters, many, in_unit=True)
+                    implicit = getattr(self._local, "unit", None)
+                    if kind == "write" and implicit is not None:
+                        implicit.written = True
+                except BaseException as exc:
+                    self._after_failure(exc)
+                    raise
                 return
             with self._db.read() as session:
                 self._run(session.connection(), cursor, sql, parameters, many, in_unit=False)
@@ -325,7 +443,10 @@ class ThreadConnection:
                 rows = raw.fetchall() if description is not None else []
                 cursor._load(rows, description, raw.rowcount, raw.lastrowid)
             else:
-                self._run_postgres(raw, cursor, sql, parameters, many, savepoint=in_unit)
+                probe = getattr(self._local, "unit", None) if in_unit else None
+                if probe is not None and probe.written:
+                    probe = None
+                self._run_postgres(raw, cursor, sql, parameters, many, in_unit, probe)
         finally:
             raw.close()
 
@@ -336,8 +457,8 @@ class ThreadConnection:
         sql: str,
         parameters: Any,
         many: bool,
-        *,
         savepoint: bool,
+        probe: _ImplicitUnit | None,
     ) -> None:
         sequence: Any
         if many:
@@ -349,7 +470,16 @@ class ThreadConnection:
             statement = to_pyformat(sql, parameters) if sequence is not None else sql
         # A failed statement aborts a whole PostgreSQL transaction; in SQLite it fails alone.
         # A savepoint around each statement keeps the unit usable, as in SQLite.
-        if savepoint:
+        if probe is not None:
+            # In the same round trip: has the implicit unit written anything before this
+            # statement (a transaction gets its id at its first write)?
+            raw.execute(
+                f"SAVEPOINT {_PG_STATEMENT_SAVEPOINT}; "
+                "SELECT txid_current_if_assigned() IS NOT NULL"
+            )
+            raw.nextset()
+            probe.written = bool(raw.fetchone()[0])
+        elif savepoint:
             raw.execute(f"SAVEPOINT {_PG_STATEMENT_SAVEPOINT}")
         try:
             if many:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,7 @@ class Unit:
         "thread",
         "unclean",
         "waiter",
+        "watch",
     )
 
     def __init__(self, kind: UnitKind) -> None:
@@ -73,6 +75,10 @@ class Unit:
         self.unclean = False
         # Set while a later unit is to commit this unit's work (see WriteSide.end_unit).
         self.waiter: CommitWaiter | None = None
+        # Called each time the unit's thread looks the unit up, before it is used: the
+        # legacy conn's implicit unit must know when its thread comes back to it (see
+        # ``_legacy_conn``). Weak, since what it belongs to holds the unit.
+        self.watch: weakref.WeakMethod[Callable[[], None]] | None = None
 
 
 @contextmanager

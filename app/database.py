@@ -218,7 +218,13 @@ class Database(WriteUnits, ReadUnits):
                 two would share one Session and one transaction.
         """
         unit = self._local.unit
-        if unit is None or not unit.open:
+        if unit is None:
+            return None
+        if unit.watch is not None:
+            touch = unit.watch()  # the thread is back: an implicit unit is not abandoned
+            if touch is not None:
+                touch()
+        if not unit.open:
             return None
         if unit.task is not current_task():
             raise errors.TransactionStateError(
@@ -227,6 +233,21 @@ class Database(WriteUnits, ReadUnits):
                 "run each unit in a thread (asyncio.to_thread), one unit per call"
             )
         return unit
+
+    def current_unit(self) -> Unit | None:
+        """For the layer's modules: the unit this thread (and asyncio task) has open here."""
+        return self._unit()
+
+    def adopt_write_turn(self, unit: Unit) -> bool:
+        """For the layer's modules: take over the write turn of the thread that opened the
+        write unit ``unit`` and left it idle, so that this thread can end that unit
+        (committing or rolling back its work and handing the turn on).
+
+        Returns:
+            True once this thread holds the turn; False when the unit's thread no longer
+            held it.
+        """
+        return self._side.turn.adopt(unit.thread)
 
     def unit_kind(self) -> UnitKind | None:
         """The kind of unit this thread is inside (None outside any)."""

@@ -79,6 +79,12 @@ class Settings:
             memory, so that similarity searches need not read them all per query (1 GiB,
             about 680,000 embeddings of 384 floats); past it, searches stream them from the
             database. 0 turns the cache off.
+        failed_write_grace: seconds a write transaction of the legacy ``conn`` in which a
+            statement failed may stay unused before the layer commits what it wrote before
+            the failure (as the old class's next commit did) and frees the write turn for
+            the other writers. Old code often swallows such an error and never commits; a
+            thread that goes on, commits or rolls back within this time keeps it as usual.
+            A transaction whose failed statement was its first write ends at once.
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
@@ -113,6 +119,7 @@ class Settings:
     max_batch: int = 512
     max_units_per_commit: int = 64
     vector_cache_limit: int = 1024 * 1024 * 1024
+    failed_write_grace: float = 1.0
     single_connection: bool = False
     echo: bool = False
     replicas: tuple[str, ...] = ()
@@ -130,6 +137,7 @@ class Settings:
             "retry_deadline",
             "slow_wait_threshold",
             "max_replica_lag",
+            "failed_write_grace",
         ):
             _at_least(name, getattr(self, name), 0)
         _whole_at_least("max_batch", self.max_batch, 1)
