@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
-from . import errors
+from . import _search_schema, errors
 from ._driver import raw_execute
 
 if TYPE_CHECKING:
@@ -220,14 +220,18 @@ _LOWER: dict[str, bool] = {}
 
 
 def sqlite_index_ready(connection: Connection) -> bool:
-    """True when the FTS5 tables and the pending table exist, and ``lower()`` folds ASCII
-    letters only (an ICU build of SQLite folds more, and could match where trigrams do not)."""
+    """True when the FTS5 tables, the pending table and the triggers that fill it exist,
+    and ``lower()`` folds ASCII letters only (an ICU build of SQLite folds more, and could
+    match where trigrams do not). Without its triggers the index misses new blocks, so
+    searches scan until it is restored (see ``_search_schema``)."""
     present = raw_execute(
         connection,
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-        "AND name IN ('search_context_fts', 'search_keyword_fts', 'search_pending')",
+        "SELECT count(*) FROM sqlite_master WHERE (type = 'table' AND name IN "
+        "('search_context_fts', 'search_keyword_fts', 'search_pending')) OR (type = 'trigger' "
+        "AND name IN ('search_pending_block_insert', 'search_pending_block_update', "
+        "'search_pending_keyword_insert', 'search_pending_keyword_update'))",
     ).fetchone()[0]
-    if present != 3:
+    if present != 7:
         return False
     if "ascii_only" not in _LOWER:
         folded = raw_execute(connection, "SELECT lower('ÀÉÎõü')").fetchone()[0]
@@ -307,6 +311,55 @@ def drain(connection: Connection, batch: int = DRAIN_BATCH) -> int:
         )
     raw_execute(connection, "DELETE FROM search_pending WHERE block_index <= ?", last)
     return len(rows)
+
+
+def restore(connection: Connection) -> list[str]:
+    """Put back whatever of the keyword index is missing (its tables, triggers or indexes:
+    see ``_search_schema``) inside the caller's write transaction; on SQLite the index is
+    then rebuilt from the rows, since blocks written meanwhile were never noted for it.
+
+    Returns:
+        What was missing ([] when nothing was, and nothing was done).
+    """
+    missing = _search_schema.restore_objects(connection)
+    if missing:
+        if connection.dialect.name == "sqlite":
+            rebuild(connection)
+        log.warning("restored the keyword index: %s", "; ".join(missing))
+    return missing
+
+
+def reindex(connection: Connection) -> tuple[list[str], int]:
+    """Restore what is missing of the keyword index and, on SQLite, index every block
+    afresh (inside the caller's write transaction).
+
+    Returns:
+        What was missing, and how many blocks were indexed (0 on PostgreSQL, whose indexes
+        the server keeps).
+    """
+    missing = _search_schema.restore_objects(connection)
+    indexed = 0
+    if connection.dialect.name == "sqlite" and sqlite_index_ready(connection):
+        indexed = rebuild(connection)
+    return missing, indexed
+
+
+def rebuild(connection: Connection) -> int:
+    """Index every block afresh (SQLite, inside the caller's write transaction).
+
+    Returns:
+        How many blocks were indexed.
+    """
+    for name in _search_schema.FTS_TABLES:
+        raw_execute(connection, f"INSERT INTO {name} ({name}) VALUES ('delete-all')")
+    raw_execute(connection, "DELETE FROM search_pending")
+    raw_execute(
+        connection, "INSERT INTO search_pending (block_index) SELECT block_index FROM blocks"
+    )
+    total = 0
+    while done := drain(connection):
+        total += done
+    return total
 
 
 _DRAINING: weakref.WeakKeyDictionary[Database, threading.Lock] = weakref.WeakKeyDictionary()

@@ -267,6 +267,22 @@ class BlockStore:
             )
         return _keyword_index.catch_up(self.db, wait=True) if ready else 0
 
+    def rebuild_search_index(self) -> int:
+        """Rebuild the keyword index: put back whatever of it is missing (on SQLite its
+        triggers and tables, which a migration that rebuilt ``blocks`` may have dropped; on
+        PostgreSQL its trigram indexes) and, on SQLite, index every block afresh.
+
+        Searches stay exact without it; ``app doctor`` says when it is needed, and
+        ``app reindex`` runs it.
+
+        Returns:
+            How many blocks were indexed (0 on PostgreSQL).
+
+        Raises:
+            DatabaseBusyError: another writer kept the database locked past the deadline.
+        """
+        return self.db.run_on_connection(_keyword_index.reindex)[1]
+
     def search_tags(self, tags: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
         """Blocks carrying any of ``tags`` (exact match), lowest index first."""
         wanted = check_words(tags, "tags")

@@ -548,6 +548,22 @@ def checkpoint(options: Options, mode: str) -> None:
         )
 
 
+@cli.command()
+@url_option
+@click.pass_obj
+def reindex(options: Options) -> None:
+    """Rebuild the keyword index: restore its triggers and tables (a migration that
+    rebuilt the blocks table drops them) and index every block afresh."""
+    from .maintenance import reindex as run_reindex
+
+    # No upgrade on open, which would restore what is missing before the command sees it.
+    with _open(options, auto_upgrade=False) as database:
+        result = run_reindex(database)
+        url = database.url
+    restored = f"restored {'; '.join(result.restored)}; " if result.restored else ""
+    click.echo(f"{url}: {restored}{result.indexed:,} blocks indexed in {result.seconds:.2f}s")
+
+
 def _size(size: int) -> str:
     return f"{size / 1024 / 1024:.2f} MiB" if size >= 1024 * 1024 else f"{size:,} bytes"
 

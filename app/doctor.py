@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import inspect, text
 
-from . import __version__, errors
+from . import __version__, _search_schema, errors
 from ._hints import command_hint, install_hint
 from ._search_report import search_report
 from ._sqlite_file import file_size, probe_sqlite_file, read_only
@@ -289,6 +289,7 @@ def _inspect_live(
         return
     for name, value in search_report(db):
         report.add(name, value)
+    _report_search_machinery(report, db)
     if verify_chain:
         check = store.verify_chain(
             progress=None if progress is None else (lambda done: progress(done, total))
@@ -302,6 +303,23 @@ def _inspect_live(
                 FAIL,
                 "restore from a backup, or find the writer that bypassed the layer",
             )
+
+
+def _report_search_machinery(report: Report, db: Database) -> None:
+    """The keyword index's triggers, tables and indexes: a migration that rebuilt the
+    blocks table may have dropped them, after which the index misses new blocks."""
+    with db.reading() as connection:
+        missing = _search_schema.problems(connection)
+    if not missing:
+        report.add("keyword index upkeep", "complete", OK)
+        return
+    report.add(
+        "keyword index upkeep",
+        "; ".join(missing),
+        FAIL,
+        "a migration rebuilt a table and dropped them: searches scan (slowly) and the index "
+        f"misses new blocks; run `{command_hint(db.url, 'reindex')}`",
+    )
 
 
 def _report_pragmas(report: Report, db: Database) -> None:

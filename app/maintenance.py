@@ -1,5 +1,5 @@
-"""Maintenance of a SQLite database: online backup and WAL checkpoint (the JSONL import is
-:mod:`app.jsonl_import`).
+"""Maintenance of a database: online backup and WAL checkpoint (SQLite), and the keyword
+index's rebuild (the JSONL import is :mod:`app.jsonl_import`).
 
 Each function takes an open :class:`~app.Database` and is safe while other threads and
 processes keep writing.
@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import errors
+from . import _keyword_index, errors
 from ._sqlite_file import create_file, file_size
 from .database import CHECKPOINT_MODES, Database
 
@@ -167,3 +167,24 @@ def checkpoint(db: Database, mode: str = "passive") -> CheckpointResult:
     before = _bytes(wal)
     busy, frames, done = db.checkpoint(mode)
     return CheckpointResult(mode.lower(), bool(busy), frames, done, before, _bytes(wal))
+
+
+# -- the keyword index -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    """A rebuilt keyword index: what of it was missing (and was restored) and how many
+    blocks were indexed (0 on PostgreSQL, whose indexes the server keeps)."""
+
+    restored: tuple[str, ...]
+    indexed: int
+    seconds: float
+
+
+def reindex(db: Database) -> ReindexResult:
+    """Restore whatever of the keyword index is missing and, on SQLite, index every block
+    afresh, in one write unit (see :meth:`~app.BlockStore.rebuild_search_index`)."""
+    started = time.monotonic()
+    restored, indexed = db.run_on_connection(_keyword_index.reindex)
+    return ReindexResult(tuple(restored), indexed, time.monotonic() - started)

@@ -21,8 +21,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection, Engine
 
-from . import errors
-from ._driver import UNIT_OPTION, UnitKind
+from . import _search_schema, errors
+from ._driver import UNIT_OPTION, UnitKind, raw_execute
 from ._hints import command_hint
 from .settings import Settings
 
@@ -66,6 +66,11 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 @functools.cache
 def _script() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
+
+
+def reset_script_cache() -> None:
+    """Read the migrations directory again (after revisions were added to it)."""
+    _script.cache_clear()
 
 
 def head_revision() -> str:
@@ -130,6 +135,57 @@ def _run(database: Migratable, action: object, revision: str) -> None:
         action(alembic_config(connection), revision)  # type: ignore[operator]
 
 
+@contextmanager
+def foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """Around a migration's transaction on SQLite: foreign keys off, and on again after.
+
+    Alembic's batch mode rebuilds a table by copying it, dropping the old one and renaming
+    the copy; with foreign keys on, dropping ``blocks`` while keyword rows point at it
+    fails. SQLite ignores the pragma inside a transaction, so it is set before the
+    migration's BEGIN; :func:`after_migrations` checks the keys before the commit. A
+    connection handed in already inside a transaction keeps its foreign keys on.
+    """
+    if connection.dialect.name != "sqlite" or connection.in_transaction():
+        yield
+        return
+    if not raw_execute(connection, "PRAGMA foreign_keys").fetchone()[0]:
+        yield
+        return
+    raw_execute(connection, "PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        try:
+            raw_execute(connection, "PRAGMA foreign_keys = ON")
+        except BaseException:
+            # A pooled connection must never go back with its foreign keys off.
+            connection.invalidate()
+            raise
+
+
+def after_migrations(connection: Connection) -> None:
+    """At the end of every migration, inside its transaction: check the foreign keys (they
+    were off, see :func:`foreign_keys_off`) and restore what the layer keeps beside the
+    models' tables that a migration may have dropped (the keyword index's triggers).
+
+    Raises:
+        IntegrityViolationError: the migration left rows whose foreign key points at no
+            row; the migration is rolled back.
+    """
+    if connection.dialect.name == "sqlite":
+        broken = raw_execute(connection, "PRAGMA foreign_key_check").fetchmany(5)
+        if broken:
+            shown = ", ".join(f"{row[0]} row {row[1]} -> {row[2]}" for row in broken)
+            raise errors.IntegrityViolationError(
+                f"the migration left rows whose foreign key points at no row ({shown}); it "
+                "was rolled back, nothing changed"
+            )
+    # Imported here: the keyword index is a layer above the schema.
+    from ._keyword_index import restore
+
+    restore(connection)
+
+
 def ensure_schema(database: Migratable) -> None:
     """Make sure the schema is the one this code expects.
 
@@ -140,6 +196,7 @@ def ensure_schema(database: Migratable) -> None:
     current = current_revision(database)
     expected = head_revision()
     if current == expected:
+        _check_search_machinery(database)
         return
     known = {r.revision for r in history()}
     if current is not None and current not in known:
@@ -155,6 +212,28 @@ def ensure_schema(database: Migratable) -> None:
         f"{database.url} is at schema revision {current or 'none'} but this code expects "
         f"{expected}: run `{command_hint(database.url, 'db', 'upgrade')}`"
     )
+
+
+def _check_search_machinery(database: Migratable) -> None:
+    """The keyword index may have lost its triggers to a migration of older code (or a
+    hand-made one): restore it when the database may be upgraded on open, else say so."""
+    with database.engine.connect() as connection:
+        missing = _search_schema.problems(connection)
+        connection.rollback()
+    if not missing:
+        return
+    if not database.settings.should_auto_upgrade:
+        log.warning(
+            "the keyword index of %s is incomplete (%s): searches scan meanwhile; run `%s`",
+            database.url,
+            "; ".join(missing),
+            command_hint(database.url, "reindex"),
+        )
+        return
+    from ._keyword_index import restore  # a layer above the schema
+
+    with write_connection(database) as connection, connection.begin():
+        restore(connection)
 
 
 def legacy_layout() -> MetaData:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from app.database import migration_database
 from app.models import Base
-from app.schema import write_connection
+from app.schema import after_migrations, foreign_keys_off, write_connection
 
 config = context.config
 
@@ -63,8 +63,12 @@ def _run_with(connection: Connection) -> None:
         transactional_ddl=True,
         compare_type=True,
     )
-    with context.begin_transaction():
+    # SQLite: foreign keys off around the transaction, so that batch mode can rebuild a
+    # table that others point at; checked, and the layer's own triggers restored (a
+    # rebuilt table loses them), before the commit.
+    with foreign_keys_off(connection), context.begin_transaction():
         context.run_migrations()
+        after_migrations(connection)
 
 
 def run_migrations_online() -> None:

@@ -1,0 +1,224 @@
+"""A user's own Alembic migration, in a clone of the project, on a database with blocks and
+keywords (the real database of the old class): upgrade and downgrade work, and keyword
+search still finds new blocks after both; what a migration dropped is reported by
+``app doctor`` and restored by ``app reindex`` or when the database is opened.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect
+
+from app import BlockStore, Database, schema
+from app.database import migration_database
+from app.doctor import FAIL, OK, diagnose
+from app.transfer import copy_database
+
+from .helpers import postgres_schema, require_backend, run_cli
+from .legacy_helpers import LEGACY_FIXTURE
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+#: A user's revision as ``alembic revision --autogenerate`` writes it for a new column on
+#: SQLite (batch mode), plus a column type change, which makes batch mode rebuild the table.
+USER_REVISION = '''"""blocks: a note per block
+
+Revision ID: 9001
+Revises: {head}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9001"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("blocks", schema=None, recreate="{recreate}") as batch_op:
+        batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("blocks", schema=None) as batch_op:
+        batch_op.drop_column("note")
+'''
+
+
+@pytest.fixture
+def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The project's migrations directory as a clone has it, where the user adds revisions."""
+    migrations = tmp_path / "clone" / "migrations"
+    shutil.copytree(ROOT / "migrations", migrations)
+    monkeypatch.setattr(schema, "migrations_dir", lambda: migrations)
+    schema.reset_script_cache()
+    yield migrations
+    monkeypatch.undo()
+    schema.reset_script_cache()
+
+
+def add_revision(migrations: Path, text: str) -> None:
+    (migrations / "versions" / "9001_blocks_note.py").write_text(text, encoding="utf-8")
+    schema.reset_script_cache()
+
+
+@pytest.fixture
+def url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The old class's database (240 blocks, 720 keywords) at the layer's head revision."""
+    if backend == "sqlite":
+        path = tmp_path / "memory.db"
+        shutil.copyfile(LEGACY_FIXTURE, path)
+        url = f"sqlite:///{path}"
+        Database(url).dispose()  # adopted and upgraded
+        yield url
+        return
+    source = tmp_path / "source.db"
+    shutil.copyfile(LEGACY_FIXTURE, source)
+    with postgres_schema("um_") as url:
+        Database(url, auto_upgrade=True).dispose()
+        assert copy_database(f"sqlite:///{source}", url).ok
+        yield url
+
+
+def migrate(url: str, action: str, revision: str) -> None:
+    with migration_database(url) as database, schema.write_connection(database) as connection:
+        getattr(command, action)(schema.alembic_config(connection), revision)
+
+
+def searchable(url: str, word: str, count: int) -> int:
+    """Append ``count`` blocks holding ``word`` and return how many a search finds."""
+    with Database(url) as db:
+        store = BlockStore(db)
+        for number in range(count):
+            store.append(f"{word} {number}", keywords=[f"{word}-kw"])
+        return len(store.search_keywords([word], limit=1000))
+
+
+def test_a_user_migration_up_and_down_keeps_search_whole(clone: Path, url: str) -> None:
+    up_and_down(clone, url, "auto")
+
+
+def test_a_user_migration_that_rebuilds_blocks_keeps_search_whole(
+    clone: Path, tmp_path: Path
+) -> None:
+    """Batch mode copies the table on SQLite (on PostgreSQL it alters it in place)."""
+    up_and_down(clone, sqlite_url(tmp_path), "always")
+
+
+def up_and_down(clone: Path, url: str, recreate: str) -> None:
+    head = schema.head_revision()
+    add_revision(clone, USER_REVISION.format(head=head, recreate=recreate))
+    migrate(url, "upgrade", "head")
+    with Database(url) as db:
+        assert schema.current_revision(db) == "9001"
+        with db.engine.connect() as connection:
+            assert "note" in {c["name"] for c in inspect(connection).get_columns("blocks")}
+        assert BlockStore(db).count() == 240
+    assert searchable(url, "aftermigration", 20) == 20
+    report = diagnose(url)
+    assert report.ok, [str(c) for c in report.problems]
+    assert any(c.name == "keyword index upkeep" and c.status == OK for c in report.checks)
+
+    migrate(url, "downgrade", head)  # rebuilds blocks: with keyword rows pointing at it
+    # The user takes the column out of the model again (or the Database would upgrade).
+    (clone / "versions" / "9001_blocks_note.py").unlink()
+    schema.reset_script_cache()
+    with Database(url) as db:
+        assert schema.current_revision(db) == head
+        store = BlockStore(db)
+        assert store.count() == 260 and store.verify_chain().ok
+        assert len(store.search_keywords(["aftermigration"], limit=1000)) == 20
+    assert searchable(url, "afterdowngrade", 20) == 20
+    assert diagnose(url).ok
+
+
+def test_a_migration_that_breaks_a_foreign_key_is_rolled_back(
+    clone: Path, url: str, backend: str
+) -> None:
+    head = schema.head_revision()
+    recreate = "always" if backend == "sqlite" else "auto"
+    breaking = USER_REVISION.format(head=head, recreate=recreate).replace(
+        """        batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))""",
+        """        batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))
+    op.execute("DELETE FROM blocks WHERE block_index = 5")""",
+    )
+    add_revision(clone, breaking)
+    with pytest.raises(Exception, match=r"foreign key|FOREIGN KEY|violates"):
+        migrate(url, "upgrade", "head")
+    with Database(url, check_schema=False) as db:
+        assert schema.current_revision(db) == head
+        assert BlockStore(db).count() == 240
+
+
+def drop_triggers(url: str) -> None:
+    """What a migration of older code left: the blocks table rebuilt without its triggers."""
+    with Database(url) as db, db.writing() as connection:
+        for name in ("search_pending_block_insert", "search_pending_block_update"):
+            connection.exec_driver_sql(f"DROP TRIGGER {name}")
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    path = tmp_path / "memory.db"
+    shutil.copyfile(LEGACY_FIXTURE, path)
+    url = f"sqlite:///{path}"
+    Database(url).dispose()
+    return url
+
+
+def test_doctor_names_missing_triggers_and_reindex_restores_them(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    drop_triggers(url)
+    with Database(url, auto_upgrade=False) as db:
+        store = BlockStore(db)
+        for number in range(20):
+            store.append(f"unnoticed {number}")
+        # Exact even now: without its triggers the index is not trusted, searches scan.
+        assert len(store.search_keywords(["unnoticed"], limit=100)) == 20
+    report = diagnose(url)
+    assert not report.ok
+    (check,) = [c for c in report.checks if c.name == "keyword index upkeep"]
+    assert check.status == FAIL and "search_pending_block_insert" in check.value
+    assert "reindex" in check.advice
+    result = run_cli("--url", url, "reindex")
+    assert result.exit_code == 0, result.output
+    assert "restored trigger search_pending_block_insert" in result.output
+    assert "260 blocks indexed" in result.output
+    assert diagnose(url).ok
+    assert searchable(url, "afterwards", 5) == 5
+
+
+def test_opening_the_database_restores_missing_triggers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = sqlite_url(tmp_path)
+    drop_triggers(url)
+    with Database(url, auto_upgrade=False) as db:
+        BlockStore(db).append("written while the triggers were missing")
+    with Database(url) as db:  # auto_upgrade: on by default on SQLite
+        assert "restored the keyword index" in caplog.text
+        assert len(BlockStore(db).search_keywords(["missing"])) == 1
+    assert diagnose(url).ok
+
+
+@pytest.mark.postgres
+def test_doctor_and_reindex_restore_a_dropped_trigram_index(tmp_path: Path) -> None:
+    require_backend("postgres")
+    with postgres_schema("um_") as url:
+        with Database(url, auto_upgrade=True) as db:
+            BlockStore(db).append("something to find", keywords=["find"])
+            with db.writing() as connection:
+                connection.exec_driver_sql("DROP INDEX ix_blocks_context_trgm")
+        report = diagnose(url)
+        (check,) = [c for c in report.checks if c.name == "keyword index upkeep"]
+        assert check.status == FAIL and "ix_blocks_context_trgm" in check.value
+        result = run_cli("--url", url, "reindex")
+        assert result.exit_code == 0, result.output
+        assert "restored index ix_blocks_context_trgm" in result.output
+        assert diagnose(url).ok
