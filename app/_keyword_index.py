@@ -29,12 +29,12 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
-from . import _search_schema, errors
+from . import _search_schema, errors, schema
 from ._driver import raw_execute
 
 if TYPE_CHECKING:
@@ -313,31 +313,34 @@ def drain(connection: Connection, batch: int = DRAIN_BATCH) -> int:
     return len(rows)
 
 
-def restore(connection: Connection) -> list[str]:
-    """Put back whatever of the keyword index is missing (its tables, triggers or indexes:
-    see ``_search_schema``) inside the caller's write transaction; on SQLite the index is
-    then rebuilt from the rows, since blocks written meanwhile were never noted for it.
+def restore(connection: Connection, applied: Collection[str]) -> list[str]:
+    """Put back whatever of the search indexes is missing (see ``_search_schema``) inside
+    the caller's write transaction; on SQLite the keyword index is then rebuilt from the
+    rows, since blocks written meanwhile were never noted for it.
+
+    Args:
+        applied: the revisions the database is at or past.
 
     Returns:
         What was missing ([] when nothing was, and nothing was done).
     """
-    missing = _search_schema.restore_objects(connection)
+    missing = _search_schema.restore_objects(connection, applied)
     if missing:
-        if connection.dialect.name == "sqlite":
+        if connection.dialect.name == "sqlite" and sqlite_index_ready(connection):
             rebuild(connection)
-        log.warning("restored the keyword index: %s", "; ".join(missing))
+        log.warning("restored the search indexes: %s", "; ".join(missing))
     return missing
 
 
 def reindex(connection: Connection) -> tuple[list[str], int]:
-    """Restore what is missing of the keyword index and, on SQLite, index every block
-    afresh (inside the caller's write transaction).
+    """Restore what is missing of the search indexes and, on SQLite, index every block
+    afresh in the keyword index (inside the caller's write transaction).
 
     Returns:
         What was missing, and how many blocks were indexed (0 on PostgreSQL, whose indexes
         the server keeps).
     """
-    missing = _search_schema.restore_objects(connection)
+    missing = _search_schema.restore_objects(connection, schema.applied_revisions(connection))
     indexed = 0
     if connection.dialect.name == "sqlite" and sqlite_index_ready(connection):
         indexed = rebuild(connection)

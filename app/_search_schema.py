@@ -1,12 +1,16 @@
 """What the layer keeps in a database beside the models' tables, and how to put it back.
 
+Two search indexes: the keyword index of revision 0003 and the timestamp index of 0004.
+
 Revision 0003 made the keyword index: on SQLite two FTS5 tables, the plain table
 ``search_pending`` and four triggers on ``blocks`` and ``block_keywords`` that note every
 new or changed block there (see ``_keyword_index``); on PostgreSQL two trigram indexes.
-None of them is in the models, so a user's own migration can lose them without a word:
-Alembic's batch mode on SQLite rebuilds a table by copying it into a new one, and the
-triggers of the old table go with it. Searches would then never find the blocks written
-afterwards.
+Revision 0004 indexes ``blocks`` by the instant of its timestamp (an expression index;
+on PostgreSQL through the function ``app_timestamp_key``). None of them is in the models,
+so a user's own migration can lose them without a word: Alembic's batch mode on SQLite
+rebuilds a table by copying it into a new one, and the triggers of the old table, and the
+indexes SQLAlchemy cannot reflect, go with it. Keyword searches would then never find the
+blocks written afterwards, and time windows would read the whole table.
 
 So the migration environment restores them after every migration, inside its transaction
 (``_keyword_index.restore``, which also re-indexes the rows); :func:`~app.schema.ensure_schema`
@@ -18,9 +22,12 @@ keeps its own copy).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy.engine import Connection
 
 from ._driver import raw_execute
+from ._time_window import POSTGRES_KEY, SQLITE_KEY
 
 FTS_TABLES = ("search_context_fts", "search_keyword_fts")
 PENDING_TABLE = "search_pending"
@@ -40,12 +47,50 @@ PG_INDEXES = {
     "ix_blocks_context_trgm": ("blocks", "context"),
     "ix_block_keywords_keyword_trgm": ("block_keywords", "keyword"),
 }
+INSTANT_INDEX = "ix_blocks_instant"
+INSTANT_REVISION = "0004"
+#: As revision 0004 created it (the revision keeps its own copy).
+POSTGRES_KEY_FUNCTION = r"""
+CREATE FUNCTION app_timestamp_key(value text) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+SELECT CASE
+    WHEN value !~ ('^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])'
+            '(?:[T ]([01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?)?'
+            '(?: ?(Z|[+-](0\d|1[0-5])(?::?[0-5]\d)?))?$')
+        THEN NULL
+    WHEN substr(value, 1, 4) = '0000' THEN NULL
+    WHEN substr(value, 9, 2)::int > CASE
+        WHEN substr(value, 6, 2) IN ('04', '06', '09', '11') THEN 30
+        WHEN substr(value, 6, 2) <> '02' THEN 31
+        WHEN substr(value, 1, 4)::int % 400 = 0
+            OR (substr(value, 1, 4)::int % 4 = 0 AND substr(value, 1, 4)::int % 100 <> 0)
+            THEN 29
+        ELSE 28 END
+        THEN NULL
+    WHEN length(value) > 10 AND value ~ '(Z|[+-]\d\d(?::?\d\d)?)$'
+        THEN extract(epoch FROM value::timestamptz)
+    ELSE extract(epoch FROM value::timestamp)
+END
+$fn$
+"""
 
 
-def problems(connection: Connection) -> list[str]:
-    """What is missing of the keyword index that the database should have ([] when whole,
-    or when the database never had one: before revision 0003, no FTS5 trigram tokenizer, no
-    pg_trgm)."""
+def problems(connection: Connection, applied: Collection[str]) -> list[str]:
+    """What is missing of the search indexes the database should have ([] when whole).
+
+    Args:
+        applied: the revisions the database is at or past (see
+            :func:`~app.schema.applied_revisions`). The keyword index counts as made when
+            part of it is there (revision 0003 made none without FTS5's trigram tokenizer
+            or pg_trgm).
+    """
+    missing = _keyword_problems(connection)
+    if INSTANT_REVISION in applied and INSTANT_INDEX not in _indexes(connection):
+        missing.append(f"index {INSTANT_INDEX} is missing")
+    return missing
+
+
+def _keyword_problems(connection: Connection) -> list[str]:
     if connection.dialect.name == "sqlite":
         present = _sqlite_names(connection)
         if not any(table in present for table in FTS_TABLES):
@@ -56,22 +101,24 @@ def problems(connection: Connection) -> list[str]:
         return missing
     if not _pg_trgm_schema(connection):
         return []
-    present = _pg_indexes(connection)
+    present = _indexes(connection) & set(PG_INDEXES)
     if not present:
         return []  # revision 0003 made none (pg_trgm came later): nothing was lost
     return [f"index {name} is missing" for name in PG_INDEXES if name not in present]
 
 
-def restore_objects(connection: Connection) -> list[str]:
+def restore_objects(connection: Connection, applied: Collection[str]) -> list[str]:
     """Create what :func:`problems` finds missing, inside the caller's write transaction
     (the index's contents are ``_keyword_index.restore``'s job).
 
     Returns:
         What was missing.
     """
-    missing = problems(connection)
+    missing = problems(connection, applied)
     if not missing:
         return []
+    if any(INSTANT_INDEX in problem for problem in missing):
+        _restore_instant_index(connection)
     if connection.dialect.name == "sqlite":
         present = _sqlite_names(connection)
         if PENDING_TABLE not in present:
@@ -89,9 +136,9 @@ def restore_objects(connection: Connection) -> list[str]:
                 raw_execute(
                     connection, f"CREATE TRIGGER {name} {when} {_NOT_PENDING} BEGIN {_REMEMBER} END"
                 )
-    else:
+    elif any("_trgm" in problem for problem in missing):
         schema = _pg_trgm_schema(connection)
-        present = _pg_indexes(connection)
+        present = _indexes(connection)
         for name, (table, column) in PG_INDEXES.items():
             if name not in present:
                 raw_execute(
@@ -118,10 +165,28 @@ def _pg_trgm_schema(connection: Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _pg_indexes(connection: Connection) -> set[str]:
-    rows = raw_execute(
+def _restore_instant_index(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        raw_execute(
+            connection, f"CREATE INDEX {INSTANT_INDEX} ON blocks ({SQLITE_KEY}, block_index)"
+        )
+        return
+    found = raw_execute(
         connection,
-        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
-        "AND indexname IN ('ix_blocks_context_trgm', 'ix_block_keywords_keyword_trgm')",
-    )
+        "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.proname = 'app_timestamp_key' AND n.nspname = current_schema()",
+    ).fetchone()
+    if found is None:
+        raw_execute(connection, POSTGRES_KEY_FUNCTION)
+    raw_execute(connection, f"CREATE INDEX {INSTANT_INDEX} ON blocks ({POSTGRES_KEY}, block_index)")
+
+
+def _indexes(connection: Connection) -> set[str]:
+    """The names of the indexes on the block tables (in the current schema)."""
+    if connection.dialect.name == "sqlite":
+        rows = raw_execute(connection, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    else:
+        rows = raw_execute(
+            connection, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        )
     return {row[0] for row in rows}

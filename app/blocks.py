@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 
-from . import _hybrid, _keyword_index, _vector_cache, _vector_scores, errors
+from . import _hybrid, _keyword_index, _time_window, _vector_cache, _vector_scores, errors
 from ._append_batcher import AppendBatcher
 from ._block_arguments import (
     SORT_COLUMNS,
@@ -83,6 +83,8 @@ class BlockStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.short_term = ShortTermMemories(db)
+        # The zone of timestamps written without an offset (time windows read them in it).
+        self._zone = _time_window.zone_of(db.settings.timezone)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -268,9 +270,10 @@ class BlockStore:
         return _keyword_index.catch_up(self.db, wait=True) if ready else 0
 
     def rebuild_search_index(self) -> int:
-        """Rebuild the keyword index: put back whatever of it is missing (on SQLite its
-        triggers and tables, which a migration that rebuilt ``blocks`` may have dropped; on
-        PostgreSQL its trigram indexes) and, on SQLite, index every block afresh.
+        """Rebuild the search indexes: put back whatever of them is missing (the keyword
+        index's triggers and tables and the timestamp index, which a migration that rebuilt
+        ``blocks`` may have dropped; on PostgreSQL the indexes) and, on SQLite, put every
+        block in the keyword index afresh.
 
         Searches stay exact without it; ``app doctor`` says when it is needed, and
         ``app reindex`` runs it.
@@ -299,14 +302,26 @@ class BlockStore:
     def date_range(
         self, start: str | datetime, end: str | datetime, *, limit: int = 100
     ) -> list[BlockRecord]:
-        """Blocks with ``start <= timestamp <= end`` (ISO strings or datetimes), newest first.
+        """Blocks stamped from ``start`` to ``end`` inclusive (ISO strings or datetimes,
+        with or without a UTC offset), newest first.
 
-        Timestamps are compared as text (ISO-8601 strings of one form sort in time order).
+        Instants are compared, whatever zone each timestamp was written in: one without an
+        offset is a time in ``Settings.timezone`` (the local zone by default). A stored
+        timestamp that is not ISO-8601 is compared as text, as the old class did.
         """
         return self._date_range(check_timestamp(start, "start"), check_timestamp(end, "end"), limit)
 
     def _date_range(self, low: str, high: str | None, limit: Any) -> list[BlockRecord]:
-        """``date_range`` with checked bounds (the facade passes any text, as before)."""
+        """``date_range`` with checked bounds (the facade passes any text, as before: a
+        bound that is not ISO-8601 makes the whole window compare text)."""
+        count = check_limit(limit)
+        zone = self._zone
+        low_end = _time_window.bound(low, zone)
+        high_end = None if high is None else _time_window.bound(high, zone)
+        if low_end is not None and (high is None or high_end is not None):
+            with self.db.reading() as connection:
+                found = _time_window.window(connection, low_end, high_end, count, zone)
+                return load_records(connection, found)
         bounds = [blocks_table.c.timestamp >= low]
         if high is not None:
             bounds.append(blocks_table.c.timestamp <= high)
@@ -315,10 +330,11 @@ class BlockStore:
             .where(*bounds)
             .order_by(blocks_table.c.timestamp.desc(), blocks_table.c.block_index.desc())
         )
-        return self._load(query.limit(check_limit(limit)))
+        return self._load(query.limit(count))
 
     def since(self, timestamp: str | datetime, *, limit: int = 100) -> list[BlockRecord]:
-        """Blocks stamped at or after ``timestamp``, newest first."""
+        """Blocks stamped at or after ``timestamp``, newest first (instants compared, as
+        :meth:`date_range` does)."""
         return self._since(check_timestamp(timestamp), limit)
 
     def _since(self, low: str, limit: Any) -> list[BlockRecord]:

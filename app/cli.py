@@ -552,8 +552,8 @@ def checkpoint(options: Options, mode: str) -> None:
 @url_option
 @click.pass_obj
 def reindex(options: Options) -> None:
-    """Rebuild the keyword index: restore its triggers and tables (a migration that
-    rebuilt the blocks table drops them) and index every block afresh."""
+    """Rebuild the search indexes: restore what of them is missing (a migration that
+    rebuilt the blocks table drops triggers and indexes) and index every block afresh."""
     from .maintenance import reindex as run_reindex
 
     # No upgrade on open, which would restore what is missing before the command sees it.

@@ -169,7 +169,7 @@ def checkpoint(db: Database, mode: str = "passive") -> CheckpointResult:
     return CheckpointResult(mode.lower(), bool(busy), frames, done, before, _bytes(wal))
 
 
-# -- the keyword index -----------------------------------------------------------------------
+# -- the search indexes ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class ReindexResult:
 
 
 def reindex(db: Database) -> ReindexResult:
-    """Restore whatever of the keyword index is missing and, on SQLite, index every block
+    """Restore whatever of the search indexes is missing and, on SQLite, index every block
     afresh, in one write unit (see :meth:`~app.BlockStore.rebuild_search_index`)."""
     started = time.monotonic()
     restored, indexed = db.run_on_connection(_keyword_index.reindex)

@@ -110,6 +110,18 @@ def write_connection(database: Migratable) -> Iterator[Connection]:
         yield connection.execution_options(**{UNIT_OPTION: UnitKind.WRITE.value})
 
 
+def applied_revisions(connection: Connection) -> set[str]:
+    """The revisions the connection's database is at or past (empty before any; every
+    revision this code knows when it is at one it does not know, made by newer code)."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    if not current:
+        return set()
+    known = {r.revision for r in history()}
+    if not set(current) <= known:
+        return known
+    return {r.revision for r in _script().iterate_revisions(current, "base")}
+
+
 def current_revision(database: Migratable) -> str | None:
     """The revision recorded in the database, or None (empty or legacy database)."""
     with database.engine.connect() as connection:
@@ -166,7 +178,8 @@ def foreign_keys_off(connection: Connection) -> Iterator[None]:
 def after_migrations(connection: Connection) -> None:
     """At the end of every migration, inside its transaction: check the foreign keys (they
     were off, see :func:`foreign_keys_off`) and restore what the layer keeps beside the
-    models' tables that a migration may have dropped (the keyword index's triggers).
+    models' tables that a migration may have dropped (the search indexes' triggers and
+    expression index: see ``_search_schema``).
 
     Raises:
         IntegrityViolationError: the migration left rows whose foreign key points at no
@@ -183,7 +196,7 @@ def after_migrations(connection: Connection) -> None:
     # Imported here: the keyword index is a layer above the schema.
     from ._keyword_index import restore
 
-    restore(connection)
+    restore(connection, applied_revisions(connection))
 
 
 def ensure_schema(database: Migratable) -> None:
@@ -218,13 +231,14 @@ def _check_search_machinery(database: Migratable) -> None:
     """The keyword index may have lost its triggers to a migration of older code (or a
     hand-made one): restore it when the database may be upgraded on open, else say so."""
     with database.engine.connect() as connection:
-        missing = _search_schema.problems(connection)
+        missing = _search_schema.problems(connection, applied_revisions(connection))
         connection.rollback()
     if not missing:
         return
     if not database.settings.should_auto_upgrade:
         log.warning(
-            "the keyword index of %s is incomplete (%s): searches scan meanwhile; run `%s`",
+            "the search indexes of %s are incomplete (%s): searches read the whole table "
+            "meanwhile; run `%s`",
             database.url,
             "; ".join(missing),
             command_hint(database.url, "reindex"),
@@ -233,7 +247,7 @@ def _check_search_machinery(database: Migratable) -> None:
     from ._keyword_index import restore  # a layer above the schema
 
     with write_connection(database) as connection, connection.begin():
-        restore(connection)
+        restore(connection, applied_revisions(connection))
 
 
 def legacy_layout() -> MetaData:

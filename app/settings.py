@@ -85,6 +85,11 @@ class Settings:
             the other writers. Old code often swallows such an error and never commits; a
             thread that goes on, commits or rolls back within this time keeps it as usual.
             A transaction whose failed statement was its first write ends at once.
+        timezone: the time zone of timestamps written without a UTC offset (what
+            ``datetime.now().isoformat()`` writes, the old class's default), as an IANA name
+            such as ``Asia/Seoul``; ``None`` means this process's local zone. Time windows
+            (``since``, ``date_range``) compare instants, reading such timestamps, and
+            bounds without an offset, in this zone.
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
@@ -120,6 +125,7 @@ class Settings:
     max_units_per_commit: int = 64
     vector_cache_limit: int = 1024 * 1024 * 1024
     failed_write_grace: float = 1.0
+    timezone: str | None = None
     single_connection: bool = False
     echo: bool = False
     replicas: tuple[str, ...] = ()
@@ -157,6 +163,8 @@ class Settings:
         object.__setattr__(self, "journal_mode", self.journal_mode.lower())
         object.__setattr__(self, "synchronous", self.synchronous.lower())
         object.__setattr__(self, "replicas", self._checked_replicas())
+        if self.timezone is not None:
+            _check_zone(self.timezone)
         if not isinstance(self.create, bool):
             raise ConfigurationError(f"create must be True or False, got {self.create!r}")
         if not isinstance(self.file_mode, int) or not 0 <= self.file_mode <= 0o777:
@@ -374,6 +382,18 @@ def _postgres_url(url: URL) -> URL:
             f"{shown} needs psycopg 3, which is not installed: {install_hint('postgres')}"
         )
     return url
+
+
+def _check_zone(name: Any) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(
+            f"timezone must be an IANA time zone name such as 'Asia/Seoul' or 'UTC' (or "
+            f"unset for this process's local zone), got {name!r}"
+        ) from None
 
 
 def _at_least(name: str, value: Any, minimum: float) -> None:

@@ -396,7 +396,7 @@ def test_cli_upgrade_stress_and_doctor(db_url: str) -> None:
     runner = CliRunner()
     upgraded = runner.invoke(cli, ["--url", db_url, "db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "none -> 0003 (head)" in upgraded.output
+    assert "none -> 0004 (head)" in upgraded.output
     stressed = runner.invoke(
         cli, ["--url", db_url, "stress", "-t", "8", "-n", "400", "-r", "1", "--json"]
     )

@@ -124,7 +124,7 @@ def up_and_down(clone: Path, url: str, recreate: str) -> None:
     assert searchable(url, "aftermigration", 20) == 20
     report = diagnose(url)
     assert report.ok, [str(c) for c in report.problems]
-    assert any(c.name == "keyword index upkeep" and c.status == OK for c in report.checks)
+    assert any(c.name == "search indexes" and c.status == OK for c in report.checks)
 
     migrate(url, "downgrade", head)  # rebuilds blocks: with keyword rows pointing at it
     # The user takes the column out of the model again (or the Database would upgrade).
@@ -183,7 +183,7 @@ def test_doctor_names_missing_triggers_and_reindex_restores_them(tmp_path: Path)
         assert len(store.search_keywords(["unnoticed"], limit=100)) == 20
     report = diagnose(url)
     assert not report.ok
-    (check,) = [c for c in report.checks if c.name == "keyword index upkeep"]
+    (check,) = [c for c in report.checks if c.name == "search indexes"]
     assert check.status == FAIL and "search_pending_block_insert" in check.value
     assert "reindex" in check.advice
     result = run_cli("--url", url, "reindex")
@@ -202,7 +202,7 @@ def test_opening_the_database_restores_missing_triggers(
     with Database(url, auto_upgrade=False) as db:
         BlockStore(db).append("written while the triggers were missing")
     with Database(url) as db:  # auto_upgrade: on by default on SQLite
-        assert "restored the keyword index" in caplog.text
+        assert "restored the search indexes" in caplog.text
         assert len(BlockStore(db).search_keywords(["missing"])) == 1
     assert diagnose(url).ok
 
@@ -216,7 +216,7 @@ def test_doctor_and_reindex_restore_a_dropped_trigram_index(tmp_path: Path) -> N
             with db.writing() as connection:
                 connection.exec_driver_sql("DROP INDEX ix_blocks_context_trgm")
         report = diagnose(url)
-        (check,) = [c for c in report.checks if c.name == "keyword index upkeep"]
+        (check,) = [c for c in report.checks if c.name == "search indexes"]
         assert check.status == FAIL and "ix_blocks_context_trgm" in check.value
         result = run_cli("--url", url, "reindex")
         assert result.exit_code == 0, result.output
