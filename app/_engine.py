@@ -20,7 +20,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePoo
 from . import errors
 from ._driver import UNIT_OPTION, UnitKind, reopen_if_read_only
 from ._postgres_hooks import install_postgres_hooks
-from ._sqlite_file import prepare_sqlite_file
+from ._sqlite_file import check_file_to_read, prepare_sqlite_file, read_only_url
 from ._sqlite_hooks import install_sqlite_hooks
 from .settings import Settings
 
@@ -58,16 +58,23 @@ def _sqlite_engine(settings: Settings) -> Engine:
         )
     path = settings.sqlite_path
     assert path is not None
-    prepare_sqlite_file(path, settings.file_mode, create=settings.create, url=settings.safe_url())
+    url = settings.parsed_url
+    if settings.read_only:
+        check_file_to_read(path, url=settings.safe_url())
+        url = read_only_url(path, immutable=settings.immutable)
+    else:
+        prepare_sqlite_file(
+            path, settings.file_mode, create=settings.create, url=settings.safe_url()
+        )
     if settings.single_connection:
         return create_engine(
-            settings.parsed_url,
+            url,
             poolclass=StaticPool,
             connect_args=connect_args,
             echo=settings.echo,
         )
     return create_engine(
-        settings.parsed_url,
+        url,
         poolclass=QueuePool,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -131,5 +138,17 @@ def _install_common_hooks(engine: Engine, settings: Settings) -> None:
         translated = errors.translate(
             context.original_exception, database=database, read_unit=read_unit
         )
+        if settings.read_only and isinstance(translated, errors.ReadOnlyDatabaseError):
+            # Opened read-only, and SQLite still could not read: a WAL-mode file needs its
+            # -shm file, which a read-only directory or mount cannot hold.
+            translated = errors.ReadOnlyDatabaseError(
+                f"{database} cannot be read in read-only mode ({context.original_exception}): "
+                "it is in WAL mode, and its -wal/-shm files are missing and cannot be made "
+                "in its directory. If nothing writes to the file while it is open, open it "
+                "with immutable=True (APP_IMMUTABLE=true, or ?immutable=1 in the URL); else "
+                "make the directory writable, or read a copy"
+            )
+            translated.__cause__ = context.original_exception
+            return translated
         reopen_if_read_only(conn, translated)
         return translated

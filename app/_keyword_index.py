@@ -398,8 +398,8 @@ def catch_up(db: Database, *, wait: bool) -> int:
 def catch_up_quietly(db: Database) -> None:
     """:func:`catch_up` after a search: a failure (a read-only file, a busy database) is
     logged and left for the next search, whose results stay exact meanwhile."""
-    if db.in_write_unit():
-        return  # inside the caller's unit: not this search's work to commit
+    if db.in_write_unit() or db.settings.read_only:
+        return  # inside the caller's unit (not this search's work to commit), or read-only
     try:
         catch_up(db, wait=False)
     except errors.AppError as exc:

@@ -13,6 +13,8 @@ import os
 import sqlite3
 from urllib.parse import quote
 
+from sqlalchemy.engine import URL
+
 from . import errors
 from ._hints import command_hint
 
@@ -98,12 +100,51 @@ def _check_existing_file(target: str) -> None:
         # Refused before any probe: a read-only WAL database would be left with -wal and
         # -shm files that the probe cannot remove.
         raise errors.ReadOnlyDatabaseError(
-            f"database file {target} is read-only: make it writable by this user "
-            "(for example chmod u+w) or point the URL at a writable copy"
+            f"database file {target} is read-only for this process: to read it, open it "
+            "with read_only=True (APP_READ_ONLY=true, or ?mode=ro in the URL; on read-only "
+            "media or in a directory this process cannot write, also immutable=True); to "
+            "write to it, make it writable by this user"
         )
     problem = probe_sqlite_file(target)
     if isinstance(problem, errors.AppError):
         raise problem
+
+
+def check_file_to_read(path: str, *, url: str) -> None:
+    """Check an existing database file that is opened read-only (nothing is created).
+
+    Raises:
+        DatabaseUnavailableError: it does not exist, or cannot be read.
+        ConfigurationError: the path is a directory.
+        NotADatabaseError, CorruptDatabaseError: it is not a healthy SQLite database.
+    """
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise errors.ConfigurationError(f"database path {target} is a directory; give a file path")
+    if not os.path.exists(target):
+        raise errors.DatabaseUnavailableError(
+            f"the database file {target} does not exist (it was to be opened read-only, so "
+            f"nothing was created): check the URL {url}"
+        )
+    if not os.access(target, os.R_OK):
+        raise errors.DatabaseUnavailableError(
+            f"cannot read database file {target}; check its permissions"
+        )
+    if os.path.getsize(target) == 0:
+        raise errors.NotADatabaseError(
+            f"{target} is empty: there is no database to read (it was opened read-only)"
+        )
+    problem = probe_sqlite_file(target)
+    if isinstance(problem, errors.AppError):
+        raise problem
+
+
+def read_only_url(path: str, *, immutable: bool) -> URL:
+    """The SQLAlchemy URL that opens ``path`` in SQLite's read-only mode (a URI filename)."""
+    query = {"mode": "ro", "uri": "true"}
+    if immutable:
+        query["immutable"] = "1"
+    return URL.create("sqlite", database=f"file:{quote(os.path.abspath(path))}", query=query)
 
 
 def probe_sqlite_file(target: str) -> errors.AppError | bool:
@@ -172,10 +213,11 @@ def create_file(path: str, mode: int) -> None:
         os.close(fd)
 
 
-def read_only(path: str, timeout: float = 5.0) -> sqlite3.Connection:
+def read_only(path: str, timeout: float = 5.0, *, immutable: bool = False) -> sqlite3.Connection:
     """A sqlite3 connection that never writes the database file (``mode=ro``); a WAL-mode
-    file still gets its -wal and -shm companions if they are absent, as for any reader."""
-    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    file still gets its -wal and -shm companions if they are absent, as for any reader,
+    unless ``immutable`` (no locks, no companions: for files nothing writes)."""
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro" + ("&immutable=1" if immutable else "")
     return sqlite3.connect(uri, uri=True, timeout=timeout)
 
 

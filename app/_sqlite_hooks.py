@@ -58,7 +58,7 @@ def install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
         try:
             # busy_timeout first: switching to WAL needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
-            if file_database and not settings.single_connection:
+            if file_database and not settings.single_connection and not settings.read_only:
                 mode = cursor.execute(f"PRAGMA journal_mode = {settings.journal_mode}").fetchone()
                 answered = str(mode[0]).lower() if mode else ""
                 # SQLite reports a failed switch by answering the old mode, not by raising.
@@ -74,7 +74,7 @@ def install_sqlite_hooks(engine: Engine, settings: Settings) -> None:
             cursor.close()
         if path is not None:
             record.info["file_id"] = file_id(path)
-            if not os.access(path, os.W_OK):
+            if not settings.read_only and not os.access(path, os.W_OK):
                 record.info[OPENED_READ_ONLY] = True  # SQLite fell back to read-only
 
     @event.listens_for(engine, "begin")

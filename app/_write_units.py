@@ -53,6 +53,7 @@ class WriteUnits(UnitHost):
         interrupted after the commit can still tell that it was committed.
         """
         self._check_open()
+        self.check_writable()
         unit = self._unit()
         session = self.session()
         if unit is not None:
@@ -202,6 +203,19 @@ class WriteUnits(UnitHost):
         if self._replicas is not None:
             self._replicas.note_commit(None)
 
+    def check_writable(self) -> None:
+        """Refuse a write to a database opened read-only, before anything starts.
+
+        Raises:
+            ReadOnlyDatabaseError: ``read_only`` (or ``immutable``) is set.
+        """
+        if self.settings.read_only:
+            raise errors.ReadOnlyDatabaseError(
+                f"{self.url} was opened read-only (read_only=True, ?mode=ro or immutable): "
+                "writes are refused and nothing was written; open it without read_only to "
+                "write to it"
+            )
+
     def check_may_wait_for_turn(self) -> None:
         """Refuse, up front, to wait for the write turn in a thread that holds it.
 
@@ -218,6 +232,7 @@ class WriteUnits(UnitHost):
 
     def _take_turn_for_session(self) -> None:
         """The thread's Session writes outside a unit (see ``_sessions``)."""
+        self.check_writable()
         self.check_may_wait_for_turn()
         deadline = time.monotonic() + self.settings.retry_deadline
         self._record_wait(self._side.take_turn(deadline, None, self.url))

@@ -360,6 +360,7 @@ class Database(WriteUnits, ReadUnits):
             )
         if not self.settings.is_sqlite:
             raise errors.ConfigurationError(f"checkpoints are a SQLite feature; {self.url} is not")
+        self.check_writable()
         if self._unit() is not None:
             raise errors.TransactionStateError(
                 "cannot checkpoint inside a unit of work: it would wait for the unit itself"

@@ -101,10 +101,22 @@ def diagnose(
         carry_on, file_mode = _inspect_file(report, settings, path)
         if not carry_on:
             return report
+        if not settings.read_only and not os.access(path, os.W_OK):
+            # The application would be refused at open; the doctor, which only looks, goes
+            # on in read-only mode.
+            overrides["read_only"] = True
+            report.add(
+                "access",
+                "the file is read-only for this process (checked on in read-only mode)",
+                FAIL,
+                "make it writable by the application's user, or, if it is only to be read, "
+                "open it with read_only=True (?mode=ro in the URL)",
+            )
         if file_mode is not None and file_mode != settings.journal_mode:
             # Opening with the configured mode would switch the file's journal mode, a
             # lasting change: the doctor only looks, so it keeps the file's mode.
             overrides["journal_mode"] = file_mode
+        if overrides.get("journal_mode") and not (settings.read_only or "read_only" in overrides):
             report.add(
                 "journal mode",
                 f"the file is in {file_mode} mode; the application switches it to "
@@ -142,8 +154,8 @@ def _mib(size: int | None) -> str:
 
 
 @contextmanager
-def _read_only(path: str) -> Iterator[sqlite3.Connection]:
-    with closing(read_only(path)) as conn:
+def _read_only(path: str, immutable: bool) -> Iterator[sqlite3.Connection]:
+    with closing(read_only(path, immutable=immutable)) as conn:
         yield conn
 
 
@@ -191,9 +203,19 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
         )
         return False, None
     try:
-        with _read_only(path) as conn:
+        with _read_only(path, settings.immutable) as conn:
             return _inspect_read_only(report, settings, conn)
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+            report.add(
+                "access",
+                f"cannot read the file without writing next to it: {exc}",
+                FAIL,
+                "it is in WAL mode and its -shm file cannot be made in its directory: if "
+                "nothing writes to it, check it with ?immutable=1 in the URL (or "
+                "APP_IMMUTABLE=true); else make the directory writable",
+            )
+            return False, None
         report.add(
             "quick_check",
             f"cannot read the file: {exc}",

@@ -36,6 +36,7 @@ class Migratable(Protocol):
     engine: Engine
 
     def exclusive_turn(self) -> AbstractContextManager[None]: ...
+    def check_writable(self) -> None: ...
 
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,12 @@ def history() -> list[Revision]:
 
 @contextmanager
 def write_connection(database: Migratable) -> Iterator[Connection]:
-    """A connection whose transaction is a write unit, taken in this process's turn order."""
+    """A connection whose transaction is a write unit, taken in this process's turn order.
+
+    Raises:
+        ReadOnlyDatabaseError: the database was opened read-only.
+    """
+    database.check_writable()
     with database.exclusive_turn(), database.engine.connect() as connection:
         yield connection.execution_options(**{UNIT_OPTION: UnitKind.WRITE.value})
 
@@ -217,6 +223,9 @@ def ensure_schema(database: Migratable) -> None:
             f"{database.url} is at schema revision {current!r}, which this code does not know "
             f"(it expects {expected!r}): it was migrated by a newer version; upgrade the package"
         )
+    if database.settings.read_only:
+        _check_readable_schema(database, current)
+        return
     if database.settings.should_auto_upgrade:
         log.info("upgrading %s from %s to %s", database.url, current or "nothing", expected)
         upgrade(database)
@@ -227,9 +236,31 @@ def ensure_schema(database: Migratable) -> None:
     )
 
 
+def _check_readable_schema(database: Migratable, current: str | None) -> None:
+    """A database opened read-only is read at any revision this code knows, or as the old
+    class left it (the later revisions add indexes only); it needs the legacy tables."""
+    with database.engine.connect() as connection:
+        missing = [t for t in legacy_layout().tables if not inspect(connection).has_table(t)]
+        connection.rollback()
+    if missing:
+        raise errors.SchemaOutOfDateError(
+            f"{database.url} has no {', '.join(sorted(missing))} table: there is no block store "
+            "to read (it was opened read-only, so nothing was created)"
+        )
+    log.info(
+        "reading %s read-only at schema revision %s (this code's is %s): searches read "
+        "without the indexes of the later revisions",
+        database.url,
+        current or "none (the old class's)",
+        head_revision(),
+    )
+
+
 def _check_search_machinery(database: Migratable) -> None:
     """The keyword index may have lost its triggers to a migration of older code (or a
     hand-made one): restore it when the database may be upgraded on open, else say so."""
+    if database.settings.read_only:
+        return  # nothing may change it; searches stay exact by reading more
     with database.engine.connect() as connection:
         missing = _search_schema.problems(connection, applied_revisions(connection))
         connection.rollback()

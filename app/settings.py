@@ -90,6 +90,16 @@ class Settings:
             such as ``Asia/Seoul``; ``None`` means this process's local zone. Time windows
             (``since``, ``date_range``) compare instants, reading such timestamps, and
             bounds without an offset, in this zone.
+        read_only: open a SQLite file for reading only (also ``?mode=ro`` in the URL): for a
+            file this process may not write (another account's, a backup, a read-only
+            mount). Connections use SQLite's read-only mode; nothing is created or changed
+            (no file, directory, journal mode, schema upgrade or index upkeep); reads work on
+            any revision of the schema, the old class's included; every write is refused
+            with :class:`~app.errors.ReadOnlyDatabaseError`.
+        immutable: the file cannot change while it is open (read-only media, a frozen
+            snapshot; also ``?immutable=1`` in the URL). Implies ``read_only``; SQLite then
+            takes no locks and needs no ``-shm`` file, which a read-only directory cannot
+            hold for a WAL-mode file. Wrong, silently, if anyone writes to the file meanwhile.
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
@@ -126,6 +136,8 @@ class Settings:
     vector_cache_limit: int = 1024 * 1024 * 1024
     failed_write_grace: float = 1.0
     timezone: str | None = None
+    read_only: bool = False
+    immutable: bool = False
     single_connection: bool = False
     echo: bool = False
     replicas: tuple[str, ...] = ()
@@ -133,7 +145,26 @@ class Settings:
     parsed_url: URL = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "parsed_url", _parse_url(self.url))
+        parsed = _parse_url(self.url)
+        for name in ("read_only", "immutable"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}"
+                )
+        if parsed.get_backend_name() == "sqlite":
+            parsed, read_only, immutable = _read_only_query(parsed)
+            if read_only or immutable:
+                object.__setattr__(self, "read_only", True)
+            if immutable:
+                object.__setattr__(self, "immutable", True)
+        if self.immutable:
+            object.__setattr__(self, "read_only", True)
+        if self.read_only and parsed.get_backend_name() != "sqlite":
+            raise ConfigurationError(
+                "read_only and immutable are for SQLite files; on PostgreSQL grant the role "
+                "read access only, or point reads at a replica"
+            )
+        object.__setattr__(self, "parsed_url", parsed)
         _whole_at_least("pool_size", self.pool_size, 1)
         _whole_at_least("max_overflow", self.max_overflow, 0)
         for name in (
@@ -269,6 +300,8 @@ class Settings:
 
     @property
     def should_auto_upgrade(self) -> bool:
+        if self.read_only:
+            return False
         return self.is_sqlite if self.auto_upgrade is None else self.auto_upgrade
 
     def safe_url(self) -> str:
@@ -382,6 +415,24 @@ def _postgres_url(url: URL) -> URL:
             f"{shown} needs psycopg 3, which is not installed: {install_hint('postgres')}"
         )
     return url
+
+
+def _read_only_query(url: URL) -> tuple[URL, bool, bool]:
+    """The URL without SQLite's ``mode=ro`` and ``immutable=1`` (which pysqlite would ignore
+    without ``uri=true``), and whether they were asked for."""
+    query = dict(url.query)
+    mode = query.pop("mode", None)
+    immutable = query.pop("immutable", None)
+    if mode is not None and mode not in ("ro", "memory"):
+        raise ConfigurationError(
+            f"?mode={mode} is not supported in a SQLite URL: use ?mode=ro (or read_only=True) "
+            "to read only, create=False to refuse a missing file"
+        )
+    if mode == "memory":
+        query["mode"] = mode
+    if immutable is not None and immutable not in ("0", "1"):
+        raise ConfigurationError(f"?immutable must be 1 or 0 in a SQLite URL, got {immutable!r}")
+    return url.set(query=query), mode == "ro", immutable == "1"
 
 
 def _check_zone(name: Any) -> None:

@@ -267,6 +267,34 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
     ("transfer.py", "_advance_sequences", ("name", "column.name", "column.name", "name")): (
         "table and column names from the models (LEGACY_TABLES)"
     ),
+    ("_keyword_index.py", "rebuild", ("name", "name")): "FTS table names (module constants)",
+    ("_search_schema.py", "restore_objects", ("name", "column")): (
+        "FTS table and column names (module constants)"
+    ),
+    ("_search_schema.py", "restore_objects", ("name", "when", "_NOT_PENDING", "_REMEMBER")): (
+        "trigger names and bodies (module constants)"
+    ),
+    ("_search_schema.py", "restore_objects", ("name", "table", "column", "schema")): (
+        "index, table and column names (module constants) and pg_trgm's schema name, read "
+        "from pg_extension and quoted"
+    ),
+    ("_search_schema.py", "_restore_instant_index", ("INSTANT_INDEX", "SQLITE_KEY")): (
+        "module constants"
+    ),
+    ("_search_schema.py", "_restore_instant_index", ("INSTANT_INDEX", "POSTGRES_KEY")): (
+        "module constants"
+    ),
+    ("_time_window.py", "_null_keys", ("key",)): "the index's key expression (a constant)",
+    ("_time_window.py", "_pages", ("key", "mark")): "the key expression and a driver placeholder",
+    ("_time_window.py", "_pages", ("key", "mark", "key", "mark", "order")): (
+        "the key expression, driver placeholders and the ORDER BY clause made of them"
+    ),
+    ("_time_window.py", "_pages", ("key", "mark", "key", "mark", "mark", "order")): (
+        "the key expression, driver placeholders and the ORDER BY clause made of them"
+    ),
+    ("_time_window.py", "_stored_key", ("key", "key", "key", "order", "order")): (
+        "the key expression, and ASC or DESC from the two callers"
+    ),
 }
 
 
