@@ -10,6 +10,7 @@ resumed elsewhere), and because asyncio tasks share a thread.
 from __future__ import annotations
 
 import asyncio
+import sys
 import logging
 import threading
 import weakref
@@ -20,11 +21,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
+from . import errors
 from ._driver import UnitKind, raw_execute
 from ._shared_transaction import CommitWaiter, SharedTransaction
 
 if TYPE_CHECKING:
-    from . import errors
     from ._replicas import ReplicaSet
     from ._sessions import SessionGuard
     from ._stats import Counters
@@ -39,6 +40,31 @@ def current_task() -> object:
     """The asyncio task running on this thread, or None."""
     loop = asyncio.events._get_running_loop()
     return None if loop is None else asyncio.current_task(loop)
+
+
+def refuse_unpatched_greenlet() -> None:
+    """Refuse a call from a gevent greenlet when gevent did not patch threads
+    (``patch_all(thread=False)``).
+
+    Such greenlets share one thread: they would share its units and its Session, and every
+    wait of the layer (the write turn, the append queue, the pool) would block the whole
+    hub, and with it the greenlet it waits for. With threads patched (gevent's default),
+    each greenlet counts as a thread and all is well. Cheap when gevent is not in use.
+
+    Raises:
+        ConfigurationError: called from a spawned greenlet without thread patching.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or monkey.is_module_patched("threading"):
+        return
+    if sys.modules["greenlet"].getcurrent().parent is None:
+        return  # the thread's own main greenlet: an ordinary thread
+    raise errors.ConfigurationError(
+        "called from a gevent greenlet, but gevent did not patch threads "
+        "(monkey.patch_all(thread=False)): greenlets would share this thread's units and "
+        "block each other in the layer's waits. Patch threads (monkey.patch_all(), the "
+        "default), or run database calls in real threads (gevent.get_hub().threadpool)"
+    )
 
 
 class Unit:

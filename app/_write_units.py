@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from . import errors
 from ._driver import BUSY_OPTION, UNIT_OPTION, UnitKind
 from ._shared_transaction import SharedTransaction, WriteOutcome
-from ._units import Unit, UnitHost, savepoint
+from ._units import Unit, UnitHost, refuse_unpatched_greenlet, savepoint
 from ._write_side import WriteSide
 
 __all__ = ["WriteUnits"]
@@ -222,7 +222,9 @@ class WriteUnits(UnitHost):
         Raises:
             TransactionStateError: this thread is inside a write unit of another Database
                 object on the same database (waiting would wait for itself).
+            ConfigurationError: called from a gevent greenlet without thread patching.
         """
+        refuse_unpatched_greenlet()
         if self._side.turn.held_by_me():
             raise errors.TransactionStateError(
                 f"this thread is inside a write unit of another Database object on {self.url}; "

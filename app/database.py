@@ -29,7 +29,7 @@ from ._read_units import ReadUnits, retried_reads
 from ._replicas import ReplicaSet
 from ._sessions import SessionGuard, ThreadSessions
 from ._stats import Counters, ReplicaStats, Stats
-from ._units import ThreadUnit, Unit, current_task
+from ._units import ThreadUnit, Unit, current_task, refuse_unpatched_greenlet
 from ._wal_bound import CHECKPOINT_MODES, WalBound
 from ._write_side import WriteSide, write_side
 from ._write_units import WriteUnits
@@ -154,6 +154,7 @@ class Database(WriteUnits, ReadUnits):
                 close()
 
     def _check_open(self) -> None:
+        refuse_unpatched_greenlet()
         if self._closed:
             raise errors.ClosedError(f"{self.url} was disposed; create a new Database")
 
