@@ -10,8 +10,8 @@ resumed elsewhere), and because asyncio tasks share a thread.
 from __future__ import annotations
 
 import asyncio
-import sys
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
