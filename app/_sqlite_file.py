@@ -42,8 +42,7 @@ def prepare_sqlite_file(
     """
     target = os.path.abspath(path)
     directory = os.path.dirname(target)
-    if os.path.isdir(target):
-        raise errors.ConfigurationError(f"database path {target} is a directory; give a file path")
+    refuse_directory(target)
     if not create and not os.path.exists(target):
         shown = url or f"sqlite:///{target}"
         raise errors.DatabaseUnavailableError(
@@ -91,6 +90,19 @@ def prepare_sqlite_file(
     log.info("created a new database file %s", target)
 
 
+def refuse_directory(path: str) -> None:
+    """Raise when the database path names a directory (every command says the same).
+
+    Raises:
+        ConfigurationError: ``path`` is a directory.
+    """
+    if os.path.isdir(path):
+        raise errors.ConfigurationError(
+            f"database path {os.path.abspath(path)} is a directory, not a database file; give "
+            f"the file's path (for example {os.path.join(os.path.abspath(path), 'memory.db')})"
+        )
+
+
 def _check_existing_file(target: str) -> None:
     if not os.access(target, os.R_OK):
         raise errors.DatabaseUnavailableError(
@@ -119,8 +131,7 @@ def check_file_to_read(path: str, *, url: str) -> None:
         NotADatabaseError, CorruptDatabaseError: it is not a healthy SQLite database.
     """
     target = os.path.abspath(path)
-    if os.path.isdir(target):
-        raise errors.ConfigurationError(f"database path {target} is a directory; give a file path")
+    refuse_directory(target)
     if not os.path.exists(target):
         raise errors.DatabaseUnavailableError(
             f"the database file {target} does not exist (it was to be opened read-only, so "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from collections import Counter
@@ -43,16 +44,27 @@ def _append_threads(
     first_worker: int,
     tick: Callable[[], None],
     run_id: str,
+    stop: Any,
 ) -> _Tally:
-    """Append ``blocks`` blocks from ``threads`` threads; return once all are done."""
+    """Append ``blocks`` blocks from ``threads`` threads; return once all are done, or once
+    ``stop`` is set (each thread ends after its current append).
+
+    An interruption of the calling thread (Ctrl-C) sets ``stop`` and waits for the threads
+    to end before it goes on: the run stops at once instead of finishing every append.
+    """
     tally = _Tally()
     barrier = threading.Barrier(threads)
 
     def work(worker: int, count: int) -> None:
         mine: list[float] = []
         failed: Counter[str] = Counter()
-        barrier.wait(START_TIMEOUT)
+        try:
+            barrier.wait(START_TIMEOUT)
+        except threading.BrokenBarrierError:
+            return  # stopped before the start
         for seq in range(count):
+            if stop.is_set():
+                break
             block = make_block(worker, seq)
             started = time.perf_counter()
             try:
@@ -81,10 +93,18 @@ def _append_threads(
         threading.Thread(target=work, args=(first_worker + i, shares[i]), name=f"append-{i}")
         for i in range(threads)
     ]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()  # bounded: each append gives up at retry_deadline
+    try:
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()  # bounded: each append gives up at retry_deadline
+    except BaseException:
+        stop.set()
+        barrier.abort()
+        for thread in workers:
+            if thread.ident is not None:
+                thread.join()  # bounded: each ends after its current append
+        raise
     return tally
 
 
@@ -98,19 +118,29 @@ def _process_main(
     start: Any,
     results: Any,
     run_id: str,
+    stop: Any,
 ) -> None:
-    """One appending process (started with ``spawn``: no connection crosses ``fork``)."""
+    """One appending process (started with ``spawn``: no connection crosses ``fork``).
+
+    Ctrl-C reaches every process of the terminal's group: this one was started ignoring it
+    (see in_processes) and leaves it to the parent, which sets ``stop``: no traceback per
+    process, and the run ends at once."""
     with Database(url) as db:
         store = BlockStore(db)
         ready.put(True)
-        if not start.wait(START_TIMEOUT):
-            return  # the parent went away: nothing to do
+        deadline = time.monotonic() + START_TIMEOUT
+        while not start.wait(0.1):
+            if stop.is_set() or time.monotonic() > deadline:
+                return  # stopped, or the parent went away: nothing to do
 
         def tick() -> None:
             with counter.get_lock():
                 counter.value += 1
 
-        tally = _append_threads(store, threads, blocks, first_worker, tick, run_id)
+        tally = _append_threads(store, threads, blocks, first_worker, tick, run_id, stop)
+        if stop.is_set():
+            results.cancel_join_thread()  # nobody reads the results of a stopped run
+            return
         results.put((tally.latencies, dict(tally.errors), asdict(db.stats())))
 
 
@@ -148,7 +178,7 @@ def in_process(
         ).start()
     started = time.perf_counter()
     try:
-        tally = _append_threads(store, threads, blocks, 0, tick, run_id)
+        tally = _append_threads(store, threads, blocks, 0, tick, run_id, threading.Event())
     finally:
         finished.set()
     seconds = time.perf_counter() - started
@@ -175,18 +205,37 @@ def in_processes(
     context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
     ready, results = context.Queue(), context.Queue()
-    start = context.Event()
+    start, stop = context.Event(), context.Event()
     shares = [blocks // processes + (1 if i < blocks % processes else 0) for i in range(processes)]
     children = [
         context.Process(
             target=_process_main,
-            args=(url, threads, shares[i], i * threads, counter, ready, start, results, run_id),
+            args=(
+                url,
+                threads,
+                shares[i],
+                i * threads,
+                counter,
+                ready,
+                start,
+                results,
+                run_id,
+                stop,
+            ),
             name=f"stress-{i}",
         )
         for i in range(processes)
     ]
-    for child in children:
-        child.start()
+    # Started with Ctrl-C ignored, which they keep from their first instruction: the parent
+    # alone handles it, and stops them (see _process_main).
+    main = threading.current_thread() is threading.main_thread()  # signal() needs it
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for child in children:
+            child.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
     try:
         _wait_ready(ready, children)
         start.set()
@@ -212,6 +261,9 @@ def in_processes(
         seconds = time.perf_counter() - started
         if progress is not None:
             progress(counter.value)
+    except BaseException:
+        stop.set()  # an interruption (Ctrl-C): every process ends after its current appends
+        raise
     finally:
         for child in children:
             child.join(timeout=10)

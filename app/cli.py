@@ -10,8 +10,10 @@ lines there, so stdout holds only results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -122,11 +124,40 @@ class _RelativeRevision(click.Command):
 
 @db.command(cls=_RelativeRevision)
 @click.argument("revision")
+@click.option(
+    "--yes", is_flag=True, help="Drop the tables even when they hold data (without asking)."
+)
 @url_option
 @click.pass_obj
-def downgrade(options: Options, revision: str) -> None:
-    """Downgrade the schema to REVISION: a revision id, -1 (one step back), or base."""
+def downgrade(options: Options, revision: str, yes: bool) -> None:
+    """Downgrade the schema to REVISION: a revision id, -1 (one step back), or base.
+
+    Going below revision 0001 drops the block store's tables: when they hold data, that
+    is asked on a terminal, and refused elsewhere unless --yes is given.
+    """
+    from . import schema
+
+    with _open(options, check_schema=False) as database:
+        doomed = schema.rows_dropped_by_downgrade(database, revision)
+        url = database.url
+    if doomed and not yes:
+        what = ", ".join(f"{count:,} rows in {name}" for name, count in doomed.items())
+        question = f"downgrading {url} to {revision} drops its tables, which hold {what}"
+        if not _asked(f"{question}. Drop them?"):
+            raise click.ClickException(
+                f"{question}; nothing was changed. Make a backup first (app backup DEST), "
+                "then give --yes to drop them"
+            )
     _migrate(options, "downgrade", revision)
+
+
+def _asked(question: str) -> bool:
+    """True when a person at a terminal answers yes; False when nobody can be asked."""
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    return click.confirm(question, default=False)
 
 
 @db.command()
@@ -296,7 +327,10 @@ def stress(
 
     options: Options = ctx.obj
     console = make_console()
-    with ProgressLines(options, enabled=not as_json) as progress:
+    with (
+        _interrupted_quietly(ctx, "stress"),
+        ProgressLines(options, enabled=not as_json) as progress,
+    ):
         task = progress.add("appending", total=blocks)
         result = run_stress(
             options.url or os.environ.get(URL_ENV) or None,
@@ -320,6 +354,17 @@ def stress(
         if not as_json:
             console.print("[bold red]stress found errors or a broken chain[/]")
         ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _interrupted_quietly(ctx: click.Context, what: str) -> Iterator[None]:
+    """Ctrl-C: one line and exit status 130, without a traceback (the run has stopped: its
+    threads and processes ended after the appends in progress)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"{what} interrupted: stopped after the appends in progress", err=True)
+        ctx.exit(130)
 
 
 def _ms(seconds: float | None) -> str:
@@ -473,10 +518,11 @@ def _import_help() -> str:
 @cli.command("import-jsonl", help=_import_help())
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @url_option
-@click.pass_obj
-def import_jsonl(options: Options, file: str) -> None:
+@click.pass_context
+def import_jsonl(ctx: click.Context, file: str) -> None:
     from .jsonl_import import import_jsonl as run_import
 
+    options: Options = ctx.obj
     console = make_console()
     with _open(options) as database, ProgressLines(options) as progress:
         task = progress.add("importing (bytes)", total=os.path.getsize(file))
@@ -495,6 +541,10 @@ def import_jsonl(options: Options, file: str) -> None:
     )
     for example in result.examples:
         console.print(f"  {example}", soft_wrap=True, markup=False)
+    if result.skipped and not result.imported and not result.duplicates:
+        # Every line was refused: nothing of the file is in the database, which a script
+        # must not take for success (duplicates are what a second import finds).
+        ctx.exit(1)
 
 
 @cli.command()
@@ -504,9 +554,11 @@ def import_jsonl(options: Options, file: str) -> None:
 @click.pass_obj
 def backup(options: Options, dest: str, force: bool) -> None:
     """Copy the database to DEST while writers keep running (a consistent snapshot,
-    readable by its owner only)."""
+    readable by its owner only). DEST is a file path, or a sqlite:/// URL of one."""
     from .maintenance import backup as run_backup
+    from .maintenance import backup_path
 
+    dest = backup_path(dest)
     with _open(options) as database:
         result = run_backup(database, dest, overwrite=force)
         url = database.url

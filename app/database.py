@@ -145,6 +145,10 @@ class Database(WriteUnits, ReadUnits):
             if idle:
                 self._dispose_engines()
 
+    def close(self) -> None:
+        """The same as :meth:`dispose` (the name the old class and ``DatabaseManager`` use)."""
+        self.dispose()
+
     def _close_helpers(self) -> None:
         """Tell the per-process helpers (see :meth:`process_local`) that have a ``close()``
         to stop: their threads must not outlive the Database for long, nor keep it alive."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, _search_schema, errors
 from ._hints import command_hint, install_hint
@@ -24,7 +25,13 @@ from ._search_report import search_report
 from ._sqlite_file import file_size, probe_sqlite_file, read_only
 from .blocks import BlockStore
 from .database import Database, ReplicaStats, Stats
-from .schema import applied_revisions, current_revision, head_revision, history
+from .schema import (
+    applied_revisions,
+    current_revision,
+    head_revision,
+    history,
+    legacy_schema_differences,
+)
 from .settings import Settings
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
@@ -165,6 +172,15 @@ def _inspect_file(report: Report, settings: Settings, path: str) -> tuple[bool, 
     Returns:
         Whether there is more to check, and the file's journal mode when it was read.
     """
+    if os.path.isdir(path):
+        report.add(
+            "database file",
+            f"{os.path.abspath(path)} is a directory, not a database file",
+            FAIL,
+            "point --url / APP_DATABASE_URL at the database file inside it (for example "
+            f"{os.path.join(os.path.abspath(path), 'memory.db')})",
+        )
+        return False, None
     if not os.path.exists(path):
         report.add(
             "database file",
@@ -300,15 +316,52 @@ def _inspect_live(
     else:
         _report_server(report, db)
         _report_revision(report, settings, current_revision(db), legacy=has_blocks)
-    store = BlockStore(db)
-    total = store.count() if has_blocks else 0
-    if settings.sqlite_path is None:
-        report.add("blocks", f"{total:,}" if has_blocks else "no blocks table yet")
     report.add("pool", _pool_status(db))
     _report_replicas(report, db)
-    report.add("stats", format_stats(db.stats()))
     if not has_blocks:
+        if settings.sqlite_path is None:
+            report.add("blocks", "no blocks table yet")
+        report.add("stats", format_stats(db.stats()))
         return
+    if not _report_tables(report, db):
+        return
+    try:
+        _inspect_blocks(report, db, verify_chain, progress)
+    except (errors.AppError, SQLAlchemyError) as exc:
+        # Whatever stops a check is a finding, reported with the rest, never instead of it.
+        report.add("checks", f"stopped: {one_line_error(exc)}", FAIL, "fix what it names")
+    report.add("stats", format_stats(db.stats()))
+
+
+def _report_tables(report: Report, db: Database) -> bool:
+    """The block store's tables, as the legacy layout has them; False when they differ (a
+    database of something else, or one a migration broke): the checks of blocks stop."""
+    with db.reading() as connection:
+        # Columns a user's own migration added are theirs: only what is missing or wrong
+        # counts.
+        differences = [
+            d for d in legacy_schema_differences(connection) if not d.startswith("unexpected")
+        ]
+    if not differences:
+        report.add("tables", "the block store's six tables, as expected", OK)
+        return True
+    report.add(
+        "tables",
+        "; ".join(differences),
+        FAIL,
+        "this is not a block store as this layer and the old class write it: check the URL "
+        "(`db upgrade` refuses such a file and changes nothing)",
+    )
+    return False
+
+
+def _inspect_blocks(
+    report: Report, db: Database, verify_chain: bool, progress: Progress | None
+) -> None:
+    store = BlockStore(db)
+    total = store.count()
+    if db.settings.sqlite_path is None:
+        report.add("blocks", f"{total:,}")
     for name, value in search_report(db):
         report.add(name, value)
     _report_search_machinery(report, db)
@@ -325,6 +378,11 @@ def _inspect_live(
                 FAIL,
                 "restore from a backup, or find the writer that bypassed the layer",
             )
+
+
+def one_line_error(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    return " ".join(str(cause).split())
 
 
 def _report_search_machinery(report: Report, db: Database) -> None:

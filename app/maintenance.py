@@ -117,6 +117,28 @@ def backup(db: Database, dest: str, *, overwrite: bool = False) -> BackupResult:
     return BackupResult(target, _bytes(target), blocks, time.monotonic() - started, mode)
 
 
+def backup_path(dest: str) -> str:
+    """The file a backup goes to: ``dest`` as a path, or the file of a ``sqlite:///`` URL
+    (what every other command takes).
+
+    Raises:
+        ConfigurationError: a URL that names no SQLite file (a backup is a SQLite file: to
+            copy into a server, use ``app copy --to URL``).
+    """
+    if "://" not in dest:
+        return dest
+    from .settings import Settings
+
+    settings = Settings(url=dest)
+    if settings.sqlite_path is None:
+        raise errors.ConfigurationError(
+            f"a backup is written to a SQLite file, and {settings.safe_url()} names none: give "
+            "a file path (or sqlite:///path); to copy into a server database use "
+            "`app copy --to URL`"
+        )
+    return settings.sqlite_path
+
+
 def _count_blocks(conn: sqlite3.Connection) -> int:
     try:
         return int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0])

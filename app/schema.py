@@ -143,6 +143,51 @@ def downgrade(database: Migratable, revision: str) -> None:
     _run(database, command.downgrade, revision)
 
 
+def rows_dropped_by_downgrade(database: Migratable, revision: str) -> dict[str, int]:
+    """The rows a downgrade to ``revision`` would drop with their tables (revision 0001's
+    downgrade drops the block store's tables): {table: rows} of the tables that hold any,
+    {} when the downgrade keeps 0001 or they are empty."""
+    with database.engine.connect() as connection:
+        applied = applied_revisions(connection)
+        if "0001" not in applied:
+            connection.rollback()
+            return {}
+        kept = _kept_by_downgrade(connection, revision)
+        if "0001" in kept:
+            connection.rollback()
+            return {}
+        present = set(inspect(connection).get_table_names())
+        counts = {
+            name: int(raw_execute(connection, f"SELECT count(*) FROM {name}").fetchone()[0])
+            for name in legacy_layout().tables
+            if name in present
+        }
+        connection.rollback()
+    return {name: count for name, count in counts.items() if count}
+
+
+def _kept_by_downgrade(connection: Connection, revision: str) -> set[str]:
+    """The revisions still applied after a downgrade to ``revision`` (an id, ``base`` or a
+    relative ``-N``)."""
+    if revision == "base":
+        return set()
+    script = _script()
+    if revision.startswith("-") and revision[1:].isdigit():
+        current = MigrationContext.configure(connection).get_current_heads()
+        found = script.get_revision(current[0]) if current else None
+        for _ in range(int(revision[1:])):
+            if found is None:
+                return set()
+            down = found.down_revision
+            found = script.get_revision(down) if isinstance(down, str) else None
+        return (
+            set()
+            if found is None
+            else {r.revision for r in script.iterate_revisions(found.revision, "base")}
+        )
+    return {r.revision for r in script.iterate_revisions(revision, "base")}
+
+
 def stamp(database: Migratable, revision: str) -> None:
     """Record ``revision`` without running migrations."""
     _run(database, command.stamp, revision)

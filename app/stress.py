@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from ._hints import command_hint
-from ._sqlite_file import probe_sqlite_file, read_only
+from ._sqlite_file import probe_sqlite_file, read_only, refuse_directory
 from ._stress_blocks import StressBlock, make_block, now, percentiles
 from ._stress_workers import EMBEDDING_MODEL, TAG, in_process, in_processes, merge_stats
 from .blocks import BlockStore
@@ -108,7 +108,11 @@ def _read_loop(store: BlockStore, stop: threading.Event, pause: float, out: list
     errors: dict[str, str] = {}
     failed = 0
     probe = make_block(0, 0).embedding
-    head = store.head()
+    try:
+        head = store.head()
+    except Exception as exc:  # noqa: BLE001 - counted and reported
+        out.append(([], 1, {type(exc).__name__: " ".join(str(exc).split())[:200]}))
+        return
     while not stop.is_set():
         choice = rng.random()
         started = time.perf_counter()
@@ -285,7 +289,8 @@ def _append_and_search(
     finally:
         stop.set()
         for reader in readers:
-            reader.join()  # bounded: a reader stops after its current search
+            if reader.ident is not None:  # started (an interruption may come before)
+                reader.join()  # bounded: a reader stops after its current search
     result.seconds = seconds
     result.appended = len(latencies)
     result.errors = sum(failures.values())
@@ -335,6 +340,7 @@ def _rows_held(settings: Settings) -> dict[str, int]:
         return {}
     path = settings.sqlite_path
     if path is not None:
+        refuse_directory(path)
         if not os.path.exists(path):
             return {}
         problem = probe_sqlite_file(path)

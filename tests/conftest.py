@@ -80,3 +80,18 @@ def legacy_copy(tmp_path: Path) -> Path:
     target.parent.mkdir()
     shutil.copyfile(LEGACY_FIXTURE, target)
     return target
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Skips counted by reason, one line each (``-r`` leaves skips out: without a PostgreSQL
+    server, hundreds of cases skip for one reason, each on a line of its own)."""
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        counts[reason] = counts.get(reason, 0) + 1
+    if counts:
+        terminalreporter.section("skipped, by reason", sep="-")
+        for reason, count in sorted(counts.items(), key=lambda item: -item[1]):
+            terminalreporter.line(f"{count:5d}  {reason}")

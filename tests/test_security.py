@@ -285,6 +285,9 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
         "module constants"
     ),
     ("_time_window.py", "_null_keys", ("key",)): "the index's key expression (a constant)",
+    ("schema.py", "rows_dropped_by_downgrade", ("name",)): (
+        "table names of the legacy layout (revision 0001's constants)"
+    ),
     ("_time_window.py", "_pages", ("key", "mark")): "the key expression and a driver placeholder",
     ("_time_window.py", "_pages", ("key", "mark", "key", "mark", "order")): (
         "the key expression, driver placeholders and the ORDER BY clause made of them"
