@@ -27,6 +27,7 @@ from collections.abc import Collection
 from sqlalchemy.engine import Connection
 
 from ._driver import raw_execute
+from ._postgres_hooks import PG_WRITE_LOCK_KEY
 from ._time_window import POSTGRES_KEY, SQLITE_KEY
 
 FTS_TABLES = ("search_context_fts", "search_keyword_fts")
@@ -47,6 +48,54 @@ PG_INDEXES = {
     "ix_blocks_context_trgm": ("blocks", "context"),
     "ix_block_keywords_keyword_trgm": ("block_keywords", "keyword"),
 }
+#: Revision 0005's notes of embeddings changed in place (see ``_vector_changes``), as the
+#: revision created them: the table, then the triggers (PostgreSQL: functions, then triggers).
+NOTES_REVISION = "0005"
+NOTES_TABLE = "embedding_changes"
+_WRITE_LOCK = PG_WRITE_LOCK_KEY
+NOTES_SQLITE = (
+    "CREATE TABLE embedding_changes ("
+    "seq INTEGER PRIMARY KEY AUTOINCREMENT, block_index INTEGER NOT NULL)",
+    "CREATE TRIGGER embedding_changes_insert BEFORE INSERT ON block_embeddings "
+    "WHEN EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= new.block_index) "
+    "BEGIN INSERT INTO embedding_changes (block_index) VALUES (new.block_index); END",
+    "CREATE TRIGGER embedding_changes_update AFTER UPDATE ON block_embeddings BEGIN "
+    "INSERT INTO embedding_changes (block_index) VALUES (new.block_index); "
+    "INSERT INTO embedding_changes (block_index) SELECT old.block_index "
+    "WHERE old.block_index <> new.block_index; END",
+    "CREATE TRIGGER embedding_changes_delete AFTER DELETE ON block_embeddings BEGIN "
+    "INSERT INTO embedding_changes (block_index) VALUES (old.block_index); END",
+)
+NOTES_POSTGRES = (
+    "CREATE TABLE embedding_changes ("
+    "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, block_index INTEGER NOT NULL)",
+    f"""CREATE FUNCTION app_note_embedding_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= NEW.block_index) THEN
+        PERFORM pg_advisory_xact_lock({_WRITE_LOCK});
+        INSERT INTO embedding_changes (block_index) VALUES (NEW.block_index);
+    END IF;
+    RETURN NEW;
+END
+$fn$""",
+    f"""CREATE FUNCTION app_note_embedding_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_advisory_xact_lock({_WRITE_LOCK});
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO embedding_changes (block_index) VALUES (NEW.block_index);
+    END IF;
+    IF TG_OP = 'DELETE' OR OLD.block_index <> NEW.block_index THEN
+        INSERT INTO embedding_changes (block_index) VALUES (OLD.block_index);
+    END IF;
+    RETURN NULL;
+END
+$fn$""",
+    "CREATE TRIGGER embedding_changes_insert BEFORE INSERT ON block_embeddings "
+    "FOR EACH ROW EXECUTE FUNCTION app_note_embedding_insert()",
+    "CREATE TRIGGER embedding_changes_change AFTER UPDATE OR DELETE ON block_embeddings "
+    "FOR EACH ROW EXECUTE FUNCTION app_note_embedding_change()",
+)
+
 INSTANT_INDEX = "ix_blocks_instant"
 INSTANT_REVISION = "0004"
 #: As revision 0004 created it (the revision keeps its own copy).
@@ -87,7 +136,29 @@ def problems(connection: Connection, applied: Collection[str]) -> list[str]:
     missing = _keyword_problems(connection)
     if INSTANT_REVISION in applied and INSTANT_INDEX not in _indexes(connection):
         missing.append(f"index {INSTANT_INDEX} is missing")
+    if NOTES_REVISION in applied:
+        missing += [f"trigger {name} is missing" for name in _missing_note_triggers(connection)]
     return missing
+
+
+def _note_triggers(connection: Connection) -> tuple[str, ...]:
+    if connection.dialect.name == "sqlite":
+        return ("embedding_changes_insert", "embedding_changes_update", "embedding_changes_delete")
+    return ("embedding_changes_insert", "embedding_changes_change")
+
+
+def _missing_note_triggers(connection: Connection) -> list[str]:
+    if connection.dialect.name == "sqlite":
+        present = _sqlite_names(connection)
+    else:
+        rows = raw_execute(
+            connection,
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = 'block_embeddings' AND n.nspname = current_schema()",
+        )
+        present = {row[0] for row in rows}
+    return [name for name in _note_triggers(connection) if name not in present]
 
 
 def _keyword_problems(connection: Connection) -> list[str]:
@@ -119,6 +190,8 @@ def restore_objects(connection: Connection, applied: Collection[str]) -> list[st
         return []
     if any(INSTANT_INDEX in problem for problem in missing):
         _restore_instant_index(connection)
+    if any("embedding_changes" in problem for problem in missing):
+        _restore_note_triggers(connection)
     if connection.dialect.name == "sqlite":
         present = _sqlite_names(connection)
         if PENDING_TABLE not in present:
@@ -179,6 +252,25 @@ def _restore_instant_index(connection: Connection) -> None:
     if found is None:
         raw_execute(connection, POSTGRES_KEY_FUNCTION)
     raw_execute(connection, f"CREATE INDEX {INSTANT_INDEX} ON blocks ({POSTGRES_KEY}, block_index)")
+
+
+def _restore_note_triggers(connection: Connection) -> None:
+    """Create the notes' table, functions and triggers that are missing (a migration that
+    rebuilt ``block_embeddings`` dropped its triggers)."""
+    sqlite = connection.dialect.name == "sqlite"
+    statements = NOTES_SQLITE if sqlite else NOTES_POSTGRES
+    wanted = set(_missing_note_triggers(connection))
+    for statement in statements:
+        if statement.startswith("CREATE TABLE"):
+            continue  # the table is not on the rebuilt one; it stays
+        if statement.startswith("CREATE FUNCTION"):
+            raw_execute(
+                connection, statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+            )
+            continue
+        name = statement.split()[2]
+        if name in wanted:
+            raw_execute(connection, statement)
 
 
 def _indexes(connection: Connection) -> set[str]:

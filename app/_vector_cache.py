@@ -9,8 +9,9 @@ last block index it holds, inside the snapshot of the query that needs them. A s
 older than the cache uses the cache's prefix up to its own last index. A short digest of
 each block's hash is kept: when the hash at the snapshot's last index (or at the cache's,
 before extending) differs, the file was replaced or rewritten (a restored backup, a copy)
-and the cache is rebuilt. An embedding rewritten in place under an unchanged block, or one
-inserted below the last index, is not noticed until the cache is rebuilt.
+and the cache is rebuilt. An embedding rewritten in place, deleted, or inserted below the
+last index is noted by the database (revision 0005), and the cache searches such blocks
+apart, from their current values (``_vector_changes``).
 
 Memory is bounded by the ``vector_cache_limit`` setting: a cache that would grow past it is
 dropped and queries stream the embeddings from the database, as before (exact as well).
@@ -18,6 +19,7 @@ dropped and queries stream the embeddings from the database, as before (exact as
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -31,7 +33,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from . import _vector_scores
+from . import _vector_changes, _vector_scores
 from ._block_sql import index_value
 from ._driver import raw_execute
 from ._vector_scores import Array
@@ -94,6 +96,11 @@ class _View:
     model: Array  # int32
     segments: dict[int, tuple[_Segment, int, int]]  # dimension -> (segment, rows, zero rows)
     models: tuple[str | None, ...]
+    # The newest change note applied, the blocks changed since the arrays were built (left
+    # out of them, ascending), and those blocks' current embeddings (see _vector_changes).
+    seen: int = 0
+    excluded: Array = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    overlay: _View | None = None
 
     @property
     def head(self) -> int | None:
@@ -145,14 +152,15 @@ class VectorCache:
         self.limit = limit
         self._lock = threading.Lock()
         self._build: _Build | None = None
+        self._overlay: _Build | None = None
         self._view: _View | None = None
         # The last index of the snapshot that found the embeddings too big for the limit.
         self._over_limit_at: int | None = None
 
     @property
     def nbytes(self) -> int:
-        build = self._build
-        return 0 if build is None else build.nbytes
+        build, overlay = self._build, self._overlay
+        return (0 if build is None else build.nbytes) + (0 if overlay is None else overlay.nbytes)
 
     @property
     def rows(self) -> int:
@@ -182,21 +190,36 @@ class VectorCache:
         last, digest = _snapshot_head(connection)
         if last is None:
             return []  # no embedding in this snapshot
-        view = self._usable_view(connection, last, digest, wait)
+        seq = _vector_changes.log_head(connection)
+        view = self._usable_view(connection, last, digest, seq, wait)
         if view is None:
             return _vector_scores.stream_top_k(connection, query, k, floor, model)
-        return _search_view(connection, view, view.rows_through(last), query, k, floor, model)
+        count = view.rows_through(last)
+        ranked = _search_view(connection, view, count, query, k, floor, model, view.excluded)
+        overlay = view.overlay
+        if overlay is None or overlay.count == 0:
+            return ranked
+        apart = _search_view(connection, overlay, overlay.count, query, k, floor, model)
+        return _vector_changes.merge(connection, [ranked, apart], query, k, model)
 
     def _usable_view(
-        self, connection: Connection, last: int, digest: np.uint64, wait: float
+        self,
+        connection: Connection,
+        last: int,
+        digest: np.uint64,
+        seq: int | None,
+        wait: float,
     ) -> _View | None:
         """A view holding the snapshot's embeddings (refreshed when needed), or None when the
-        query must stream (cache off, over its limit, or busy past ``wait``)."""
+        query must stream (cache off, over its limit, busy past ``wait``, or the snapshot
+        older than the changes the cache has applied)."""
         if self.limit <= 0:
             return None
         view = self._view
-        if view is not None and _holds(view, last, digest):
+        if view is not None and _holds(view, last, digest) and _current(view, seq):
             return view
+        if view is not None and seq is not None and seq < view.seen:
+            return None  # the cache holds changes this snapshot must not see
         if self._over_limit_at is not None and last >= self._over_limit_at:
             return None
         if not self._lock.acquire(timeout=max(0.0, wait)):
@@ -204,12 +227,14 @@ class VectorCache:
             return None
         try:
             view = self._view
-            if view is not None and _holds(view, last, digest):
+            if view is not None and _holds(view, last, digest) and _current(view, seq):
                 return view
+            if view is not None and seq is not None and seq < view.seen:
+                return None
             try:
-                self._refresh(connection, last)
+                self._refresh(connection, last, digest, seq)
             except _OverLimit:
-                self._build = self._view = None
+                self._build = self._overlay = self._view = None
                 self._over_limit_at = last
                 log.info(
                     "the embeddings need more than vector_cache_limit (%d bytes): "
@@ -222,12 +247,53 @@ class VectorCache:
         finally:
             self._lock.release()
 
-    def _refresh(self, connection: Connection, last: int) -> None:
-        """Bring the cache to the snapshot's ``last`` index: extend it when its own last
-        block is unchanged in this snapshot, else rebuild it."""
+    def _refresh(
+        self, connection: Connection, last: int, digest: np.uint64, seq: int | None
+    ) -> None:
+        """Bring the cache to the snapshot: its arrays to the ``last`` index (extended, or
+        rebuilt), then the change notes up to ``seq`` applied (see ``_vector_changes``)."""
+        before = self._view
+        rebuilt = False
+        if before is None or not _holds(before, last, digest):
+            rebuilt = self._bring_arrays_to(connection, last)
+        build = self._build
+        assert build is not None
+        arrays = build.view()
+        if seq is None or rebuilt or before is None:
+            # Rows read in this snapshot are current: every change noted so far is in them.
+            self._overlay = None
+            self._view = dataclasses.replace(arrays, seen=seq or 0)
+            return
+        changed = _vector_changes.changed_since(connection, before.seen)
+        if changed is None or len(changed.union(before.excluded.tolist())) > (
+            _vector_changes.overlay_limit(build.count)
+        ):
+            self._bring_arrays_to(connection, last, rebuild=True)
+            self._overlay = None
+            self._view = dataclasses.replace(self._build.view(), seen=seq)  # type: ignore[union-attr]
+            return
+        excluded = np.array(sorted(changed.union(before.excluded.tolist())), dtype=np.int64)
+        overlay = _Build()
+        rows = _vector_changes.rows_of(connection, excluded, last)
+        if rows:
+            _append(overlay, rows, max(0, self.limit - build.nbytes))
+        self._overlay = overlay
+        self._view = dataclasses.replace(
+            arrays, seen=seq, excluded=excluded, overlay=overlay.view()
+        )
+
+    def _bring_arrays_to(self, connection: Connection, last: int, *, rebuild: bool = False) -> bool:
+        """Bring the arrays to the snapshot's ``last`` index: extend them when their own
+        last block is unchanged in this snapshot, else rebuild them. True when rebuilt."""
         build, view = self._build, self._view
         start = None
-        if build is not None and view is not None and view.head is not None and view.head < last:
+        if (
+            not rebuild
+            and build is not None
+            and view is not None
+            and view.head is not None
+            and view.head <= last
+        ):
             digest = _hash_at(connection, view.head)
             if digest == view.digest[view.count - 1]:
                 start = view.head
@@ -251,6 +317,7 @@ class VectorCache:
         for chunk in _vector_scores.stream_rows(connection, stmt):
             _append(build, chunk, self.limit)
         self._view = build.view()
+        return start is None
 
 
 def _snapshot_head(connection: Connection) -> tuple[int | None, np.uint64]:
@@ -268,6 +335,11 @@ def _snapshot_head(connection: Connection) -> tuple[int | None, np.uint64]:
 def _hash_at(connection: Connection, index: int) -> np.uint64:
     stmt = select(blocks_table.c.hash).where(blocks_table.c.block_index == index_value(index))
     return _digest(connection.execute(stmt).scalar())
+
+
+def _current(view: _View, seq: int | None) -> bool:
+    """True when the view has applied every change noted in the snapshot (``seq``)."""
+    return seq is None or view.seen == seq
 
 
 def _holds(view: _View, last: int, digest: np.uint64) -> bool:
@@ -380,7 +452,10 @@ def _search_view(
     k: int,
     floor: float | None,
     model: str | None,
+    excluded: Array | None = None,
 ) -> list[tuple[int, float | None]]:
+    """Exact top-k of the view's first ``count`` rows, leaving out the blocks ``excluded``
+    (ascending: those the overlay holds)."""
     dimension = query.size
     code: int | None = None
     if model is not None:
@@ -393,6 +468,10 @@ def _search_view(
         other = view.dimension[:count] != dimension
         if code is not None:
             other &= view.model[:count] == code
+        if excluded is not None:
+            gone = _vector_changes.left_out(view.index[:count], excluded)
+            if gone is not None:
+                other &= ~gone
         if other.any():
             at = int(np.argmax(other))
             stored_model = view.models[int(view.model[at])]
@@ -413,6 +492,10 @@ def _search_view(
     if code is not None:
         other_model = segment.model[:rows] != code
         ruled_out = other_model if ruled_out is None else ruled_out | other_model
+    if excluded is not None:
+        gone = _vector_changes.left_out(segment.index[:rows], excluded)
+        if gone is not None:
+            ruled_out = gone if ruled_out is None else ruled_out | gone
     unit, indices = segment.unit[:rows], segment.index[:rows]
     return _vector_scores.unit_top_k(connection, unit, indices, ruled_out, query, k, floor, model)
 

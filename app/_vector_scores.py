@@ -231,7 +231,7 @@ def _rank(
     uncertain[1:] |= close
     if floor is not None:
         uncertain |= approx < floor + margin
-    exact = dict(_exact(connection, indices[uncertain], query, model)) if uncertain.any() else {}
+    exact = dict(exact_of(connection, indices[uncertain], query, model)) if uncertain.any() else {}
     ranked: list[tuple[int, float | None]] = []
     position = 0
     while position < approx.size and len(ranked) < k:
@@ -260,7 +260,7 @@ _CANDIDATES = {
 }
 
 
-def _exact(
+def exact_of(
     connection: Connection, indices: Array, query: Array, model: str | None
 ) -> list[tuple[int, float]]:
     """Exact scores of the given blocks' stored embeddings, read in the query's snapshot a

@@ -16,7 +16,15 @@ import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 
-from . import _hybrid, _keyword_index, _time_window, _vector_cache, _vector_scores, errors
+from . import (
+    _hybrid,
+    _keyword_index,
+    _reembed,
+    _time_window,
+    _vector_cache,
+    _vector_scores,
+    errors,
+)
 from ._append_batcher import AppendBatcher
 from ._block_arguments import (
     SORT_COLUMNS,
@@ -268,6 +276,36 @@ class BlockStore:
                 connection
             )
         return _keyword_index.catch_up(self.db, wait=True) if ready else 0
+
+    def set_embedding(self, block_index: int, embedding: Any, *, model: str = "default") -> bool:
+        """Store ``embedding`` as block ``block_index``'s, replacing the one it had (or
+        remove it with None). The block's hash does not cover its embedding: the chain is
+        untouched. The next similarity search of every Database, in every process, sees it.
+
+        Returns:
+            True when the block exists (and was updated), else False.
+
+        Raises:
+            InvalidInputError: a bad index, vector or model (nothing is written).
+        """
+        return self.reembed([(block_index, embedding)], model=model) == 1
+
+    def reembed(
+        self, embeddings: Iterable[tuple[int, Any]] | Mapping[int, Any], *, model: str = "default"
+    ) -> int:
+        """Store new embeddings (made by ``model``) for many blocks in one write unit: a
+        batch of a re-embedding while the service runs (see the README's recipe). Every
+        vector is checked before anything is written; None removes a block's embedding.
+
+        Returns:
+            How many of the blocks exist (those that do not are skipped).
+
+        Raises:
+            InvalidInputError: a bad index, vector or model (nothing is written).
+        """
+        name = _reembed.check_model(model)
+        rows = _reembed.prepare(embeddings)
+        return self.db.run_on_connection(lambda connection: _reembed.write(connection, rows, name))
 
     def rebuild_search_index(self) -> int:
         """Rebuild the search indexes: put back whatever of them is missing (the keyword

@@ -265,6 +265,24 @@ class DatabaseManager:
 
         return self._write(replace)
 
+    def update_block_embedding(
+        self, block_index: int, embedding: Any, embedding_model: str = "default"
+    ) -> bool:
+        """Replace a block's embedding (re-embedding with another model); None removes it.
+        Every similarity search, in every process, sees it from its next query.
+
+        Returns:
+            True when the block exists (and was updated), else False.
+
+        Raises:
+            InvalidInputError: a bad index, vector or model (nothing is written).
+        """
+        with self._users:
+            found = self.blocks.set_embedding(block_index, embedding, model=embedding_model)
+            if self._proxy is not None:
+                self._proxy.commit_after_write()
+            return found
+
     def migrate_from_jsonl(self, block_file_path: str) -> int:
         """Import blocks from a JSON-lines file, one block dict per line (see add_block).
 

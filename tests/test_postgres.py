@@ -278,7 +278,9 @@ def test_alembic_command_line_builds_the_schema_in_a_fresh_schema(db_url: str) -
                     "WHERE table_schema = current_schema() ORDER BY table_name"
                 )
             ).scalars()
-            assert sorted(tables) == sorted([*LEGACY_TABLES, "alembic_version"])
+            assert sorted(tables) == sorted(
+                [*LEGACY_TABLES, "alembic_version", "embedding_changes"]
+            )
             types = session.execute(
                 text(
                     "SELECT table_name || '.' || column_name, data_type, "
@@ -396,7 +398,7 @@ def test_cli_upgrade_stress_and_doctor(db_url: str) -> None:
     runner = CliRunner()
     upgraded = runner.invoke(cli, ["--url", db_url, "db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "none -> 0004 (head)" in upgraded.output
+    assert "none -> 0005 (head)" in upgraded.output
     stressed = runner.invoke(
         cli, ["--url", db_url, "stress", "-t", "8", "-n", "400", "-r", "1", "--json"]
     )

@@ -285,6 +285,22 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
         "module constants"
     ),
     ("_time_window.py", "_null_keys", ("key",)): "the index's key expression (a constant)",
+    ("_reembed.py", "write", ("among",)): "a fixed IN clause for one bound list of indices",
+    ("_reembed.py", "write", ("mark", "mark", "mark", "mark")): "driver placeholders",
+    ("_reembed.py", "write", ("mark",)): "a driver placeholder",
+    ("_reembed.py", "write", ("KEEP_NOTES",)): "a module constant int",
+    ("_search_schema.py", "<module>", ("_WRITE_LOCK",)): (
+        "the layer's advisory lock key, a constant int"
+    ),
+    ("_vector_changes.py", "changed_since", ("marker",)): "a driver placeholder",
+    (
+        "_vector_changes.py",
+        "rows_of",
+        (
+            "'WHERE e.block_index IN (SELECT value FROM json_each(?)) AND e.block_index <= ? ' "
+            "if sqlite else 'WHERE e.block_index = ANY(%s) AND e.block_index <= %s '",
+        ),
+    ): "one of two literal clauses with driver placeholders",
     ("schema.py", "rows_dropped_by_downgrade", ("name",)): (
         "table names of the legacy layout (revision 0001's constants)"
     ),

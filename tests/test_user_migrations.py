@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
 from sqlalchemy import inspect
@@ -222,3 +223,52 @@ def test_doctor_and_reindex_restore_a_dropped_trigram_index(tmp_path: Path) -> N
         assert result.exit_code == 0, result.output
         assert "restored index ix_blocks_context_trgm" in result.output
         assert diagnose(url).ok
+
+
+EMBEDDINGS_REVISION = '''"""block_embeddings: a note per embedding (a table rebuild)
+
+Revision ID: 9002
+Revises: {head}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9002"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("block_embeddings", recreate="always") as batch_op:
+        batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("block_embeddings") as batch_op:
+        batch_op.drop_column("note")
+'''
+
+
+def test_a_migration_that_rebuilds_the_embeddings_keeps_caches_informed(
+    clone: Path, tmp_path: Path
+) -> None:
+    """Batch mode drops the triggers that note rewritten embeddings: they are restored, so
+    a warm similarity cache still sees a rewrite made afterwards."""
+    url = sqlite_url(tmp_path)
+    (clone / "versions" / "9002_embeddings_note.py").write_text(
+        EMBEDDINGS_REVISION.format(head=schema.head_revision()), encoding="utf-8"
+    )
+    schema.reset_script_cache()
+    migrate(url, "upgrade", "head")
+    assert diagnose(url).ok
+    query = [0.0] * 127 + [1.0]
+    with Database(url) as db, Database(url) as other:
+        store = BlockStore(db)
+        store.similar(query, top_k=1)  # warm
+        with other.writing() as connection:
+            connection.exec_driver_sql(
+                "UPDATE block_embeddings SET embedding = ? WHERE block_index = 7",
+                (bytes(np.asarray(query, dtype=np.float32).tobytes()),),
+            )
+        assert store.similar(query, top_k=1)[0].block.block_index == 7
