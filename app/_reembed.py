@@ -89,6 +89,6 @@ def write(connection: Connection, rows: list[Prepared], model: str) -> int:
     raw_execute(
         connection,
         "DELETE FROM embedding_changes "
-        f"WHERE seq < (SELECT max(seq) FROM embedding_changes) - {KEEP_NOTES}",
+        f"WHERE seq > 0 AND seq < (SELECT max(seq) FROM embedding_changes) - {KEEP_NOTES}",
     )
     return len(blocks)

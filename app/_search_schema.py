@@ -56,6 +56,7 @@ _WRITE_LOCK = PG_WRITE_LOCK_KEY
 NOTES_SQLITE = (
     "CREATE TABLE embedding_changes ("
     "seq INTEGER PRIMARY KEY AUTOINCREMENT, block_index INTEGER NOT NULL)",
+    "INSERT INTO embedding_changes (seq, block_index) VALUES (0, abs(random() % 2147483647))",
     "CREATE TRIGGER embedding_changes_insert BEFORE INSERT ON block_embeddings "
     "WHEN EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= new.block_index) "
     "BEGIN INSERT INTO embedding_changes (block_index) VALUES (new.block_index); END",
@@ -69,6 +70,8 @@ NOTES_SQLITE = (
 NOTES_POSTGRES = (
     "CREATE TABLE embedding_changes ("
     "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, block_index INTEGER NOT NULL)",
+    "INSERT INTO embedding_changes (seq, block_index) OVERRIDING SYSTEM VALUE "
+    "VALUES (0, floor(random() * 2147483647)::int)",
     f"""CREATE FUNCTION app_note_embedding_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     IF EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= NEW.block_index) THEN
@@ -261,8 +264,8 @@ def _restore_note_triggers(connection: Connection) -> None:
     statements = NOTES_SQLITE if sqlite else NOTES_POSTGRES
     wanted = set(_missing_note_triggers(connection))
     for statement in statements:
-        if statement.startswith("CREATE TABLE"):
-            continue  # the table is not on the rebuilt one; it stays
+        if statement.startswith(("CREATE TABLE", "INSERT")):
+            continue  # the table is not on the rebuilt one; it stays, with its name
         if statement.startswith("CREATE FUNCTION"):
             raw_execute(
                 connection, statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)

@@ -99,6 +99,7 @@ class _View:
     # The newest change note applied, the blocks changed since the arrays were built (left
     # out of them, ascending), and those blocks' current embeddings (see _vector_changes).
     seen: int = 0
+    log_name: int = 0  # which change log ``seen`` counts in (see _vector_changes)
     excluded: Array = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     overlay: _View | None = None
 
@@ -190,8 +191,8 @@ class VectorCache:
         last, digest = _snapshot_head(connection)
         if last is None:
             return []  # no embedding in this snapshot
-        seq = _vector_changes.log_head(connection)
-        view = self._usable_view(connection, last, digest, seq, wait)
+        log_state = _vector_changes.log_head(connection)
+        view = self._usable_view(connection, last, digest, log_state, wait)
         if view is None:
             return _vector_scores.stream_top_k(connection, query, k, floor, model)
         count = view.rows_through(last)
@@ -207,7 +208,7 @@ class VectorCache:
         connection: Connection,
         last: int,
         digest: np.uint64,
-        seq: int | None,
+        log_state: tuple[int, int] | None,
         wait: float,
     ) -> _View | None:
         """A view holding the snapshot's embeddings (refreshed when needed), or None when the
@@ -216,9 +217,9 @@ class VectorCache:
         if self.limit <= 0:
             return None
         view = self._view
-        if view is not None and _holds(view, last, digest) and _current(view, seq):
+        if view is not None and _holds(view, last, digest) and _current(view, log_state):
             return view
-        if view is not None and seq is not None and seq < view.seen:
+        if view is not None and _older(view, log_state):
             return None  # the cache holds changes this snapshot must not see
         if self._over_limit_at is not None and last >= self._over_limit_at:
             return None
@@ -227,12 +228,12 @@ class VectorCache:
             return None
         try:
             view = self._view
-            if view is not None and _holds(view, last, digest) and _current(view, seq):
+            if view is not None and _holds(view, last, digest) and _current(view, log_state):
                 return view
-            if view is not None and seq is not None and seq < view.seen:
+            if view is not None and _older(view, log_state):
                 return None
             try:
-                self._refresh(connection, last, digest, seq)
+                self._refresh(connection, last, digest, log_state)
             except _OverLimit:
                 self._build = self._overlay = self._view = None
                 self._over_limit_at = last
@@ -248,21 +249,32 @@ class VectorCache:
             self._lock.release()
 
     def _refresh(
-        self, connection: Connection, last: int, digest: np.uint64, seq: int | None
+        self,
+        connection: Connection,
+        last: int,
+        digest: np.uint64,
+        log_state: tuple[int, int] | None,
     ) -> None:
         """Bring the cache to the snapshot: its arrays to the ``last`` index (extended, or
-        rebuilt), then the change notes up to ``seq`` applied (see ``_vector_changes``)."""
+        rebuilt), then the change notes up to the snapshot's applied (``log_state``: the
+        change log's name and newest note; see ``_vector_changes``)."""
         before = self._view
-        rebuilt = False
-        if before is None or not _holds(before, last, digest):
+        name, seq = log_state or (0, 0)
+        # Another change log (made again by a migration): its numbers are not those applied.
+        other_log = before is not None and log_state is not None and before.log_name != name
+        if before is None or other_log:
+            rebuilt = self._bring_arrays_to(connection, last, rebuild=True)
+        elif not _holds(before, last, digest):
             rebuilt = self._bring_arrays_to(connection, last)
+        else:
+            rebuilt = False
         build = self._build
         assert build is not None
         arrays = build.view()
-        if seq is None or rebuilt or before is None:
+        if log_state is None or rebuilt or before is None:
             # Rows read in this snapshot are current: every change noted so far is in them.
             self._overlay = None
-            self._view = dataclasses.replace(arrays, seen=seq or 0)
+            self._view = dataclasses.replace(arrays, seen=seq, log_name=name)
             return
         changed = _vector_changes.changed_since(connection, before.seen)
         if changed is None or len(changed.union(before.excluded.tolist())) > (
@@ -270,7 +282,8 @@ class VectorCache:
         ):
             self._bring_arrays_to(connection, last, rebuild=True)
             self._overlay = None
-            self._view = dataclasses.replace(self._build.view(), seen=seq)  # type: ignore[union-attr]
+            rebuilt_view = self._build.view()  # type: ignore[union-attr]
+            self._view = dataclasses.replace(rebuilt_view, seen=seq, log_name=name)
             return
         excluded = np.array(sorted(changed.union(before.excluded.tolist())), dtype=np.int64)
         overlay = _Build()
@@ -279,7 +292,7 @@ class VectorCache:
             _append(overlay, rows, max(0, self.limit - build.nbytes))
         self._overlay = overlay
         self._view = dataclasses.replace(
-            arrays, seen=seq, excluded=excluded, overlay=overlay.view()
+            arrays, seen=seq, log_name=name, excluded=excluded, overlay=overlay.view()
         )
 
     def _bring_arrays_to(self, connection: Connection, last: int, *, rebuild: bool = False) -> bool:
@@ -337,9 +350,14 @@ def _hash_at(connection: Connection, index: int) -> np.uint64:
     return _digest(connection.execute(stmt).scalar())
 
 
-def _current(view: _View, seq: int | None) -> bool:
-    """True when the view has applied every change noted in the snapshot (``seq``)."""
-    return seq is None or view.seen == seq
+def _current(view: _View, log_state: tuple[int, int] | None) -> bool:
+    """True when the view has applied every change noted in the snapshot."""
+    return log_state is None or (view.log_name, view.seen) == log_state
+
+
+def _older(view: _View, log_state: tuple[int, int] | None) -> bool:
+    """True when the snapshot is older than the changes the view has applied."""
+    return log_state is not None and view.log_name == log_state[0] and log_state[1] < view.seen
 
 
 def _holds(view: _View, last: int, digest: np.uint64) -> bool:

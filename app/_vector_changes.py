@@ -29,9 +29,10 @@ from ._vector_scores import Array
 _OVERLAY_ROWS = 20_000
 
 
-def log_head(connection: Connection) -> int | None:
-    """The newest change noted in the connection's snapshot (0 for none), or None when the
-    database has no change log (a schema before revision 0005)."""
+def log_head(connection: Connection) -> tuple[int, int] | None:
+    """The log's name (the note numbered 0) and its newest note in the connection's
+    snapshot (0 for none), or None when the database has no change log (a schema before
+    revision 0005)."""
     if connection.dialect.name == "sqlite":
         present = raw_execute(
             connection,
@@ -44,22 +45,28 @@ def log_head(connection: Connection) -> int | None:
         ).fetchone()[0]
     if not present:
         return None
-    newest = raw_execute(connection, "SELECT max(seq) FROM embedding_changes").fetchone()[0]
-    return int(newest or 0)
+    name, newest = raw_execute(
+        connection,
+        "SELECT (SELECT block_index FROM embedding_changes WHERE seq = 0), "
+        "(SELECT max(seq) FROM embedding_changes)",
+    ).fetchone()
+    return int(name or 0), int(newest or 0)
 
 
 def changed_since(connection: Connection, seen: int) -> set[int] | None:
     """The blocks whose embedding changed after note ``seen``, or None when notes after it
     are gone (the log was pruned past it: the caller rebuilds)."""
     if seen > 0:
-        oldest = raw_execute(connection, "SELECT min(seq) FROM embedding_changes").fetchone()[0]
+        oldest = raw_execute(
+            connection, "SELECT min(seq) FROM embedding_changes WHERE seq > 0"
+        ).fetchone()[0]
         if oldest is not None and int(oldest) > seen + 1:
             return None
     marker = "?" if connection.dialect.name == "sqlite" else "%s"
     rows = raw_execute(
         connection,
         f"SELECT DISTINCT block_index FROM embedding_changes WHERE seq > {marker}",
-        (seen,),
+        (max(seen, 0),),
     )
     return {int(row[0]) for row in rows}
 

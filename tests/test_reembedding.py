@@ -220,3 +220,24 @@ def test_the_facade_updates_an_embedding_of_the_old_class_database(tmp_path: Pat
         with pytest.raises(errors.InvalidInputError, match="block 3"):
             manager.update_block_embedding(3, [float("nan")] * 128)
         assert manager.blocks.verify_chain().ok
+
+
+def test_a_change_log_made_again_by_a_migration_is_not_mistaken(
+    stores: tuple[BlockStore, BlockStore], db_url: str
+) -> None:
+    """Down to 0004 and up again: the new log numbers its notes from 1; a warm cache that
+    had applied more notes than that still sees the next rewrite."""
+    from app import schema
+
+    store, reference = stores
+    rng = random.Random(5)
+    for index in range(30):  # the old log counts 30 notes
+        store.set_embedding(index, vector(rng))
+    query = [0.1, 0.9, -0.3, 0.2]
+    ranking(store, query)  # applied: 30
+    with Database(db_url, check_schema=False) as migrator:
+        schema.downgrade(migrator, "0004")
+        schema.upgrade(migrator)
+    store.set_embedding(150, query)  # note 1 of the new log
+    assert ranking(store, query, 1)[0][0] == 150
+    assert ranking(store, query, 50) == ranking(reference, query, 50)

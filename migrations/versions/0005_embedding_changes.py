@@ -17,6 +17,11 @@ before the row (so a REPLACE of an existing row is noted too). On PostgreSQL the
 the layer's transaction-level write lock first, so that notes are numbered in commit order
 even when writers outside the layer change embeddings.
 
+The note numbered 0 names the log (its ``block_index`` is a random number): a log dropped
+and made again (this revision's downgrade and upgrade) starts its numbers afresh, and a
+cache that finds another name there rebuilds instead of taking the new numbers for old
+ones. Pruning keeps it.
+
 The downgrade drops the triggers and the table.
 """
 
@@ -35,6 +40,7 @@ _WRITE_LOCK = -7101321502734893906
 SQLITE = (
     "CREATE TABLE embedding_changes ("
     "seq INTEGER PRIMARY KEY AUTOINCREMENT, block_index INTEGER NOT NULL)",
+    "INSERT INTO embedding_changes (seq, block_index) VALUES (0, abs(random() % 2147483647))",
     "CREATE TRIGGER embedding_changes_insert BEFORE INSERT ON block_embeddings "
     "WHEN EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= new.block_index) "
     "BEGIN INSERT INTO embedding_changes (block_index) VALUES (new.block_index); END",
@@ -48,6 +54,8 @@ SQLITE = (
 POSTGRES = (
     "CREATE TABLE embedding_changes ("
     "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, block_index INTEGER NOT NULL)",
+    "INSERT INTO embedding_changes (seq, block_index) OVERRIDING SYSTEM VALUE "
+    "VALUES (0, floor(random() * 2147483647)::int)",
     f"""CREATE FUNCTION app_note_embedding_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     IF EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= NEW.block_index) THEN
