@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from ._block_values import encode_embedding
 from ._driver import raw_execute
 from ._validate import check_index, check_text
+from ._vector_changes import log_head
 from .errors import InvalidInputError
 
 #: Change notes kept: caches more than this many changes behind rebuild instead.
@@ -86,9 +87,11 @@ def write(connection: Connection, rows: list[Prepared], model: str) -> int:
             raw_execute(connection, update, (raw, size, model, index))
         elif index in blocks:
             raw_execute(connection, insert, (index, raw, model, size))
-    raw_execute(
-        connection,
-        "DELETE FROM embedding_changes "
-        f"WHERE seq > 0 AND seq < (SELECT max(seq) FROM embedding_changes) - {KEEP_NOTES}",
-    )
+    log = log_head(connection)
+    if log is not None and log[1] > KEEP_NOTES:  # none while a migration is below 0005
+        raw_execute(
+            connection,
+            f"DELETE FROM embedding_changes WHERE seq > 0 AND seq < {mark}",
+            (log[1] - KEEP_NOTES,),
+        )
     return len(blocks)

@@ -295,7 +295,7 @@ class AsyncBlockStore:
         )
         return chained_records(written)
 
-    # -- reads, in the database's worker threads --------------------------------------------
+    # -- reads (and the writes that are not appends), in the database's worker threads ---
 
     head = _offloaded(BlockStore.head)
     count = _offloaded(BlockStore.count)
@@ -310,6 +310,9 @@ class AsyncBlockStore:
     similar = _offloaded(BlockStore.similar)
     search = _offloaded(BlockStore.search)
     refresh_search_index = _offloaded(BlockStore.refresh_search_index)
+    rebuild_search_index = _offloaded(BlockStore.rebuild_search_index)
+    set_embedding = _offloaded(BlockStore.set_embedding)
+    reembed = _offloaded(BlockStore.reembed)
     verify_chain = _offloaded(BlockStore.verify_chain)
 
 

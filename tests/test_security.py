@@ -288,7 +288,6 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
     ("_reembed.py", "write", ("among",)): "a fixed IN clause for one bound list of indices",
     ("_reembed.py", "write", ("mark", "mark", "mark", "mark")): "driver placeholders",
     ("_reembed.py", "write", ("mark",)): "a driver placeholder",
-    ("_reembed.py", "write", ("KEEP_NOTES",)): "a module constant int",
     ("_search_schema.py", "<module>", ("_WRITE_LOCK",)): (
         "the layer's advisory lock key, a constant int"
     ),
