@@ -42,7 +42,7 @@ def cycles(count: int, open_and_close: Callable[[int], weakref.ref[object]]) -> 
 
 
 #: Open-and-close cycles per backend (a PostgreSQL cycle costs a few server connections).
-REQUESTS = {"sqlite": 1000, "postgres": 300}
+REQUESTS = {"sqlite": 1000, "postgres": 200}
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_a_legacy_manager_that_used_conn_and_transactions_dies(url: str) -> None
         manager.close()
         return ref
 
-    assert cycles(200, request) == 0
+    assert cycles(100, request) == 0
 
 
 def test_a_file_per_tenant_leaves_nothing_behind(tmp_path: Path) -> None:
