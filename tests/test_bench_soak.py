@@ -24,9 +24,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def test_a_minute_of_soak_meets_its_goals(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     chart = tmp_path / "soak.png"
+    options = ["--seconds", "60", "--interval", "3", "--warmup", "20"]
+    files = ["--json-out", str(out), "--plot", str(chart)]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.soak", "--seconds", "60", "--interval", "3"]
-        + ["--warmup", "20", "--json-out", str(out), "--plot", str(chart)],
+        [sys.executable, "-m", "benchmarks.soak", *options, *files],
         cwd=ROOT,
         capture_output=True,
         text=True,
