@@ -313,13 +313,17 @@ def drain(connection: Connection, batch: int = DRAIN_BATCH) -> int:
     return len(rows)
 
 
-def restore(connection: Connection, applied: Collection[str]) -> list[str]:
+def restore(
+    connection: Connection, applied: Collection[str], *, level: int = logging.WARNING
+) -> list[str]:
     """Put back whatever of the search indexes is missing (see ``_search_schema``) inside
     the caller's write transaction; on SQLite the keyword index is then rebuilt from the
     rows, since blocks written meanwhile were never noted for it.
 
     Args:
         applied: the revisions the database is at or past.
+        level: how the restoring is logged (INFO after a migration, where it is expected:
+            batch mode drops them; WARNING when found missing later).
 
     Returns:
         What was missing ([] when nothing was, and nothing was done).
@@ -328,7 +332,7 @@ def restore(connection: Connection, applied: Collection[str]) -> list[str]:
     if missing:
         if connection.dialect.name == "sqlite" and sqlite_index_ready(connection):
             rebuild(connection)
-        log.warning("restored the search indexes: %s", "; ".join(missing))
+        log.log(level, "restored the search indexes: %s", "; ".join(missing))
     return missing
 
 

@@ -247,7 +247,7 @@ def after_migrations(connection: Connection) -> None:
     # Imported here: the keyword index is a layer above the schema.
     from ._keyword_index import restore
 
-    restore(connection, applied_revisions(connection))
+    restore(connection, applied_revisions(connection), level=logging.INFO)
 
 
 def ensure_schema(database: Migratable) -> None:

@@ -13,6 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SAWarning
 
+from app._autogenerate import drop_legacy_noise
 from app.database import migration_database
 from app.models import Base
 from app.schema import after_migrations, foreign_keys_off, write_connection
@@ -65,6 +66,11 @@ def _run_with(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         include_name=_include_name,
+        # A database the old class made differs from the models in ways that mean nothing
+        # (see app/_autogenerate.py): a new script holds only the user's own changes.
+        process_revision_directives=lambda _context, _revision, directives: drop_legacy_noise(
+            connection, target_metadata, directives
+        ),
         render_as_batch=connection.dialect.name == "sqlite",
         # The layer issues BEGIN itself, so DDL on SQLite is transactional too: a failed
         # upgrade leaves the schema as it was.

@@ -272,3 +272,54 @@ def test_a_migration_that_rebuilds_the_embeddings_keeps_caches_informed(
                 (bytes(np.asarray(query, dtype=np.float32).tobytes()),),
             )
         assert store.similar(query, top_k=1)[0].block.block_index == 7
+
+
+AUTOGENERATE = """
+import sys
+from alembic import command
+from sqlalchemy import Column, Text
+from app import schema
+from app.database import migration_database
+from app.models import Block
+
+schema.migrations_dir = lambda: __import__("pathlib").Path(sys.argv[2])
+Block.__table__.append_column(Column("note", Text, nullable=True))  # the user's new column
+with migration_database(sys.argv[1]) as database, schema.write_connection(database) as conn:
+    config = schema.alembic_config(conn)
+    command.revision(config, message="blocks note", autogenerate=True, rev_id="9100")
+"""
+
+
+def test_autogenerate_on_the_old_class_database_writes_only_the_new_column(
+    clone: Path, tmp_path: Path
+) -> None:
+    """The old class's tables differ from the models in ways that mean nothing (nullable
+    primary keys, unnamed UNIQUE constraints): the script holds the user's column only."""
+    import subprocess
+    import sys
+
+    url = sqlite_url(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", AUTOGENERATE, url, str(clone)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (script,) = (clone / "versions").glob("9100_*.py")
+    body = script.read_text(encoding="utf-8")
+    code = [line.strip() for line in body.splitlines() if line.strip().startswith("batch_op.")]
+    assert code == [
+        "batch_op.add_column(sa.Column('note', sa.Text(), nullable=True))",
+        "batch_op.drop_column('note')",
+    ], body
+    schema.reset_script_cache()
+    migrate(url, "upgrade", "head")
+    assert diagnose(url).ok
+    assert searchable(url, "withnote", 5) == 5
+    migrate(url, "downgrade", "-1")
+    script.unlink()
+    schema.reset_script_cache()
+    assert diagnose(url).ok
+    assert searchable(url, "afternote", 5) == 5
