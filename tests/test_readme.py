@@ -4,6 +4,7 @@ distribution (a package called ``app`` on the index belongs to someone else)."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ README = ROOT / "README.md"
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    # Blocks inside a list item are indented with it.
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    return [textwrap.dedent(block) for block in blocks]
 
 
 def test_the_readme_has_python_examples() -> None:

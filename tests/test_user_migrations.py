@@ -314,6 +314,9 @@ def test_autogenerate_on_the_old_class_database_writes_only_the_new_column(
         "batch_op.add_column(sa.Column('note', sa.Text(), nullable=True))",
         "batch_op.drop_column('note')",
     ], body
+    howto = README.read_text(encoding="utf-8").split("### Extending the schema")[1]
+    for line in code:  # the README's how-to shows what autogenerate writes
+        assert line.replace("'", '"') in howto
     schema.reset_script_cache()
     migrate(url, "upgrade", "head")
     assert diagnose(url).ok
