@@ -27,8 +27,6 @@ from collections.abc import Collection
 from sqlalchemy.engine import Connection
 
 from ._driver import raw_execute
-from ._postgres_hooks import PG_WRITE_LOCK_KEY
-from ._time_window import POSTGRES_KEY, SQLITE_KEY
 
 FTS_TABLES = ("search_context_fts", "search_keyword_fts")
 PENDING_TABLE = "search_pending"
@@ -48,83 +46,12 @@ PG_INDEXES = {
     "ix_blocks_context_trgm": ("blocks", "context"),
     "ix_block_keywords_keyword_trgm": ("block_keywords", "keyword"),
 }
-#: Revision 0005's notes of embeddings changed in place (see ``_vector_changes``), as the
-#: revision created them: the table, then the triggers (PostgreSQL: functions, then triggers).
+#: Revision 0005's notes of embeddings changed in place (see ``_vector_changes``).
 NOTES_REVISION = "0005"
 NOTES_TABLE = "embedding_changes"
-_WRITE_LOCK = PG_WRITE_LOCK_KEY
-NOTES_SQLITE = (
-    "CREATE TABLE embedding_changes ("
-    "seq INTEGER PRIMARY KEY AUTOINCREMENT, block_index INTEGER NOT NULL)",
-    "INSERT INTO embedding_changes (seq, block_index) VALUES (0, abs(random() % 2147483647))",
-    "CREATE TRIGGER embedding_changes_insert BEFORE INSERT ON block_embeddings "
-    "WHEN EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= new.block_index) "
-    "BEGIN INSERT INTO embedding_changes (block_index) VALUES (new.block_index); END",
-    "CREATE TRIGGER embedding_changes_update AFTER UPDATE ON block_embeddings BEGIN "
-    "INSERT INTO embedding_changes (block_index) VALUES (new.block_index); "
-    "INSERT INTO embedding_changes (block_index) SELECT old.block_index "
-    "WHERE old.block_index <> new.block_index; END",
-    "CREATE TRIGGER embedding_changes_delete AFTER DELETE ON block_embeddings BEGIN "
-    "INSERT INTO embedding_changes (block_index) VALUES (old.block_index); END",
-)
-NOTES_POSTGRES = (
-    "CREATE TABLE embedding_changes ("
-    "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, block_index INTEGER NOT NULL)",
-    "INSERT INTO embedding_changes (seq, block_index) OVERRIDING SYSTEM VALUE "
-    "VALUES (0, floor(random() * 2147483647)::int)",
-    f"""CREATE FUNCTION app_note_embedding_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    IF EXISTS (SELECT 1 FROM block_embeddings WHERE block_index >= NEW.block_index) THEN
-        PERFORM pg_advisory_xact_lock({_WRITE_LOCK});
-        INSERT INTO embedding_changes (block_index) VALUES (NEW.block_index);
-    END IF;
-    RETURN NEW;
-END
-$fn$""",
-    f"""CREATE FUNCTION app_note_embedding_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    PERFORM pg_advisory_xact_lock({_WRITE_LOCK});
-    IF TG_OP = 'UPDATE' THEN
-        INSERT INTO embedding_changes (block_index) VALUES (NEW.block_index);
-    END IF;
-    IF TG_OP = 'DELETE' OR OLD.block_index <> NEW.block_index THEN
-        INSERT INTO embedding_changes (block_index) VALUES (OLD.block_index);
-    END IF;
-    RETURN NULL;
-END
-$fn$""",
-    "CREATE TRIGGER embedding_changes_insert BEFORE INSERT ON block_embeddings "
-    "FOR EACH ROW EXECUTE FUNCTION app_note_embedding_insert()",
-    "CREATE TRIGGER embedding_changes_change AFTER UPDATE OR DELETE ON block_embeddings "
-    "FOR EACH ROW EXECUTE FUNCTION app_note_embedding_change()",
-)
 
 INSTANT_INDEX = "ix_blocks_instant"
 INSTANT_REVISION = "0004"
-#: As revision 0004 created it (the revision keeps its own copy).
-POSTGRES_KEY_FUNCTION = r"""
-CREATE FUNCTION app_timestamp_key(value text) RETURNS double precision
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
-SELECT CASE
-    WHEN value !~ ('^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])'
-            '(?:[T ]([01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?)?'
-            '(?: ?(Z|[+-](0\d|1[0-5])(?::?[0-5]\d)?))?$')
-        THEN NULL
-    WHEN substr(value, 1, 4) = '0000' THEN NULL
-    WHEN substr(value, 9, 2)::int > CASE
-        WHEN substr(value, 6, 2) IN ('04', '06', '09', '11') THEN 30
-        WHEN substr(value, 6, 2) <> '02' THEN 31
-        WHEN substr(value, 1, 4)::int % 400 = 0
-            OR (substr(value, 1, 4)::int % 4 = 0 AND substr(value, 1, 4)::int % 100 <> 0)
-            THEN 29
-        ELSE 28 END
-        THEN NULL
-    WHEN length(value) > 10 AND value ~ '(Z|[+-]\d\d(?::?\d\d)?)$'
-        THEN extract(epoch FROM value::timestamptz)
-    ELSE extract(epoch FROM value::timestamp)
-END
-$fn$
-"""
 
 
 def problems(connection: Connection, applied: Collection[str]) -> list[str]:
@@ -242,37 +169,34 @@ def _pg_trgm_schema(connection: Connection) -> str | None:
 
 
 def _restore_instant_index(connection: Connection) -> None:
-    if connection.dialect.name == "sqlite":
-        raw_execute(
-            connection, f"CREATE INDEX {INSTANT_INDEX} ON blocks ({SQLITE_KEY}, block_index)"
-        )
-        return
-    found = raw_execute(
-        connection,
-        "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE p.proname = 'app_timestamp_key' AND n.nspname = current_schema()",
-    ).fetchone()
-    if found is None:
-        raw_execute(connection, POSTGRES_KEY_FUNCTION)
-    raw_execute(connection, f"CREATE INDEX {INSTANT_INDEX} ON blocks ({POSTGRES_KEY}, block_index)")
+    """Run revision 0004's statements again (its function made again if it is missing)."""
+    for statement in _revision_statements(INSTANT_REVISION, connection):
+        raw_execute(connection, _or_replace(statement))
+
+
+def _revision_statements(revision: str, connection: Connection) -> tuple[str, ...]:
+    """What a revision's upgrade runs on this backend: the revision is the one copy."""
+    from .schema import revision_module  # the schema layer imports this module
+
+    module = revision_module(revision)
+    statements: tuple[str, ...] = (
+        module.SQLITE if connection.dialect.name == "sqlite" else module.POSTGRES
+    )
+    return statements
+
+
+def _or_replace(statement: str) -> str:
+    return statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
 def _restore_note_triggers(connection: Connection) -> None:
-    """Create the notes' table, functions and triggers that are missing (a migration that
-    rebuilt ``block_embeddings`` dropped its triggers)."""
-    sqlite = connection.dialect.name == "sqlite"
-    statements = NOTES_SQLITE if sqlite else NOTES_POSTGRES
+    """Create the notes' functions and the triggers that are missing (a migration that
+    rebuilt ``block_embeddings`` dropped its triggers; the table and its notes stay)."""
     wanted = set(_missing_note_triggers(connection))
-    for statement in statements:
-        if statement.startswith(("CREATE TABLE", "INSERT")):
-            continue  # the table is not on the rebuilt one; it stays, with its name
+    for statement in _revision_statements(NOTES_REVISION, connection):
         if statement.startswith("CREATE FUNCTION"):
-            raw_execute(
-                connection, statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
-            )
-            continue
-        name = statement.split()[2]
-        if name in wanted:
+            raw_execute(connection, _or_replace(statement))
+        elif statement.startswith("CREATE TRIGGER") and statement.split()[2] in wanted:
             raw_execute(connection, statement)
 
 

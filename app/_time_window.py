@@ -24,6 +24,7 @@ scan stops once no later key can name an instant newer than the last one kept.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -35,14 +36,17 @@ from sqlalchemy.engine import Connection
 
 from ._driver import placeholder, raw_execute
 
-#: The key of revision 0004's index, as each database computes it (the same expression,
-#: so that the index serves the queries).
-SQLITE_KEY = (
-    "(CASE WHEN timestamp GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' "
-    "AND date(julianday(substr(timestamp, 1, 10))) = substr(timestamp, 1, 10) "
-    "THEN julianday(timestamp) END)"
-)
-POSTGRES_KEY = "app_timestamp_key(timestamp)"
+
+@functools.cache
+def key_expression(sqlite: bool) -> str:
+    """The key of revision 0004's index, as that revision defines it: the queries use the
+    same expression, so that the index serves them."""
+    from .schema import revision_module  # the schema layer is below; its module loads late
+
+    module = revision_module("0004")
+    return str(module.SQLITE_KEY if sqlite else module.POSTGRES_KEY)
+
+
 _UTC = UTC
 _OLDEST = datetime.min.replace(tzinfo=_UTC)  # where texts without a date go, newest first
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
@@ -107,7 +111,7 @@ def window(
     if limit <= 0:
         return []
     sqlite = connection.dialect.name == "sqlite"
-    key = SQLITE_KEY if sqlite else POSTGRES_KEY
+    key = key_expression(sqlite)
     if high is not None:
         top = high.instant
     else:  # up to the newest stored key (a wall-clock time or an instant: a day covers both)

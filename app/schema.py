@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 from alembic import command
@@ -326,10 +327,17 @@ def _check_search_machinery(database: Migratable) -> None:
         restore(connection, applied_revisions(connection))
 
 
+def revision_module(revision: str) -> ModuleType:
+    """The module of a revision: what it defines is frozen in it, and the layer reads it
+    from there (the legacy layout, the DDL of what the layer keeps beside the models)."""
+    found = _script().get_revision(revision)
+    assert found is not None
+    return found.module
+
+
 def legacy_layout() -> MetaData:
     """The legacy tables as revision 0001 defines them (frozen in the revision itself)."""
-    module = _script().get_revision("0001").module
-    layout: MetaData = module.LAYOUT
+    layout: MetaData = revision_module("0001").LAYOUT
     return layout
 
 

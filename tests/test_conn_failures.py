@@ -37,15 +37,21 @@ except ImportError:  # pragma: no cover - psycopg is a test dependency
     DRIVER_ERRORS = (sqlite3.Error,)
 
 
+def kv_manager(db_url: str) -> DatabaseManager:
+    """A manager on a database with a table ``kv`` holding the key 'taken' (settings from
+    the environment as the test set it)."""
+    db = DatabaseManager(db_url)
+    db.conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
+    db.conn.execute("INSERT INTO kv VALUES (?, ?)", ("taken", "first"))
+    db.conn.commit()
+    return db
+
+
 @pytest.fixture
 def manager(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[DatabaseManager]:
     # A short deadline: a writer stalled behind an abandoned transaction fails fast.
     monkeypatch.setenv("APP_RETRY_DEADLINE", "5")
-    db = DatabaseManager(db_url)
-    db.conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
-    db.conn.commit()
-    db.conn.execute("INSERT INTO kv VALUES (?, ?)", ("taken", "first"))
-    db.conn.commit()
+    db = kv_manager(db_url)
     yield db
     db.close()
 
@@ -129,10 +135,7 @@ def test_writes_before_the_failure_are_committed_when_the_thread_walks_away(
     before the failed statement, once the thread has left them for failed_write_grace."""
     monkeypatch.setenv("APP_FAILED_WRITE_GRACE", "0.2")
     monkeypatch.setenv("APP_RETRY_DEADLINE", "20")
-    db = DatabaseManager(db_url)
-    db.conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
-    db.conn.execute("INSERT INTO kv VALUES ('taken', 'first')")
-    db.conn.commit()
+    db = kv_manager(db_url)
 
     def walks_away() -> None:
         try:
@@ -157,10 +160,7 @@ def test_a_thread_that_rolls_back_after_the_failure_keeps_its_rollback(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("APP_FAILED_WRITE_GRACE", "60")
-    with DatabaseManager(db_url) as db:
-        db.conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
-        db.conn.execute("INSERT INTO kv VALUES ('taken', 'first')")
-        db.conn.commit()
+    with kv_manager(db_url) as db:
 
         def careful() -> None:
             try:
@@ -179,10 +179,7 @@ def test_a_thread_that_goes_on_after_the_failure_keeps_one_transaction(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("APP_FAILED_WRITE_GRACE", "60")
-    with DatabaseManager(db_url) as db:
-        db.conn.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
-        db.conn.execute("INSERT INTO kv VALUES ('taken', 'first')")
-        db.conn.commit()
+    with kv_manager(db_url) as db:
 
         def goes_on() -> None:
             db.conn.execute("INSERT INTO kv VALUES ('a', '1')")

@@ -278,19 +278,10 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
         "index, table and column names (module constants) and pg_trgm's schema name, read "
         "from pg_extension and quoted"
     ),
-    ("_search_schema.py", "_restore_instant_index", ("INSTANT_INDEX", "SQLITE_KEY")): (
-        "module constants"
-    ),
-    ("_search_schema.py", "_restore_instant_index", ("INSTANT_INDEX", "POSTGRES_KEY")): (
-        "module constants"
-    ),
     ("_time_window.py", "_null_keys", ("key",)): "the index's key expression (a constant)",
     ("_reembed.py", "write", ("among",)): "a fixed IN clause for one bound list of indices",
     ("_reembed.py", "write", ("mark", "mark", "mark", "mark")): "driver placeholders",
     ("_reembed.py", "write", ("mark",)): "a driver placeholder",
-    ("_search_schema.py", "<module>", ("_WRITE_LOCK",)): (
-        "the layer's advisory lock key, a constant int"
-    ),
     ("_vector_changes.py", "changed_since", ("marker",)): "a driver placeholder",
     (
         "_vector_changes.py",

@@ -210,11 +210,12 @@ def test_windows_use_the_timestamp_index(tmp_path: Path) -> None:
     path = tmp_path / "memory.db"
     shutil.copyfile(LEGACY_FIXTURE, path)
     with Database(f"sqlite:///{path}") as db, db.reading() as connection:
-        from app._time_window import SQLITE_KEY
+        from app._time_window import key_expression
 
+        key = key_expression(sqlite=True)
         plan = connection.exec_driver_sql(
-            f"EXPLAIN QUERY PLAN SELECT block_index FROM blocks WHERE {SQLITE_KEY} >= ? "
-            f"AND {SQLITE_KEY} <= ? ORDER BY {SQLITE_KEY} DESC",
+            f"EXPLAIN QUERY PLAN SELECT block_index FROM blocks WHERE {key} >= ? "
+            f"AND {key} <= ? ORDER BY {key} DESC",
             (2461000.0, 2462000.0),
         ).fetchall()
         assert any("ix_blocks_instant" in str(row) for row in plan), plan

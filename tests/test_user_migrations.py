@@ -27,30 +27,31 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 #: A user's revision as ``alembic revision --autogenerate`` writes it for a new column on
-#: SQLite (batch mode), plus a column type change, which makes batch mode rebuild the table.
-USER_REVISION = '''"""blocks: a note per block
+#: SQLite (batch mode); ``recreate="always"`` makes batch mode rebuild the table.
+REVISION = '''"""{table}: a note per row
 
-Revision ID: 9001
+Revision ID: {rev}
 Revises: {head}
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "9001"
+revision = "{rev}"
 down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("blocks", schema=None, recreate="{recreate}") as batch_op:
+    with op.batch_alter_table("{table}", schema=None, recreate="{recreate}") as batch_op:
         batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("blocks", schema=None) as batch_op:
+    with op.batch_alter_table("{table}", schema=None) as batch_op:
         batch_op.drop_column("note")
 '''
+USER_REVISION = REVISION.replace("{table}", "blocks").replace("{rev}", "9001")
 
 
 @pytest.fixture
@@ -182,17 +183,23 @@ def test_doctor_names_missing_triggers_and_reindex_restores_them(tmp_path: Path)
             store.append(f"unnoticed {number}")
         # Exact even now: without its triggers the index is not trusted, searches scan.
         assert len(store.search_keywords(["unnoticed"], limit=100)) == 20
+    output = doctor_names_then_reindex_restores(url, ["trigger search_pending_block_insert"])
+    assert "260 blocks indexed" in output
+    assert searchable(url, "afterwards", 5) == 5
+
+
+def doctor_names_then_reindex_restores(url: str, missing: list[str]) -> str:
+    """``app doctor`` fails naming what is missing and advising reindex; ``app reindex``
+    restores it; doctor is content. Returns what reindex printed."""
     report = diagnose(url)
-    assert not report.ok
     (check,) = [c for c in report.checks if c.name == "search indexes"]
-    assert check.status == FAIL and "search_pending_block_insert" in check.value
-    assert "reindex" in check.advice
+    assert not report.ok and check.status == FAIL and "reindex" in check.advice
     result = run_cli("--url", url, "reindex")
     assert result.exit_code == 0, result.output
-    assert "restored trigger search_pending_block_insert" in result.output
-    assert "260 blocks indexed" in result.output
+    for name in missing:
+        assert name.split()[1] in check.value and name in result.output
     assert diagnose(url).ok
-    assert searchable(url, "afterwards", 5) == 5
+    return str(result.output)
 
 
 def test_opening_the_database_restores_missing_triggers(
@@ -216,38 +223,13 @@ def test_doctor_and_reindex_restore_a_dropped_trigram_index(tmp_path: Path) -> N
             BlockStore(db).append("something to find", keywords=["find"])
             with db.writing() as connection:
                 connection.exec_driver_sql("DROP INDEX ix_blocks_context_trgm")
-        report = diagnose(url)
-        (check,) = [c for c in report.checks if c.name == "search indexes"]
-        assert check.status == FAIL and "ix_blocks_context_trgm" in check.value
-        result = run_cli("--url", url, "reindex")
-        assert result.exit_code == 0, result.output
-        assert "restored index ix_blocks_context_trgm" in result.output
-        assert diagnose(url).ok
+                connection.exec_driver_sql("DROP INDEX ix_blocks_instant")
+        doctor_names_then_reindex_restores(
+            url, ["index ix_blocks_context_trgm", "index ix_blocks_instant"]
+        )
 
 
-EMBEDDINGS_REVISION = '''"""block_embeddings: a note per embedding (a table rebuild)
-
-Revision ID: 9002
-Revises: {head}
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "9002"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    with op.batch_alter_table("block_embeddings", recreate="always") as batch_op:
-        batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))
-
-
-def downgrade() -> None:
-    with op.batch_alter_table("block_embeddings") as batch_op:
-        batch_op.drop_column("note")
-'''
+EMBEDDINGS_REVISION = REVISION.replace("{table}", "block_embeddings").replace("{rev}", "9002")
 
 
 def test_a_migration_that_rebuilds_the_embeddings_keeps_caches_informed(
@@ -257,7 +239,8 @@ def test_a_migration_that_rebuilds_the_embeddings_keeps_caches_informed(
     a warm similarity cache still sees a rewrite made afterwards."""
     url = sqlite_url(tmp_path)
     (clone / "versions" / "9002_embeddings_note.py").write_text(
-        EMBEDDINGS_REVISION.format(head=schema.head_revision()), encoding="utf-8"
+        EMBEDDINGS_REVISION.format(head=schema.head_revision(), recreate="always"),
+        encoding="utf-8",
     )
     schema.reset_script_cache()
     migrate(url, "upgrade", "head")

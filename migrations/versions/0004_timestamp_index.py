@@ -62,16 +62,19 @@ SELECT CASE
 END
 $fn$
 """
+POSTGRES_KEY = "app_timestamp_key(timestamp)"
+#: What the upgrade runs (the layer runs them again when a migration drops the index).
+SQLITE = (f"CREATE INDEX ix_blocks_instant ON blocks ({SQLITE_KEY}, block_index)",)
+POSTGRES = (
+    POSTGRES_FUNCTION,
+    f"CREATE INDEX ix_blocks_instant ON blocks ({POSTGRES_KEY}, block_index)",
+)
 
 
 def upgrade() -> None:
-    if context.get_context().dialect.name == "postgresql":
-        op.execute(POSTGRES_FUNCTION)
-        op.execute(
-            "CREATE INDEX ix_blocks_instant ON blocks (app_timestamp_key(timestamp), block_index)"
-        )
-    else:
-        op.execute(f"CREATE INDEX ix_blocks_instant ON blocks ({SQLITE_KEY}, block_index)")
+    postgres = context.get_context().dialect.name == "postgresql"
+    for statement in POSTGRES if postgres else SQLITE:
+        op.execute(statement)
 
 
 def downgrade() -> None:
