@@ -19,7 +19,7 @@ import sqlalchemy
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, _search_schema, errors
+from . import __version__, _keyword_index, _search_schema, errors
 from ._hints import command_hint, install_hint
 from ._search_report import search_report
 from ._sqlite_file import file_size, probe_sqlite_file, read_only
@@ -35,6 +35,8 @@ from .schema import (
 from .settings import Settings
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
+#: Blocks waiting for the keyword index beyond which searches scan enough to notice.
+_BACKLOG = 10 * _keyword_index.DRAIN_AT
 _SYNCHRONOUS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
 _TEMP_STORE = {0: "default", 1: "file", 2: "memory"}
 
@@ -390,8 +392,22 @@ def _report_search_machinery(report: Report, db: Database) -> None:
     blocks table may have dropped them, after which the index misses new blocks."""
     with db.reading() as connection:
         missing = _search_schema.problems(connection, applied_revisions(connection))
+        waiting = (
+            _keyword_index.pending_count(connection)
+            if connection.dialect.name == "sqlite" and _keyword_index.sqlite_index_ready(connection)
+            else 0
+        )
     if not missing:
-        report.add("search indexes", "complete", OK)
+        if waiting > _BACKLOG:
+            report.add(
+                "search indexes",
+                f"complete, but {waiting:,} blocks wait to be indexed (searches scan them)",
+                WARN,
+                "nothing indexed them yet (a read-only process cannot, and searches index them "
+                f"in batches as they run): run `{command_hint(db.url, 'reindex')}`",
+            )
+        else:
+            report.add("search indexes", "complete", OK)
         return
     report.add(
         "search indexes",

@@ -17,7 +17,7 @@ from sqlalchemy import inspect
 
 from app import BlockStore, Database, schema
 from app.database import migration_database
-from app.doctor import FAIL, OK, diagnose
+from app.doctor import FAIL, OK, WARN, diagnose
 from app.transfer import copy_database
 
 from .helpers import postgres_schema, require_backend, run_cli
@@ -309,3 +309,14 @@ def test_autogenerate_on_the_old_class_database_writes_only_the_new_column(
     schema.reset_script_cache()
     assert diagnose(url).ok
     assert searchable(url, "afternote", 5) == 5
+
+
+def test_doctor_warns_of_blocks_waiting_for_the_keyword_index(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'memory.db'}"
+    with Database(url) as db:  # a bulk import: no search has indexed them yet
+        BlockStore(db).append_many([{"context": f"imported {n}"} for n in range(3000)])
+    (check,) = [c for c in diagnose(url).checks if c.name == "search indexes"]
+    assert check.status == WARN and "3,000 blocks wait" in check.value
+    assert run_cli("--url", url, "reindex").exit_code == 0
+    (check,) = [c for c in diagnose(url).checks if c.name == "search indexes"]
+    assert check.status == OK
