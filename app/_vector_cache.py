@@ -1,8 +1,8 @@
 """Exact cosine top-k without reading the chain per query: the embeddings kept in memory.
 
-Each process keeps, per :class:`~app.Database`, the embeddings as float32 unit vectors in
-one matrix per dimension (:class:`VectorCache`), which a query ranks exactly as
-``_vector_scores`` explains (:func:`~app._vector_scores.unit_top_k`).
+Each process keeps, per database (shared by its Database objects on it), the embeddings as
+float32 unit vectors in one matrix per dimension (:class:`VectorCache`), which a query ranks
+exactly as ``_vector_scores`` explains (:func:`~app._vector_scores.unit_top_k`).
 
 The chain is append-only, so the cache is refreshed by reading only the embeddings past the
 last block index it holds, inside the snapshot of the query that needs them. A snapshot
@@ -518,9 +518,13 @@ def _search_view(
     return _vector_scores.unit_top_k(connection, unit, indices, ruled_out, query, k, floor, model)
 
 
-# -- one cache per Database per process -------------------------------------------------------
+# -- one cache per database per process -------------------------------------------------------
 
+# Every Database of the process on one database (with one limit) shares a cache: what it
+# holds depends on the database's contents only, and a Database opened per request then
+# searches the rows cached by the ones before it instead of reading them all again.
 _CACHES: weakref.WeakKeyDictionary[Database, VectorCache] = weakref.WeakKeyDictionary()
+_SHARED: weakref.WeakValueDictionary[tuple[str, int], VectorCache] = weakref.WeakValueDictionary()
 _CACHES_LOCK = threading.Lock()
 
 
@@ -528,7 +532,11 @@ def cache_for(db: Database) -> VectorCache:
     with _CACHES_LOCK:
         cache = _CACHES.get(db)
         if cache is None:
-            cache = _CACHES[db] = VectorCache(db.settings.vector_cache_limit)
+            limit = db.settings.vector_cache_limit
+            cache = _SHARED.get((db.key, limit))
+            if cache is None:
+                cache = _SHARED[db.key, limit] = VectorCache(limit)
+            _CACHES[db] = cache  # held while the Database lives
         return cache
 
 
@@ -544,6 +552,7 @@ def _forget_after_fork() -> None:
     global _CACHES_LOCK
     _CACHES_LOCK = threading.Lock()
     _CACHES.clear()
+    _SHARED.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

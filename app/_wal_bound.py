@@ -5,6 +5,14 @@ starts over (and is cut back to ``journal_size_limit``) only at a moment when no
 it; under a steady stream of readers that moment never comes. :class:`WalBound` makes one:
 after a commit that leaves the WAL too large, new snapshots of this process wait briefly,
 the ones in progress get a moment to end, and a TRUNCATE checkpoint runs.
+
+Every Database object of the process on one file shares that state (its snapshots in
+progress, whether new ones wait, when to try again), as they share the writers' turn:
+otherwise the snapshots of a Database opened per request would never be waited for. Other
+processes' snapshots cannot be held back; the checkpoint waits for those that began before
+it, a little longer after each failure (up to ``READER_HOLD_MAX``), so that readers that
+come and go without pause (a search per request in several processes) still leave it a
+moment: new snapshots read the database file once the WAL is copied, and do not hold it.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,20 +80,62 @@ class _Snapshots:
             return True
 
 
-class WalBound:
-    """The WAL bound of one Database in this process (rebuilt after fork)."""
+class _FileState:
+    """What every Database of this process on one file shares (see the module notes)."""
 
-    def __init__(self, settings: Settings) -> None:
+    __slots__ = ("__weakref__", "failures", "readers_may_start", "retry_at", "snapshots")
+
+    def __init__(self) -> None:
+        self.retry_at = 0.0
+        self.failures = 0  # checkpoints in a row that readers of other processes kept busy
+        # Cleared while a checkpoint empties the WAL: new snapshots wait.
+        self.readers_may_start = threading.Event()
+        self.readers_may_start.set()
+        self.snapshots = _Snapshots()
+
+
+_STATES: weakref.WeakValueDictionary[str, _FileState] = weakref.WeakValueDictionary()
+_STATES_LOCK = threading.Lock()
+
+
+def _state_of(key: str) -> _FileState:
+    with _STATES_LOCK:
+        state = _STATES.get(key)
+        if state is None:
+            state = _STATES[key] = _FileState()
+        return state
+
+
+def _forget_after_fork() -> None:
+    # The parent's threads, and their snapshots and checkpoints, are not in the child.
+    global _STATES_LOCK
+    _STATES_LOCK = threading.Lock()
+    _STATES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class WalBound:
+    """The WAL bound of one Database in this process (rebuilt after fork).
+
+    Args:
+        key: what names the database in this process (the file's real path): Databases
+            with the same key share the bound's state.
+    """
+
+    def __init__(self, settings: Settings, key: str) -> None:
         self._settings = settings
         path = settings.sqlite_path
-        bounded = settings.journal_mode == "wal" and not settings.single_connection
+        bounded = (
+            settings.journal_mode == "wal"
+            and not settings.single_connection
+            and not settings.read_only
+        )
         self._wal_path = path + "-wal" if path is not None and bounded else None
-        self._retry_at = 0.0
-        self._retry_pause = _RETRY_FIRST
-        # Cleared while a checkpoint empties the WAL: new snapshots wait.
-        self._readers_may_start = threading.Event()
-        self._readers_may_start.set()
-        self._snapshots = _Snapshots()
+        self._state = _state_of(key)
+        self._readers_may_start = self._state.readers_may_start
+        self._snapshots = self._state.snapshots
 
     @contextmanager
     def snapshot(self, token: object) -> Iterator[None]:
@@ -117,14 +168,18 @@ class WalBound:
         except OSError:
             return
         now = time.monotonic()
-        if size <= max(limit // 2, _WAL_FLOOR) or now < self._retry_at:
+        state = self._state
+        if size <= max(limit // 2, _WAL_FLOOR) or now < state.retry_at:
             return
         busy = 1
+        # Other processes' readers that began before the WAL was copied: waited for a
+        # little longer after each failure, never longer than a reader hold.
+        wait_ms = min(_WAL_WAIT_MS << min(state.failures, 8), int(READER_HOLD_MAX * 1000))
         self._readers_may_start.clear()
         try:
             self._snapshots.drain(READER_HOLD_MAX)
             raw: Any = connection.connection.dbapi_connection
-            raw.execute(f"PRAGMA busy_timeout = {_WAL_WAIT_MS}")
+            raw.execute(f"PRAGMA busy_timeout = {wait_ms}")
             try:
                 busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             finally:
@@ -134,7 +189,7 @@ class WalBound:
         finally:
             self._readers_may_start.set()
         if busy:
-            self._retry_at = now + self._retry_pause
-            self._retry_pause = min(2 * self._retry_pause, _RETRY_MAX)
+            state.retry_at = now + min(_RETRY_FIRST * 2 ** min(state.failures, 8), _RETRY_MAX)
+            state.failures += 1
         else:
-            self._retry_pause = _RETRY_FIRST
+            state.failures = 0

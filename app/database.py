@@ -194,8 +194,15 @@ class Database(WriteUnits, ReadUnits):
         self._side: WriteSide = write_side(self._lock_key(), self.settings.retry_deadline)
         self._local = ThreadUnit()
         self._process_local: dict[str, Any] = {}
-        self._wal = WalBound(self.settings)
+        self._wal = WalBound(self.settings, self._lock_key())
         self.session.registry = ThreadSessions(self._factory)
+
+    @property
+    def key(self) -> str:
+        """For the layer's modules: what names the database in this process (a SQLite
+        file's real path, or the URL; each in-memory database is its own). Databases with
+        the same key share the writers' turn, the WAL bound and the similarity cache."""
+        return self._side.key
 
     def _lock_key(self) -> str:
         path = self.settings.sqlite_path

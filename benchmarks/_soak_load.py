@@ -80,6 +80,9 @@ class Load:
         self._threads: list[threading.Thread] = []
         self._width = threads
         self.migrating = threading.Event()  # set while the schema is one step behind
+        # The long-lived reader's Database: the similarity cache of this process (shared by
+        # every Database on the file) grows with the embeddings it holds, not with requests.
+        self.reader_db: Database | None = None
 
     def start(self) -> None:
         kinds: list[tuple[str, Callable[[random.Random], None], int]] = [
@@ -99,6 +102,13 @@ class Load:
         self._threads.append(maintenance)
         for thread in self._threads:
             thread.start()
+
+    def cache_mib(self) -> float:
+        """What this process holds for similarity searches (the shared cache), in MiB."""
+        db = self.reader_db
+        if db is None or db.closed:
+            return 0.0
+        return db.stats().vector_cache_bytes / (1024 * 1024)
 
     def stop(self) -> None:
         self._stop.set()
@@ -177,6 +187,7 @@ class Load:
 
     def _reader(self, rng: random.Random) -> None:
         with Database(self.url) as db:
+            self.reader_db = db
             store = BlockStore(db)
             while not self._stop.is_set():
                 with db.read():
