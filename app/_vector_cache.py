@@ -19,6 +19,7 @@ dropped and queries stream the embeddings from the database, as before (exact as
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -522,21 +523,28 @@ def _search_view(
 
 # Every Database of the process on one database (with one limit) shares a cache: what it
 # holds depends on the database's contents only, and a Database opened per request then
-# searches the rows cached by the ones before it instead of reading them all again.
+# searches the rows cached by the ones before it instead of reading them all again. The
+# caches used last are kept a while after their last Database closes, for the next request.
 _CACHES: weakref.WeakKeyDictionary[Database, VectorCache] = weakref.WeakKeyDictionary()
 _SHARED: weakref.WeakValueDictionary[tuple[str, int], VectorCache] = weakref.WeakValueDictionary()
+_RECENT: collections.OrderedDict[tuple[str, int], VectorCache] = collections.OrderedDict()
+_KEPT = 4  # caches of databases no Database has open that stay: the most recently used
 _CACHES_LOCK = threading.Lock()
 
 
 def cache_for(db: Database) -> VectorCache:
     with _CACHES_LOCK:
+        key = (db.key, db.settings.vector_cache_limit)
         cache = _CACHES.get(db)
         if cache is None:
-            limit = db.settings.vector_cache_limit
-            cache = _SHARED.get((db.key, limit))
+            cache = _SHARED.get(key)
             if cache is None:
-                cache = _SHARED[db.key, limit] = VectorCache(limit)
+                cache = _SHARED[key] = VectorCache(key[1])
             _CACHES[db] = cache  # held while the Database lives
+        _RECENT[key] = cache
+        _RECENT.move_to_end(key)
+        while len(_RECENT) > _KEPT:
+            _RECENT.popitem(last=False)
         return cache
 
 
@@ -553,6 +561,7 @@ def _forget_after_fork() -> None:
     _CACHES_LOCK = threading.Lock()
     _CACHES.clear()
     _SHARED.clear()
+    _RECENT.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

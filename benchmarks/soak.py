@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,32 +96,35 @@ def p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
+class _Warnings(logging.Handler):
+    """The layer's warnings in the load's process, counted by kind instead of printed (a
+    writer that waited past slow_wait_threshold, say): the run's table stays readable."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = str(record.msg)
+        self.counts[kind] += 1
+        self.examples.setdefault(kind, record.getMessage()[:300])
+
+
 def run(url: str, seconds: float, interval: float, width: int, console: Console) -> dict[str, Any]:
     with Database(url, auto_upgrade=True) as db:  # the schema, before the service starts
         BlockStore(db).append("the soak's first block", keywords=["garden"])
     samples: list[Sample] = []
-    with running_service(url) as server:
-        load = Load(url, server.url, seconds, width)
-        started = time.monotonic()
-        load.start()
-        try:
-            while (elapsed := time.monotonic() - started) < seconds:
-                time.sleep(min(interval, max(0.0, seconds - elapsed)))
-                samples.append(_sample(server.process.pid, url, load, started))
-                last = samples[-1]
-                p99_ms = "-" if last.append_p99_ms is None else f"{last.append_p99_ms:.0f}"
-                console.print(
-                    f"{last.seconds:6.0f}s service {last.service_rss:5.1f}M "
-                    f"{last.service_fds}fd {last.service_threads}thr | load "
-                    f"{last.load_rss:5.1f}M ({last.load_cache:.1f}M cache) {last.load_fds}fd "
-                    f"{last.load_threads}thr | WAL "
-                    f"{last.wal_mib:4.1f}M | {last.requests} done, append p99 {p99_ms}ms, "
-                    f"errors {last.errors}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-        finally:
-            load.stop()
+    warnings = _Warnings()
+    layer = logging.getLogger("app")
+    layer.addHandler(warnings)
+    layer.propagate = False
+    try:
+        with running_service(url) as server:
+            load = _run_load(url, server, seconds, interval, width, console, samples)
+    finally:
+        layer.removeHandler(warnings)
+        layer.propagate = True
     with Database(url) as db:
         store = BlockStore(db)
         check = store.verify_chain()
@@ -133,10 +138,44 @@ def run(url: str, seconds: float, interval: float, width: int, console: Console)
         "errors": dict(tally.errors),
         "provoked": dict(tally.provoked),
         "examples": tally.examples,
+        "warnings": {warnings.examples[kind]: n for kind, n in warnings.counts.items()},
         "blocks": blocks,
         "chain": str(check),
         "chain_intact": check.ok,
     }
+
+
+def _run_load(
+    url: str,
+    server: Any,
+    seconds: float,
+    interval: float,
+    width: int,
+    console: Console,
+    samples: list[Sample],
+) -> Load:
+    """The load for ``seconds``, sampled every ``interval`` (a line printed per sample)."""
+    load = Load(url, server.url, seconds, width)
+    started = time.monotonic()
+    load.start()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            time.sleep(min(interval, max(0.0, seconds - elapsed)))
+            samples.append(_sample(server.process.pid, url, load, started))
+            last = samples[-1]
+            p99_ms = "-" if last.append_p99_ms is None else f"{last.append_p99_ms:.0f}"
+            console.print(
+                f"{last.seconds:6.0f}s service {last.service_rss:5.1f}M "
+                f"{last.service_fds}fd {last.service_threads}thr | load "
+                f"{last.load_rss:5.1f}M ({last.load_cache:.1f}M cache) {last.load_fds}fd "
+                f"{last.load_threads}thr | WAL {last.wal_mib:4.1f}M | {last.requests} done, "
+                f"append p99 {p99_ms}ms, errors {last.errors}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    finally:
+        load.stop()
+    return load
 
 
 def _sample(pid: int, url: str, load: Load, started: float) -> Sample:
@@ -265,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"done: {json.dumps(result['done'])}")
     console.print(f"provoked (expected): {json.dumps(result['provoked'])}")
+    for example, count in result["warnings"].items():
+        console.print(f"logged {count} times, for example: {example}")
     for name, example in result["examples"].items():
         console.print(f"  {name}: {example}")
     if options.json_out:

@@ -68,3 +68,18 @@ def test_databases_per_request_share_the_similarity_cache(tmp_path: Path) -> Non
         with Database(url, vector_cache_limit=0) as uncached:  # its own setting: no cache
             assert BlockStore(uncached).similar([1.0, 1.0], top_k=1)[0].block.block_index == 1
             assert uncached.stats().vector_cache_bytes == 0
+
+
+def test_a_database_per_request_finds_the_cache_of_the_one_before(tmp_path: Path) -> None:
+    """No Database stays open between two requests: the cache they use outlives them."""
+    from app import _vector_cache
+
+    url = f"sqlite:///{tmp_path / 'memory.db'}"
+    caches = []
+    for request in range(3):
+        with Database(url) as db:
+            store = BlockStore(db)
+            store.append(f"request {request}", embedding=[1.0, float(request)])
+            assert store.similar([1.0, float(request)], top_k=1)[0].block.block_index == request
+            caches.append(_vector_cache.cache_for(db))
+    assert caches[0] is caches[1] is caches[2]
