@@ -255,7 +255,9 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
         "literal column and table names, and the placeholder clause above"
     ),
     ("_units.py", "savepoint", ("name",)): "'app_unit_' and an int depth",
-    ("_wal_bound.py", "WalBound.after_commit", ("_WAL_WAIT_MS",)): "a module constant int",
+    ("_wal_bound.py", "WalBound.after_commit", ("wait_ms",)): (
+        "min() of a module constant int shifted by a small count and an int of a constant"
+    ),
     ("_wal_bound.py", "WalBound.after_commit", ("self._settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),
