@@ -163,10 +163,7 @@ def unit_top_k(
     """
     dimension = query.size
     unit_query = query.astype(np.float64) / np.linalg.norm(query.astype(np.float64))
-    approx = _products(unit, unit_query.astype(np.float32))
-    if ruled_out is not None:
-        approx[ruled_out] = -np.inf
-    chosen = _candidates(approx, k, floor, (dimension + 8) * 2.0**-23)
+    chosen = _candidates(unit, unit_query.astype(np.float32), ruled_out, k, floor, dimension)
     if chosen.size == 0:
         return []
     # The candidates again, in float64: only the rounding of the stored unit vectors to
@@ -178,6 +175,10 @@ def unit_top_k(
 #: Below this many rows the product runs on the calling thread: waking BLAS's threads costs
 #: more than the work when the machine is busy (milliseconds for a few thousand rows).
 _ONE_THREAD_ROWS = 8192
+#: Rows scored at a time. The scratch of a query stays this size however large the store
+#: grows: scratch the size of the store, freed after each query, is kept by the allocator
+#: of every thread that searched, and a service's memory would grow with its data.
+SCORE_ROWS = 65_536
 
 
 def _products(matrix: Array, vector: Array) -> Array:
@@ -188,18 +189,41 @@ def _products(matrix: Array, vector: Array) -> Array:
     return product
 
 
-def _candidates(approx: Array, k: int, floor: float | None, margin: float) -> Array:
-    """Rows whose exact score can be among the best ``k`` (at or above ``floor``); rows
-    ruled out beforehand score -inf."""
-    threshold = -np.inf if floor is None else floor - margin
-    if k < approx.size:
-        kth = float(np.partition(approx, approx.size - k)[approx.size - k])
-        threshold = max(threshold, kth - 2 * margin)
-    if threshold == -np.inf:
-        chosen: Array = np.flatnonzero(approx > -np.inf)
-    else:
-        chosen = np.flatnonzero(approx >= threshold)
+def _candidates(
+    unit: Array, query: Array, ruled_out: Array | None, k: int, floor: float | None, size: int
+) -> Array:
+    """Rows of ``unit`` whose exact score can be among the best ``k`` (at or above
+    ``floor``), ascending, ``ruled_out`` rows left out: those whose approximate score is
+    within twice the float32 error of the k-th best approximate score, or above it.
+
+    The rows are scored :data:`SCORE_ROWS` at a time. The k-th best score so far only rises,
+    so a row below it (less the margin) when its chunk is scored is below the final one too
+    and need not be kept."""
+    margin = (size + 8) * 2.0**-23
+    base = -np.inf if floor is None else floor - margin
+    best = np.empty(0, np.float32)  # the k best approximate scores so far, ruled out = -inf
+    kept_rows: list[Array] = []
+    kept_scores: list[Array] = []
+    for start in range(0, len(unit), SCORE_ROWS):
+        approx = _products(unit[start : start + SCORE_ROWS], query)
+        if ruled_out is not None:
+            approx[ruled_out[start : start + SCORE_ROWS]] = -np.inf
+        best = _top(np.concatenate((best, _top(approx, k))), k)
+        bound = base if best.size < k else max(base, float(best[0]) - 2 * margin)
+        rows = np.flatnonzero(approx > bound if bound == -np.inf else approx >= bound)
+        kept_rows.append(rows + start)
+        kept_scores.append(approx[rows])
+    rows, scores = np.concatenate(kept_rows), np.concatenate(kept_scores)
+    bound = base if best.size < k or k >= len(unit) else max(base, float(best[0]) - 2 * margin)
+    chosen: Array = rows[scores > bound if bound == -np.inf else scores >= bound]
     return chosen
+
+
+def _top(values: Array, k: int) -> Array:
+    """The ``k`` largest of ``values`` (all of them if fewer), the smallest of them first."""
+    if values.size <= k:
+        return np.sort(values)
+    return np.sort(np.partition(values, values.size - k)[values.size - k :])
 
 
 def _rank(

@@ -9,9 +9,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from sqlalchemy import text
 
 from app import BlockStore, Database, errors
 from app import _vector_cache as vector_cache
+from app import _vector_scores as vector_scores
 
 from .helpers import postgres_schema
 from .search_reference import assert_top_k, embeddings, fsum_scores, need_backend
@@ -96,6 +99,55 @@ def test_random_queries_match_the_full_scan(
     assert_top_k(got, fsum_scores(embeddings(cached), query, model), k, floor)
     assert vector_cache.cache_for(cached).rows == 300
     assert vector_cache.cache_for(streaming).rows == 0
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    query=QUERIES,
+    k=st.integers(0, 40),
+    floor=FLOORS,
+    model=MODELS,
+    rows_at_a_time=st.sampled_from([1, 7, 64, 299]),
+)
+def test_scoring_in_chunks_finds_the_same_top_k(
+    vectors: tuple[Database, Database],
+    query: list[int],
+    k: int,
+    floor: float | None,
+    model: str | None,
+    rows_at_a_time: int,
+) -> None:
+    """A store larger than one chunk of scoring (``SCORE_ROWS``), scaled down: the k-th best
+    score is only known at the last chunk, and every chunk boundary falls somewhere else."""
+    cached, streaming = vectors
+    expected = ranking(BlockStore(streaming), query, k, min_similarity=floor, model=model)
+    with mock.patch.object(vector_scores, "SCORE_ROWS", rows_at_a_time):
+        got = ranking(BlockStore(cached), query, k, min_similarity=floor, model=model)
+    assert got == expected
+
+
+def test_the_scratch_of_a_query_does_not_grow_with_the_store(sqlite_db: Database) -> None:
+    """Scratch the size of the store, freed after each query, stays with the allocator of
+    each thread that searched: a service's memory would grow with its data."""
+    rows, rows_at_a_time = 20_000, 1_000
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((rows, 16)).astype(np.float32)
+    store = BlockStore(sqlite_db)
+    store.append_many({"context": f"s{i}", "embedding": values[i]} for i in range(rows))
+    query = rng.standard_normal(16).astype(np.float32)
+    with mock.patch.object(vector_scores, "SCORE_ROWS", rows_at_a_time):
+        expected = ranking(store, query, 10)  # the cache is filled here, not below
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            assert ranking(store, query, 10) == expected
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+    one_score_each = rows * np.dtype(np.float32).itemsize
+    assert peak < one_score_each / 2, f"{peak} bytes of scratch for {rows} rows"
 
 
 def test_near_ties_below_float32_precision_are_ranked_exactly(db: Database) -> None:
