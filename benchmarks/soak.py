@@ -17,7 +17,9 @@ Linux only: processes are sampled through /proc.
 
 from __future__ import annotations
 
+import _sqlite3
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,7 @@ class Sample:
     load_fds: int
     load_threads: int
     load_cache: float  # MiB of it the similarity cache holds (it grows with the data)
+    load_sqlite: float  # MiB SQLite's own allocator holds in it: page caches, statements
     wal_mib: float
     requests: int
     append_p99_ms: float | None
@@ -71,6 +75,31 @@ def process_figures(pid: int) -> tuple[float, int, int]:
         elif line.startswith("Threads:"):
             threads = int(line.split()[1])
     return rss / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
+def _sqlite_status() -> Callable[[], float]:
+    """A reader of what SQLite's allocator holds in this process (``sqlite3_status64``), in
+    MiB: each connection's page cache fills up to ``cache_size`` as the file grows. A
+    reader of 0.0 where the library does not keep the figure or cannot be reached."""
+    try:
+        library = ctypes.CDLL(_sqlite3.__file__)
+        status = library.sqlite3_status64
+    except (OSError, AttributeError):
+        return lambda: 0.0
+    status.argtypes = [ctypes.c_int, *[ctypes.POINTER(ctypes.c_int64)] * 2, ctypes.c_int]
+    status.restype = ctypes.c_int
+
+    def used() -> float:
+        current, highest = ctypes.c_int64(), ctypes.c_int64()
+        if status(_SQLITE_STATUS_MEMORY_USED, ctypes.byref(current), ctypes.byref(highest), 0):
+            return 0.0
+        return current.value / MIB
+
+    return used
+
+
+_SQLITE_STATUS_MEMORY_USED = 0
+sqlite_heap_mib = _sqlite_status()
 
 
 def wal_size(url: str) -> float:
@@ -167,7 +196,8 @@ def _run_load(
             console.print(
                 f"{last.seconds:6.0f}s service {last.service_rss:5.1f}M "
                 f"{last.service_fds}fd {last.service_threads}thr | load "
-                f"{last.load_rss:5.1f}M ({last.load_cache:.1f}M cache) {last.load_fds}fd "
+                f"{last.load_rss:5.1f}M ({last.load_cache:.1f}M cache, "
+                f"{last.load_sqlite:.1f}M sqlite) {last.load_fds}fd "
                 f"{last.load_threads}thr | WAL {last.wal_mib:4.1f}M | {last.requests} done, "
                 f"append p99 {p99_ms}ms, errors {last.errors}",
                 highlight=False,
@@ -193,6 +223,7 @@ def _sample(pid: int, url: str, load: Load, started: float) -> Sample:
         *service,
         *own,
         load.cache_mib(),
+        sqlite_heap_mib(),
         wal_size(url),
         done,
         p99(tally.take_latencies()),
