@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -194,9 +196,34 @@ def stamp(database: Migratable, revision: str) -> None:
     _run(database, command.stamp, revision)
 
 
+#: Alembic keeps the migration it runs in module globals (``alembic.context``,
+#: ``alembic.op``): two migrations at once in one process, even of two files (the first
+#: open of a file per tenant from several threads), would run each other's steps. One at a
+#: time, then; innermost, after the file's own write turn, so no two waits cross.
+_ONE_MIGRATION = threading.Lock()
+
+
 def _run(database: Migratable, action: object, revision: str) -> None:
+    """Run the Alembic ``action`` to ``revision`` on ``database``.
+
+    Raises:
+        DatabaseBusyError: another migration of this process (of any database) did not end
+            within ``retry_deadline``; nothing was changed.
+    """
     with write_connection(database) as connection:
-        action(alembic_config(connection), revision)  # type: ignore[operator]
+        deadline = database.settings.retry_deadline
+        started = time.monotonic()
+        if not _ONE_MIGRATION.acquire(timeout=deadline):
+            raise errors.DatabaseBusyError(
+                f"{database.url} was not migrated: another migration in this process ran "
+                f"for more than retry_deadline ({deadline:g}s); nothing was changed",
+                database=database.url,
+                waited=time.monotonic() - started,
+            )
+        try:
+            action(alembic_config(connection), revision)  # type: ignore[operator]
+        finally:
+            _ONE_MIGRATION.release()
 
 
 @contextmanager

@@ -4,15 +4,16 @@ similarity cache (so a request does not read every embedding again)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from app import BlockStore, Database
+from app import BlockStore, Database, errors, schema
 
-from .helpers import run_threads
+from .helpers import postgres_schema, require_backend, run_threads
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -83,3 +84,46 @@ def test_a_database_per_request_finds_the_cache_of_the_one_before(tmp_path: Path
             assert store.similar([1.0, float(request)], top_k=1)[0].block.block_index == request
             caches.append(_vector_cache.cache_for(db))
     assert caches[0] is caches[1] is caches[2]
+
+
+def test_new_files_opened_at_once_from_threads_are_all_migrated(tmp_path: Path) -> None:
+    """A file per tenant, the first request of each at the same moment: Alembic runs one
+    migration at a time per process (it keeps the running one in module globals), so every
+    file gets the whole schema and its first block."""
+
+    def first_request(tenant: int) -> None:
+        with Database(f"sqlite:///{tmp_path / f'tenant{tenant}.db'}") as db:
+            BlockStore(db).append(f"tenant {tenant}")
+
+    assert run_threads(8, first_request) == []
+    for tenant in range(8):
+        with Database(f"sqlite:///{tmp_path / f'tenant{tenant}.db'}") as db:
+            assert schema.current_revision(db) == schema.head_revision()
+            assert [b.context for b in BlockStore(db).page()] == [f"tenant {tenant}"]
+
+
+@pytest.mark.postgres
+def test_new_schemas_opened_at_once_from_threads_are_all_migrated() -> None:
+    require_backend("postgres")
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(postgres_schema("tenant_")) for _ in range(4)]
+
+        def first_request(tenant: int) -> None:
+            with Database(urls[tenant], auto_upgrade=True) as db:
+                BlockStore(db).append(f"tenant {tenant}")
+
+        assert run_threads(4, first_request) == []
+        for tenant, url in enumerate(urls):
+            with Database(url) as db:
+                assert [b.context for b in BlockStore(db).page()] == [f"tenant {tenant}"]
+
+
+def test_a_migration_waiting_past_its_deadline_changes_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    with schema._ONE_MIGRATION:  # another migration of this process, running long
+        with pytest.raises(errors.DatabaseBusyError, match="another migration"):
+            Database(url, retry_deadline=0.2)
+    with Database(url, check_schema=False) as db:
+        assert schema.current_revision(db) is None
+    with Database(url) as db:  # once it ended, the file is migrated as usual
+        assert schema.current_revision(db) == schema.head_revision()
