@@ -3,7 +3,7 @@
 from . import errors
 from .blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock, SearchHit
 from .database import Database, ReplicaStats, Stats
-from .legacy import DatabaseManager
+from .legacy import DatabaseManager, ThreadSafeDatabaseManager
 from .settings import Settings
 from .short_term import MemoryRecord, ShortTermMemories
 
@@ -23,6 +23,7 @@ __all__ = [
     "Settings",
     "ShortTermMemories",
     "Stats",
+    "ThreadSafeDatabaseManager",
     "__version__",
     "errors",
 ]

@@ -38,16 +38,25 @@ class UseTracker:
 
     Args:
         db: the database whose units count as "in progress".
-        name: how messages name the manager.
+        name: how messages name the manager's database.
         on_last: called once after close, when the last user is done.
         owner: in the single-connection mode, the only thread allowed to call.
+        kind: the manager's class name, as messages give it (either of the old class's
+            two names).
     """
 
     def __init__(
-        self, db: Database, name: str, on_last: Callable[[], None], owner: int | None = None
+        self,
+        db: Database,
+        name: str,
+        on_last: Callable[[], None],
+        owner: int | None = None,
+        *,
+        kind: str,
     ) -> None:
         self._db = db
         self._name = name
+        self._kind = kind
         self._on_last = on_last
         self.owner = owner
         self._lock = threading.Lock()
@@ -72,8 +81,8 @@ class UseTracker:
         """Raise ClosedError after close, unless this thread is finishing its write unit."""
         if self._closed and not self._db.in_write_unit():
             raise errors.ClosedError(
-                f"this DatabaseManager for {self._name} was closed; create a new "
-                "DatabaseManager to use the database again"
+                f"this {self._kind} for {self._name} was closed; create a new "
+                f"{self._kind} to use the database again"
             )
 
     def acquire(self) -> None:
@@ -256,7 +265,11 @@ class ThreadConnection:
         if self._db.unit_kind() is None:
             self._local.unit = ImplicitUnit(self._db, self._users)
 
-    def _execute(self, cursor: LegacyCursor, sql: str, parameters: Any, *, many: bool) -> None:
+    def run_for_cursor(
+        self, cursor: LegacyCursor, sql: str, parameters: Any, *, many: bool
+    ) -> None:
+        """Run ``sql`` for ``cursor`` (a :class:`LegacyCursor` of this connection) and load
+        its results into it; what ``cursor.execute`` and ``executemany`` call."""
         kind = statement_kind(sql)
         if kind in ("begin", "commit", "rollback"):
             # Transaction control goes through the unit, never to the driver directly.

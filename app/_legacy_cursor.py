@@ -4,10 +4,16 @@ at once, so a cursor never holds a pooled connection."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._legacy_conn import ThreadConnection
+
+class CursorConnection(Protocol):
+    """What a cursor needs of its connection (``_legacy_conn.ThreadConnection``, which
+    imports this module): running a statement and loading its results into the cursor."""
+
+    def run_for_cursor(
+        self, cursor: LegacyCursor, sql: str, parameters: Any, *, many: bool
+    ) -> None: ...
 
 
 class Row:
@@ -63,7 +69,7 @@ class Columns:
 
 
 class LegacyCursor:
-    """A DB-API cursor over :class:`ThreadConnection` whose results are fetched at once.
+    """A DB-API cursor over a ``ThreadConnection`` whose results are fetched at once.
 
     Rows are buffered when the statement runs, so the cursor holds no connection and may be
     read at leisure, from any thread.
@@ -71,7 +77,7 @@ class LegacyCursor:
 
     arraysize = 1
 
-    def __init__(self, connection: ThreadConnection) -> None:
+    def __init__(self, connection: CursorConnection) -> None:
         self.connection = connection
         self.description: tuple[tuple[Any, ...], ...] | None = None
         self.rowcount = -1
@@ -80,11 +86,11 @@ class LegacyCursor:
         self._position = 0
 
     def execute(self, sql: str, parameters: Any = ()) -> LegacyCursor:
-        self.connection._execute(self, sql, parameters, many=False)
+        self.connection.run_for_cursor(self, sql, parameters, many=False)
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Any) -> LegacyCursor:
-        self.connection._execute(self, sql, seq_of_parameters, many=True)
+        self.connection.run_for_cursor(self, sql, seq_of_parameters, many=True)
         return self
 
     def fetchone(self) -> Any:

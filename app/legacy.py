@@ -1,4 +1,5 @@
-"""`DatabaseManager`: the legacy block-store API, on the thread-safe layer.
+"""`ThreadSafeDatabaseManager`: the legacy block-store API, on the thread-safe layer, and
+`DatabaseManager`, the old class's name for it.
 
 The methods, arguments, defaults and return shapes are those of the old class (Greeum
 2.1.0 and the calls later releases added). Every method is written once, on top of
@@ -8,12 +9,12 @@ two modes below differ only in the Database underneath.
 Modes, chosen when the manager is built from the environment variable
 ``GREEUM_THREAD_SAFE`` (``true`` by default; ``1/yes/on`` and ``0/no/off`` also accepted):
 
-* ``true``: a pooled Database (WAL, fair write lock). Any thread may call any method. Outside
-  :meth:`DatabaseManager.transaction` each call is its own unit of work: reads see one
-  snapshot, each write commits alone or not at all. Inside it, the calls of the same thread
-  join that write unit, so ``read last block, add the next one`` is atomic across threads
-  and processes. ``conn`` is a :class:`~app._legacy_conn.ThreadConnection` that works from
-  every thread (see its rules).
+* ``true``: a pooled Database (WAL, fair write lock). Any thread may call any method.
+  Outside :meth:`ThreadSafeDatabaseManager.transaction` each call is its own unit of work:
+  reads see one snapshot, each write commits alone or not at all. Inside it, the calls of
+  the same thread join that write unit, so ``read last block, add the next one`` is atomic
+  across threads and processes. ``conn`` is a :class:`~app._legacy_conn.ThreadConnection`
+  that works from every thread (see its rules).
 * ``false``: the old class's behaviour, kept so a deployment can switch back without a code
   change. One connection, owned by the thread that built the manager; any other thread gets
   ``sqlite3.ProgrammingError: SQLite objects created in a thread can only be used in that
@@ -32,7 +33,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
 from sqlalchemy import delete, insert, inspect, select, text
@@ -61,8 +62,9 @@ _SORT_FIELDS = ("block_index", "timestamp", "importance")
 _POSTGRES_MAX_INDEX = 2**31 - 1
 
 
-class DatabaseManager:
-    """The legacy ``DatabaseManager`` API, safe to call from every thread.
+class ThreadSafeDatabaseManager:
+    """The thread-safe manager with the old class's API: the legacy ``DatabaseManager``
+    methods, safe to call from every thread.
 
     Args:
         connection_string: a SQLite file path (default ``data/memory.db``; its directory is
@@ -99,7 +101,9 @@ class DatabaseManager:
         self.blocks = BlockStore(self.database)
         self._short_term = self.blocks.short_term
         owner = None if self.thread_safe else threading.get_ident()
-        self._users = UseTracker(self.database, self.database.url, self.database.dispose, owner)
+        self._users = UseTracker(
+            self.database, self.database.url, self.database.dispose, owner, kind=type(self).__name__
+        )
         self._raw: sqlite3.Connection | None = None
         self._proxy: ThreadConnection | None = None
         if self.thread_safe or not self.database.settings.is_sqlite:
@@ -118,7 +122,8 @@ class DatabaseManager:
 
     def __repr__(self) -> str:
         mode = "thread-safe" if self.thread_safe else "single-connection"
-        return f"DatabaseManager({self.connection_string!r}, db_type={self.db_type!r}, {mode})"
+        name = type(self).__name__
+        return f"{name}({self.connection_string!r}, db_type={self.db_type!r}, {mode})"
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -146,14 +151,14 @@ class DatabaseManager:
             self.database.session.remove()
         self._users.close()
 
-    def __enter__(self) -> DatabaseManager:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[DatabaseManager]:
+    def transaction(self) -> Iterator[Self]:
         """A write unit (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL).
 
         Every call of this manager (and every statement on ``conn``) made by the same thread
@@ -568,6 +573,11 @@ class DatabaseManager:
         except Exception:
             log.exception("health check failed")
             return False
+
+
+class DatabaseManager(ThreadSafeDatabaseManager):
+    """The old class's name, kept so that existing code (``DatabaseManager(path)``,
+    ``isinstance`` checks, subclasses) goes on working: the same manager, nothing added."""
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ CLASSES = {
     "Settings": "frozen dataclass",
     "ShortTermMemories": "class",
     "Stats": "frozen dataclass",
+    "ThreadSafeDatabaseManager": "class",
 }
 
 #: Every exception of ``app.errors`` and its direct bases: AppError, plus ``ValueError``
