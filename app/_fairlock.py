@@ -35,6 +35,7 @@ import threading
 from collections import deque
 from typing import Any
 
+from . import _process
 from .errors import TransactionStateError
 
 _eventfd = getattr(os, "eventfd", None)  # Linux only
@@ -108,6 +109,10 @@ def _shut_gate() -> Any:
         if gate is not None:
             return gate
         if len(_gate_fds) < _GATE_LIMIT:
+            # A forked child must not wait on the parent's gates: the fork hooks forget
+            # them, so they are installed before the first gate exists (a FairLock used
+            # without a Database included).
+            _process.install_fork_hooks()
             try:
                 fd = _eventfd(0, _EVENTFD_FLAGS)
             except OSError:  # no descriptor left (EMFILE, ENFILE): a lock gate works too
@@ -127,7 +132,7 @@ def _new_gates_after_fork() -> None:
     _gate_fds.clear()  # the other threads' gates went with their threads
 
 
-os.register_at_fork(after_in_child=_new_gates_after_fork)
+_process.on_fork("turn gates", after_in_child=_new_gates_after_fork)
 
 
 class _Waiter:

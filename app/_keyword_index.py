@@ -29,18 +29,28 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
 from . import _search_schema, errors, schema
 from ._driver import raw_execute
-
-if TYPE_CHECKING:
-    from .database import Database
+from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class IndexedDatabase(Protocol):
+    """What :func:`catch_up` uses of an :class:`app.Database`. Declared here: the schema
+    layer, which the database module imports, uses this module to restore the index."""
+
+    url: str
+    settings: Settings
+
+    def in_write_unit(self) -> bool: ...
+    def run_on_connection(self, body: Callable[[Connection], int]) -> int: ...
+
 
 #: Blocks that may wait in ``search_pending`` before a search moves them into the index.
 DRAIN_AT = 256
@@ -369,11 +379,11 @@ def rebuild(connection: Connection) -> int:
     return total
 
 
-_DRAINING: weakref.WeakKeyDictionary[Database, threading.Lock] = weakref.WeakKeyDictionary()
+_DRAINING: weakref.WeakKeyDictionary[IndexedDatabase, threading.Lock] = weakref.WeakKeyDictionary()
 _DRAINING_GUARD = threading.Lock()
 
 
-def catch_up(db: Database, *, wait: bool) -> int:
+def catch_up(db: IndexedDatabase, *, wait: bool) -> int:
     """Move every pending block into the index, a batch per write unit.
 
     Only one thread of the process does this at a time: with ``wait`` false, a thread that
@@ -399,7 +409,7 @@ def catch_up(db: Database, *, wait: bool) -> int:
         lock.release()
 
 
-def catch_up_quietly(db: Database) -> None:
+def catch_up_quietly(db: IndexedDatabase) -> None:
     """:func:`catch_up` after a search: a failure (a read-only file, a busy database) is
     logged and left for the next search, whose results stay exact meanwhile."""
     if db.in_write_unit() or db.settings.read_only:

@@ -23,25 +23,22 @@ import collections
 import dataclasses
 import hashlib
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from . import _vector_changes, _vector_scores
+from . import _process, _vector_changes, _vector_scores
 from ._block_sql import index_value
 from ._driver import raw_execute
 from ._vector_scores import Array
+from .database import Database, add_stats_contributor
 from .models import blocks_table, embeddings_table
-
-if TYPE_CHECKING:
-    from .database import Database
 
 log = logging.getLogger(__name__)
 
@@ -554,6 +551,9 @@ def cache_bytes(db: Database) -> int:
     return 0 if cache is None else cache.nbytes
 
 
+add_stats_contributor(cache_bytes)  # db.stats().vector_cache_bytes
+
+
 def _forget_after_fork() -> None:
     # The parent's caches may be mid-refresh, their locks held by threads that do not exist
     # here: start afresh (a child rebuilds on its first query).
@@ -564,4 +564,4 @@ def _forget_after_fork() -> None:
     _RECENT.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+_process.on_fork("vector caches", after_in_child=_forget_after_fork)

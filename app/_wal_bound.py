@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from . import _process
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _forget_after_fork() -> None:
     _STATES.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+_process.on_fork("WAL bound", after_in_child=_forget_after_fork)
 
 
 class WalBound:

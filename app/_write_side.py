@@ -39,23 +39,26 @@ database with a :class:`~app.errors.TransactionStateError` instead of timing out
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
-from . import errors
+from . import _process, errors
 from ._fairlock import FairLock
 from ._shared_transaction import CommitWaiter, SharedTransaction
 
-if TYPE_CHECKING:
-    from ._units import Unit
-
 log = logging.getLogger(__name__)
+
+
+class EndingUnit(Protocol):
+    """What :meth:`WriteSide.end_unit` uses of a unit (``_units.Unit``, whose module
+    imports this one): where it waits while a later unit is to commit its work."""
+
+    waiter: CommitWaiter | None
 
 
 class WriteSide:
@@ -152,7 +155,7 @@ class WriteSide:
         self,
         owner: object,
         shared: SharedTransaction,
-        unit: Unit,
+        unit: EndingUnit,
         failure: BaseException | None,
         max_units: int,
     ) -> BaseException | None:
@@ -289,7 +292,8 @@ def _after_fork_in_child() -> None:
     _REGISTRY = _Registry(dict(_unusable_in_child))
 
 
-os.register_at_fork(
+_process.on_fork(
+    "write sides",
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session
 
-from . import _vector_cache, errors
+from . import _process, errors
 from ._driver import UnitKind, raw_execute
 from ._engine import build_engine
 from ._read_units import ReadUnits, retried_reads
@@ -74,6 +74,8 @@ class Database(WriteUnits, ReadUnits):
     """
 
     def __init__(self, url: str | None = None, /, **settings: Any) -> None:
+        # From here on the process holds state that a fork() must handle (see _process).
+        _process.install_fork_hooks()
         self.settings = Settings.resolve(url, **settings)
         self.url = self.settings.safe_url()
         self.engine = build_engine(self.settings)
@@ -414,6 +416,9 @@ class Database(WriteUnits, ReadUnits):
             checked_out = opened - checked_in
         else:  # the single connection of a StaticPool
             opened, checked_out = 1, 0
+        # The caches of layers above this one (the vector cache), which this module does not
+        # import: they register what they hold (see add_stats_contributor).
+        cache_bytes = sum(contributor(self) for contributor in _stats_contributors)
         c = self._counters
         with c.lock:
             return Stats(
@@ -428,7 +433,7 @@ class Database(WriteUnits, ReadUnits):
                 connections_open=opened,
                 replicas=() if self._replicas is None else self._replicas.stats(),
                 primary_reads=0 if self._replicas is None else self._replicas.primary_reads,
-                vector_cache_bytes=_vector_cache.cache_bytes(self),
+                vector_cache_bytes=cache_bytes,
             )
 
 
@@ -442,6 +447,21 @@ def migration_database(url: str | None) -> Iterator[Database]:
         database.dispose()
 
 
+#: What :meth:`Database.stats` asks the modules above this one (see add_stats_contributor).
+_stats_contributors: tuple[Callable[[Database], int], ...] = ()
+
+
+def add_stats_contributor(contributor: Callable[[Database], int]) -> None:
+    """For the layer's modules: ``contributor(db)`` is the memory (bytes) a per-process
+    cache of that module holds for ``db``; :meth:`Database.stats` reports the sum as
+    ``vector_cache_bytes``. A module registers once, when it is imported, so this module
+    needs no import of it (the vector cache and numpy stay out of the session core)."""
+    global _stats_contributors
+    if contributor not in _stats_contributors:
+        # A new tuple, never one changed in place: stats() may iterate it meanwhile.
+        _stats_contributors = (*_stats_contributors, contributor)
+
+
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
 _FORK_LEFTOVERS: list[object] = []
 
@@ -451,4 +471,4 @@ def _after_fork_in_child() -> None:
         database._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_process.on_fork("databases", after_in_child=_after_fork_in_child)

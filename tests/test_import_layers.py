@@ -1,0 +1,139 @@
+"""Modules import downwards only: the graph of the package's imports of its own modules
+(every import, including those under ``if TYPE_CHECKING:`` and inside functions) has no
+cycle, and the session core (``app.database``) stays below the block store and the
+similarity search.
+
+``import app.database`` runs ``app/__init__.py`` first, which imports the whole package
+(numpy included), so what the session core needs is checked on the graph, not by importing
+it in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "app"
+
+#: Cycles left on purpose, each as the path from its first module (by name) back to it.
+#: The schema layer restores the search indexes after a migration and reads frozen
+#: revisions: ``schema`` imports ``_keyword_index`` inside the functions that restore it,
+#: and ``_search_schema`` imports ``schema.revision_module`` inside a function, while both
+#: import ``schema`` for the revisions a database is at. Moving the revisions' loading
+#: (``migrations_dir``, ``alembic_config`` and the script cache) into a module of their own
+#: would end these; it is not done because callers replace ``schema.migrations_dir`` (the
+#: user-migration tests do), which a lower module would not see.
+ALLOWED_CYCLES = {
+    ("app._keyword_index", "app.schema"),
+    ("app._keyword_index", "app._search_schema", "app.schema"),
+    ("app._search_schema", "app.schema"),
+}
+
+#: What the session core must never import, directly or not: the block store, its SQL,
+#: and the similarity search (which brings numpy).
+BELOW_THE_BLOCK_STORE = {"app._vector_cache", "app._vector_scores", "app.blocks", "app._block_sql"}
+
+
+def _module_names() -> dict[str, Path]:
+    names = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def _imports(name: str, path: Path, modules: set[str]) -> tuple[set[str], set[str]]:
+    """The package's modules that ``name`` imports, and the top-level names of every other
+    package it imports (anywhere in the file)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    internal: set[str] = set()
+    external: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            # ``from . import x`` imports the module x when there is one, else a name of .
+            targets = [
+                f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module
+                for alias in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            if target.split(".")[0] != "app":
+                external.add(target.split(".")[0])
+                continue
+            while target not in modules:  # ``import app.x.y`` where y is not a module
+                target = target.rpartition(".")[0]
+            if target != name:
+                internal.add(target)
+    return internal, external
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    names = _module_names()
+    graph: dict[str, set[str]] = {}
+    external: dict[str, set[str]] = {}
+    for name, path in names.items():
+        graph[name], external[name] = _imports(name, path, set(names))
+    return graph, external
+
+
+def _cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
+    """Every elementary cycle, as the path from its smallest module (by name)."""
+    found = set()
+    for start in sorted(graph):
+        paths = [(start,)]
+        while paths:
+            path = paths.pop()
+            for target in graph[path[-1]]:
+                if target == start:
+                    found.add(path)
+                elif target > start and target not in path:
+                    paths.append((*path, target))
+    return found
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def _show(cycle: tuple[str, ...]) -> str:
+    return " -> ".join([*cycle, cycle[0]])
+
+
+def test_the_graph_sees_every_kind_of_import() -> None:
+    graph, _ = _graph()
+    assert "app._units" in graph["app._write_units"]  # from ._units import ...
+    assert "app.errors" in graph["app.database"]  # from . import errors
+    assert "app._keyword_index" in graph["app.schema"]  # inside a function
+    assert "app._write_side" in graph["app._units"]  # under if TYPE_CHECKING:
+
+
+def test_no_import_cycles() -> None:
+    cycles = _cycles(_graph()[0])
+    new = sorted(_show(c) for c in cycles - ALLOWED_CYCLES)
+    assert not new, "import cycles:\n" + "\n".join(new)
+    fixed = sorted(_show(c) for c in ALLOWED_CYCLES - cycles)
+    assert not fixed, "gone, remove from ALLOWED_CYCLES:\n" + "\n".join(fixed)
+
+
+def test_the_session_core_stays_below_the_block_store_and_numpy() -> None:
+    graph, external = _graph()
+    below = _reachable(graph, "app.database")
+    assert not below & BELOW_THE_BLOCK_STORE, sorted(below & BELOW_THE_BLOCK_STORE)
+    with_numpy = sorted(m for m in below | {"app.database"} if "numpy" in external[m])
+    assert not with_numpy, with_numpy
