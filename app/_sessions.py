@@ -1,5 +1,6 @@
 """The thread's Session: one per thread, closed when the thread ends, and kept honest
-outside units of work (see the README's section on ORM objects and plain Sessions)."""
+outside units of work (see docs/guide/units-and-sessions.md, ORM objects and plain
+Sessions)."""
 
 from __future__ import annotations
 

@@ -294,8 +294,9 @@ class BlockStore:
         self, embeddings: Iterable[tuple[int, Any]] | Mapping[int, Any], *, model: str = "default"
     ) -> int:
         """Store new embeddings (made by ``model``) for many blocks in one write unit: a
-        batch of a re-embedding while the service runs (see the README's recipe). Every
-        vector is checked before anything is written; None removes a block's embedding.
+        batch of a re-embedding while the service runs (see the recipe in
+        docs/guide/search.md). Every vector is checked before anything is written; None
+        removes a block's embedding.
 
         Returns:
             How many of the blocks exist (those that do not are skipped).

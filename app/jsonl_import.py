@@ -68,7 +68,7 @@ _BLOCK_FIELDS = (
     "timestamp",
 )
 
-#: What the JSONL format is, for ``--help`` and the README.
+#: What the JSONL format is, for ``--help`` (docs/guide/cli.md says the same).
 JSONL_FIELDS = """\
 One JSON object per line; blank lines are ignored. Fields:
   context          string, required

@@ -160,9 +160,9 @@ def test_notes_pruned_past_a_cache_make_it_rebuild(
 
 
 def test_a_store_moves_to_a_new_model_while_it_serves(db_url: str) -> None:
-    """The README's recipe: the service embeds new blocks with the new model, while a job
-    re-embeds the old blocks in batches of 50 and other threads search either model; then
-    every block is on the new model and searches equal the full scan."""
+    """The recipe in docs/guide/search.md: the service embeds new blocks with the new
+    model, while a job re-embeds the old blocks in batches of 50 and other threads search
+    either model; then every block is on the new model and searches equal the full scan."""
     rng = random.Random(3)
     with Database(db_url, auto_upgrade=True) as db, Database(db_url, vector_cache_limit=0) as ref:
         store, reference = BlockStore(db), BlockStore(ref)

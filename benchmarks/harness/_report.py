@@ -147,7 +147,7 @@ def footnotes(results: Sequence[CaseResult]) -> list[str]:
 
 
 def markdown_table(results: Sequence[CaseResult]) -> str:
-    """The same table as Markdown (for a README), with the legend and footnotes below."""
+    """The same table as Markdown (for RESULTS.md), with the legend and footnotes below."""
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines.extend("| " + " | ".join(_cells(r)) + " |" for r in _measured(results))
     lines.append("")
