@@ -140,6 +140,7 @@ def test_check_chain_finds_tampering(template: Path, tmp_path: Path) -> None:
     assert not verdict.intact and "block 4 has a wrong hash" in verdict.problem
 
 
+@pytest.mark.slow
 def test_run_cases_in_subprocesses_with_ratios(tmp_path: Path) -> None:
     cases = [
         Case("append", key, threads, 30) for threads in (1, 3) for key in ("sqlite3-lock", "layer")
@@ -342,6 +343,7 @@ def test_failed_strategies_are_marked_in_the_chart(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_python_m_benchmarks_writes_table_json_and_plot(tmp_path: Path) -> None:
     """As a user runs it from a clone: a subprocess, from the repository root."""
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra")
@@ -433,6 +435,7 @@ def test_median_of_rounds_takes_each_figure_median_and_keeps_every_failure() -> 
     assert peer.intact is False and peer.problem == "a gap at 7"  # one bad round is enough
 
 
+@pytest.mark.slow
 def test_rounds_alternate_and_report_medians(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(

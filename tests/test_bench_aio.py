@@ -39,6 +39,7 @@ def test_the_append_cases_at_tiny_sizes(tmp_path: Path) -> None:
     assert any("zero errors" in goal and met for goal, met in checked.items())
 
 
+@pytest.mark.slow
 def test_a_case_runs_in_its_own_process() -> None:
     result = run_case("ticker", _options([]))
     assert "failed" not in result, result

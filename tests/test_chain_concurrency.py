@@ -6,12 +6,15 @@ import multiprocessing
 import threading
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from app import BlockStore, Database
 from app.errors import IntegrityViolationError
+from app.legacy import DatabaseManager
 
 from .helpers import assert_chain_intact, join_processes, run_threads
+from .legacy_helpers import append_with_transaction
 
 THREADS = 100
 APPENDS = 20
@@ -37,23 +40,39 @@ def test_hundred_threads_append_one_chain(db: Database) -> None:
     assert db.stats().connections_checked_out == 0
 
 
-def _process_worker(url: str, threads: int, appends: int, name: str) -> None:
-    db = Database(url)
-    store = BlockStore(db)
-    errors = run_threads(
-        threads,
-        lambda n: [store.append(f"{name}-{n}-{i}", tags=[name]) for i in range(appends)],
-    )
-    db.dispose()
+def _process_worker(url: str, kind: str, threads: int, appends: int, name: str) -> None:
+    """``threads`` threads of one process append ``appends`` blocks each: through
+    ``BlockStore.append`` (group commit, tagged ``name``), or through the facade's
+    transaction pattern (read the last block, add the next, in one transaction; tagged t)."""
+    if kind == "store":
+        db = Database(url)
+        store = BlockStore(db)
+        errors = run_threads(
+            threads,
+            lambda n: [store.append(f"{name}-{n}-{i}", tags=[name]) for i in range(appends)],
+        )
+        db.dispose()
+    else:
+        with DatabaseManager(url) as manager:
+            errors = run_threads(threads, lambda n: append_with_transaction(manager, appends))
     if errors:
         raise SystemExit(f"{len(errors)} errors, first: {errors[0]!r}")
 
 
-def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str) -> None:
+@pytest.mark.parametrize(
+    "kinds",
+    [("store",) * 4, ("store", "store", "store", "facade")],
+    ids=["four-stores", "three-stores-and-a-facade"],
+)
+def test_four_processes_of_25_threads_append_one_chain(
+    db: Database, db_url: str, kinds: tuple[str, ...]
+) -> None:
+    """Four processes, each of 25 threads, extend one chain; in the second case one of them
+    writes through the facade's transaction pattern, among group-committed appends."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_process_worker, args=(db_url, 25, APPENDS, f"p{k}"))
-        for k in range(4)
+        context.Process(target=_process_worker, args=(db_url, kind, 25, APPENDS, f"p{k}"))
+        for k, kind in enumerate(kinds)
     ]
     for process in processes:
         process.start()
@@ -63,7 +82,8 @@ def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str
         tags = dict(
             session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()
         )
-    assert tags == {f"p{k}": 25 * APPENDS for k in range(4)}
+    expected = {f"p{k}" if kind == "store" else "t": 25 * APPENDS for k, kind in enumerate(kinds)}
+    assert tags == expected
 
 
 POISON_TRIGGERS: dict[str, list[str]] = {

@@ -225,13 +225,16 @@ def test_doctor_healthy_database(url: str) -> None:
 
 
 def test_upgrade_stress_doctor_on_each_backend(db_url: str) -> None:
-    assert run("--url", db_url, "db", "upgrade").exit_code == 0
-    result = run("--url", db_url, "stress", "-t", "4", "-n", "40", "-r", "1", "--json")
+    result = run("--url", db_url, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["chain_intact"] is True
+    assert f"none -> {head_revision()} (head)" in result.output
+    result = run("--url", db_url, "stress", "-t", "8", "-n", "400", "-r", "1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["appended"], report["errors"], report["chain_intact"]) == (400, 0, True)
     result = run("--url", db_url, "doctor", "--verify-chain")
     assert result.exit_code == 0, result.output
-    assert "intact (40 blocks)" in result.output and f"{head_revision()} (head)" in result.output
+    assert "intact (400 blocks)" in result.output and f"{head_revision()} (head)" in result.output
 
 
 def test_doctor_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,6 +60,9 @@ from .helpers import (
     wait_until,
 )
 
+# Fault injection: ``-m "not slow"`` leaves the whole module out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:

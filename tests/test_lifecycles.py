@@ -431,9 +431,12 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
-def test_fork_keeps_working_when_no_unit_is_open(sqlite_url: str) -> None:
-    with Database(sqlite_url) as db:
-        make_counter_table(db)
-        assert _fork_and_report(_child_writes, sqlite_url, db) == "ok"
-        assert counter_value(db) == 1
+def test_fork_keeps_working_when_no_unit_is_open(url: str) -> None:
+    """The parent holds pooled connections but no unit when it forks: the child writes
+    through the inherited object and a new one, and the parent's connections still work."""
+    with Database(url) as db:
+        db.run(increment_counter)  # the parent holds pooled connections now
+        assert _fork_and_report(_child_writes, url, db) == "ok"
+        db.run(increment_counter)
+        assert counter_value(db) == 3
         assert BlockStore(db).count() == 1

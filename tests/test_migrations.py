@@ -215,12 +215,11 @@ def test_old_schema_is_refused_without_auto_upgrade(db_url: str) -> None:
     migrating.dispose()
 
 
-def test_unknown_newer_revision_is_refused(sqlite_db: Database) -> None:
-    url = sqlite_db.url
-    with sqlite_db.unit_of_work() as session:
+def test_unknown_newer_revision_is_refused(db: Database, db_url: str) -> None:
+    with db.unit_of_work() as session:
         session.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(SchemaOutOfDateError, match="'9999', which this code does not know"):
-        Database(url)
+        Database(db_url)
 
 
 def test_alembic_command_line(db_url: str) -> None:

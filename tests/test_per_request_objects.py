@@ -120,9 +120,11 @@ def test_new_schemas_opened_at_once_from_threads_are_all_migrated() -> None:
 
 def test_a_migration_waiting_past_its_deadline_changes_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'late.db'}"
-    with schema._ONE_MIGRATION:  # another migration of this process, running long
-        with pytest.raises(errors.DatabaseBusyError, match="another migration"):
-            Database(url, retry_deadline=0.2)
+    with (
+        schema._ONE_MIGRATION,  # another migration of this process, running long
+        pytest.raises(errors.DatabaseBusyError, match="another migration"),
+    ):
+        Database(url, retry_deadline=0.2)
     with Database(url, check_schema=False) as db:
         assert schema.current_revision(db) is None
     with Database(url) as db:  # once it ended, the file is migrated as usual

@@ -1,15 +1,14 @@
 """PostgreSQL specifics: the pool, read-only snapshots, the write lock and its deadline, retries
-of a real deadlock, migrations through the alembic command line, the legacy facade giving the
-same answers as on SQLite, and one chain appended from four processes.
+of a real deadlock, the column types the alembic command line creates, and the legacy facade
+giving the same answers as on SQLite.
 
 Every test here runs against a fresh schema of the server in ``APP_TEST_POSTGRES_URL``.
+Scenarios that are not specific to PostgreSQL live in the general modules, whose ``backend``
+fixture runs them on SQLite and on PostgreSQL alike.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -29,12 +27,10 @@ from sqlalchemy.pool import QueuePool
 
 from app import BlockStore, Database
 from app._postgres_hooks import PG_WRITE_LOCK_KEY, _quiet
-from app.cli import cli
 from app.errors import (
     DatabaseBusyError,
     DatabaseUnavailableError,
     ReadOnlyUnitError,
-    SchemaOutOfDateError,
 )
 from app.legacy import DatabaseManager
 from app.models import LEGACY_TABLES
@@ -43,14 +39,10 @@ from app.schema import current_revision, head_revision
 from .helpers import (
     JOIN_TIMEOUT,
     Background,
-    assert_chain_intact,
     in_thread,
-    join_processes,
-    run_threads,
-    wait_for_child,
     wait_until,
 )
-from .legacy_helpers import append_with_transaction, next_block
+from .legacy_helpers import next_block
 
 pytestmark = pytest.mark.parametrize(
     "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -240,23 +232,6 @@ def scalar_of(session: Session, sql: str, **parameters: Any) -> Any:
     return session.execute(text(sql), parameters).scalar_one()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_forked_child_uses_its_own_connections(db: Database) -> None:
-    _pairs(db)
-    db.run(_increment)  # the parent holds pooled connections now
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            db.run(_increment)
-            code = 0 if _values(db)[1] == 2 else 2
-        finally:
-            os._exit(code)
-    assert wait_for_child(pid) == 0
-    db.run(_increment)  # the parent's connections still work
-    assert _values(db) == {1: 3, 2: 0}
-
-
 # -- migrations -------------------------------------------------------------------------------
 
 
@@ -296,13 +271,6 @@ def test_alembic_command_line_builds_the_schema_in_a_fresh_schema(db_url: str) -
         ("blocks.importance", "double precision", None),
         ("short_term_memories.id", "text", None),
     ]
-
-
-def test_unknown_newer_revision_is_refused(db: Database, db_url: str) -> None:
-    with db.unit_of_work() as session:
-        session.execute(text("UPDATE alembic_version SET version_num = '9999'"))
-    with pytest.raises(SchemaOutOfDateError, match="'9999', which this code does not know"):
-        Database(db_url)
 
 
 # -- the legacy facade: the same answers as on SQLite -----------------------------------------
@@ -389,60 +357,3 @@ def test_facade_gives_the_same_results_as_on_sqlite(db_url: str, tmp_path: Path)
     for position, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
         assert mine == theirs, f"call {position} differs"
     assert expected[7]["embedding"] == pytest.approx([0.1, 0.2, 0.3, 0.4])  # float32 values
-
-
-# -- the command line on PostgreSQL ----------------------------------------------------------
-
-
-def test_cli_upgrade_stress_and_doctor(db_url: str) -> None:
-    runner = CliRunner()
-    upgraded = runner.invoke(cli, ["--url", db_url, "db", "upgrade"])
-    assert upgraded.exit_code == 0, upgraded.output
-    assert "none -> 0005 (head)" in upgraded.output
-    stressed = runner.invoke(
-        cli, ["--url", db_url, "stress", "-t", "8", "-n", "400", "-r", "1", "--json"]
-    )
-    assert stressed.exit_code == 0, stressed.output
-    report = json.loads(stressed.stdout)
-    assert (report["appended"], report["errors"], report["chain_intact"]) == (400, 0, True)
-    doctor = runner.invoke(cli, ["--url", db_url, "doctor", "--verify-chain"])
-    assert doctor.exit_code == 0, doctor.output
-
-
-# -- one chain, four processes ---------------------------------------------------------------
-
-
-def _append_process(url: str, kind: str, name: str, threads: int, appends: int) -> None:
-    """25 threads of one process append ``appends`` blocks each, by ``kind``."""
-    if kind == "store":
-        with Database(url) as db:
-            store = BlockStore(db)
-            failures = run_threads(
-                threads,
-                lambda n: [store.append(f"{name}-{n}-{i}", tags=[name]) for i in range(appends)],
-            )
-    else:  # the legacy pattern: read the last block, add the next, in one transaction
-        with DatabaseManager(url) as manager:
-            failures = run_threads(threads, lambda n: append_with_transaction(manager, appends))
-    if failures:
-        raise SystemExit(f"{len(failures)} failures, first: {failures[0]}")
-
-
-def test_four_processes_of_25_threads_append_one_chain(db: Database, db_url: str) -> None:
-    """Three processes append through BlockStore.append (group commit), the fourth through
-    the facade's transaction pattern: one advisory lock serialises both kinds of writer."""
-    context = multiprocessing.get_context("spawn")
-    kinds = ["store", "store", "store", "facade"]
-    processes = [
-        context.Process(target=_append_process, args=(db_url, kind, f"p{k}", 25, 20))
-        for k, kind in enumerate(kinds)
-    ]
-    for process in processes:
-        process.start()
-    assert join_processes(processes, timeout=240) == [0, 0, 0, 0]
-    assert_chain_intact(db, 4 * 25 * 20)
-    with db.read() as session:
-        tags = dict(
-            session.execute(text("SELECT tag, count(*) FROM block_tags GROUP BY tag")).all()
-        )
-    assert tags == {"p0": 500, "p1": 500, "p2": 500, "t": 500}

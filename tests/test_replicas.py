@@ -35,7 +35,7 @@ from .replica_helpers import (
 pytestmark = pytest.mark.postgres
 
 IN_RECOVERY = text("SELECT pg_is_in_recovery()")
-#: The first pause before a failed replica is tried again (README: replicas).
+#: The first pause before a failed replica is tried again (docs/guide/postgresql.md).
 FIRST_PAUSE = 0.25
 
 
@@ -513,6 +513,7 @@ def test_primary_restarted_mid_load(cluster: PrivateCluster) -> None:
             assert_chain_intact(check, len(stored))
 
 
+@pytest.mark.slow
 def test_a_primary_started_by_crash_recovery_is_still_not_a_replica(
     cluster: PrivateCluster,
 ) -> None:
