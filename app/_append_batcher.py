@@ -33,20 +33,20 @@ building their results to them.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from . import errors
+from ._append_batches import BatchWriter
+from ._append_requests import AppendRequest, Batch, Item, Notify, Request, Result
 from ._shared_transaction import WriteOutcome
 
-# Longest the leader waits for the callers of the last batch (see _gather): long enough for
-# a hundred callers to be woken one after another.
-_GATHER_LIMIT = 0.02
+__all__ = ["AppendBatcher", "AppendRequest", "Notify"]
+
 # A sleeping caller looks at its append's state at least this often.
 _SLICE = 0.25
 # The helper thread that leads for callers without a thread ends after this long without work.
@@ -61,72 +61,8 @@ _PLAN_PART = 32
 
 log = logging.getLogger(__name__)
 
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 
-
-class _Request(Generic[Item, Result]):
-    __slots__ = (
-        "done",
-        "error",
-        "gate",
-        "in_chain",
-        "items",
-        "next_to_wake",
-        "notify",
-        "outcome",
-        "results",
-        "tag",
-        "threadless",
-        "woken",
-    )
-
-    def __init__(
-        self,
-        items: Sequence[Item],
-        notify: Notify[Item, Result] | None = None,
-        tag: Any = None,
-    ) -> None:
-        self.items = items
-        self.tag = tag  # whatever the caller without a thread wants back with it
-        self.results: list[Result] = []
-        self.error: BaseException | None = None
-        self.done = False
-        self.woken = False  # gate released for this wait (guarded by the mutex)
-        self.next_to_wake: _Request[Item, Result] | None = None  # the caller to wake after this one
-        self.in_chain = False  # counted in the batcher's _waking (guarded by its mutex)
-        # Where its own write went when it was written alone (see _commit_alone).
-        self.outcome: WriteOutcome | None = None
-        # A caller that does not sleep on a gate (see AppendBatcher.enqueue), and the
-        # callback that tells it its outcome (cleared, under the mutex, once due).
-        self.threadless = notify is not None
-        self.notify = notify
-        if notify is None:
-            self.gate = threading.Lock()
-            self.gate.acquire()  # bounded: a new lock, free: taking it never waits
-
-
-#: The request :meth:`AppendBatcher.enqueue` returns: ``done``, then ``error`` or ``results``.
-AppendRequest = _Request
-
-#: Told the outcomes of requests queued with :meth:`AppendBatcher.enqueue`: called with
-#: every request of a batch that was queued with it (an equal callable), in queue order.
-Notify = Callable[[list[_Request[Item, Result]]], None]
-
-
-class _Batch(Generic[Item, Result]):
-    """The requests one leader writes in one unit, and where that unit's work went."""
-
-    __slots__ = ("items", "outcome", "requests", "settled")
-
-    def __init__(self, requests: list[_Request[Item, Result]]) -> None:
-        self.requests = requests
-        self.items = [item for request in requests for item in request.items]
-        self.outcome = WriteOutcome()
-        self.settled = False  # its unwritten requests were put back in the queue
-
-
-class AppendBatcher(Generic[Item, Result]):
+class AppendBatcher(BatchWriter[Item, Result]):
     """Batches requests from many threads into write units.
 
     Args:
@@ -165,7 +101,7 @@ class AppendBatcher(Generic[Item, Result]):
         self._mutex = threading.Lock()
         self._all_woken = threading.Condition(self._mutex)  # _waking fell to zero
         self._leader: int | None = None  # the leading caller's thread
-        self._queue: deque[_Request[Item, Result]] = deque()
+        self._queue: deque[Request[Item, Result]] = deque()
         self._waking = 0  # callers of finished batches not yet woken
         self._helper: threading.Thread | None = None  # leads for callers without a thread
         self._helper_wanted = False  # such a caller waits and nobody leads
@@ -173,7 +109,7 @@ class AppendBatcher(Generic[Item, Result]):
         self._helper_called = threading.Condition(self._mutex)
         # Outcomes settled but not yet told to callers without a thread (guarded by the
         # mutex; see _deliver).
-        self._untold: dict[Notify[Item, Result], list[_Request[Item, Result]]] = {}
+        self._untold: dict[Notify[Item, Result], list[Request[Item, Result]]] = {}
 
     def submit(self, items: Sequence[Item]) -> list[Result]:
         """Queue ``items`` (written contiguously, in order) and wait until they are committed.
@@ -182,7 +118,7 @@ class AppendBatcher(Generic[Item, Result]):
             DatabaseBusyError: the append was still queued at the deadline (not written).
             CommitTimeoutError: its write outlasted a second deadline (outcome unknown).
         """
-        request: _Request[Item, Result] = _Request(items)
+        request: Request[Item, Result] = Request(items)
         started = time.monotonic()
         try:
             with self._mutex:
@@ -206,7 +142,7 @@ class AppendBatcher(Generic[Item, Result]):
 
     def enqueue(
         self, items: Sequence[Item], notify: Notify[Item, Result], tag: Any = None
-    ) -> _Request[Item, Result]:
+    ) -> Request[Item, Result]:
         """Queue ``items`` (written contiguously, in order) without waiting.
 
         Once the request is done (``request.error`` or ``request.results`` then holds the
@@ -216,14 +152,14 @@ class AppendBatcher(Generic[Item, Result]):
         The caller keeps its own deadline and may take a request still queued back with
         :meth:`withdraw`.
         """
-        request: _Request[Item, Result] = _Request(items, notify, tag)
+        request: Request[Item, Result] = Request(items, notify, tag)
         with self._mutex:
             self._queue.append(request)
             if self._leader is None:
                 self._call_helper()
         return request
 
-    def withdraw(self, request: _Request[Item, Result]) -> bool:
+    def withdraw(self, request: Request[Item, Result]) -> bool:
         """Take back a request made with :meth:`enqueue`.
 
         Returns:
@@ -264,7 +200,7 @@ class AppendBatcher(Generic[Item, Result]):
                 if self._queue:
                     self._wake(self._queue[0])  # or the helper, for a caller without a thread
 
-    def _leave(self, request: _Request[Item, Result]) -> None:
+    def _leave(self, request: Request[Item, Result]) -> None:
         """The caller is done: returning, failing or interrupted. Safe to repeat."""
         with self._mutex:
             if not request.done:
@@ -280,7 +216,7 @@ class AppendBatcher(Generic[Item, Result]):
             self._wake_next(request)
         self._stop_leading()
 
-    def _sleep(self, request: _Request[Item, Result], started: float) -> None:
+    def _sleep(self, request: Request[Item, Result], started: float) -> None:
         """Sleep until woken (to lead, or because the append is done), one slice at most."""
         if request.gate.acquire(timeout=_SLICE):
             with self._mutex:
@@ -383,9 +319,7 @@ class AppendBatcher(Generic[Item, Result]):
         finally:
             self._deliver()
 
-    def _plan_batch(
-        self, batch: _Batch[Item, Result], written: list[Result]
-    ) -> list[Result] | None:
+    def _plan_batch(self, batch: Batch[Item, Result], written: list[Result]) -> list[Result] | None:
         """``plan`` of the batch's items after ``written``, in parts, letting go of the
         interpreter lock between two: an event loop waiting to run its timers runs them
         then, not after the whole plan. None when there is nothing to plan after."""
@@ -408,7 +342,7 @@ class AppendBatcher(Generic[Item, Result]):
             return None
         return planned
 
-    def _lead(self, own: _Request[Item, Result]) -> None:
+    def _lead(self, own: Request[Item, Result]) -> None:
         while not own.done:
             self._gather()
             batch = self._take_batch(self._max_batch)
@@ -419,164 +353,3 @@ class AppendBatcher(Generic[Item, Result]):
                     self._settle_surely(batch, own)
                 finally:
                     self._deliver()
-
-    def _settle_surely(
-        self, batch: _Batch[Item, Result], own: _Request[Item, Result] | None
-    ) -> None:
-        """:meth:`_settle` whatever happened (an interruption included, and again if the
-        clean-up is interrupted): appends not written go back to the front of the queue
-        for the next leader; the others are told or woken."""
-        try:
-            self._settle(batch, own)
-        except BaseException:
-            self._settle(batch, own)
-            raise
-
-    def _gather(self) -> None:
-        """Let the callers of the last batch queue their next append before writing.
-
-        While they are being woken (see ``_wake_in_turn``) they are about to append again;
-        writing now would make the writer compete with them for the GIL after every
-        statement and cut the batch short (overlapping the two is slower). So wait until the
-        last of them has been woken, never longer than ``_GATHER_LIMIT``.
-        """
-        with self._mutex:
-            self._all_woken.wait_for(lambda: not self._waking, _GATHER_LIMIT)
-
-    def _take_batch(self, limit: int) -> _Batch[Item, Result]:
-        with self._mutex:
-            size = 0
-            count = 0
-            for request in self._queue:
-                if count and size + len(request.items) > limit:
-                    break
-                size += len(request.items)
-                count += 1
-            batch = _Batch(list(itertools.islice(self._queue, count)))
-            # One assignment, so the batch leaves the queue whole or not at all, whatever
-            # interrupts this thread.
-            self._queue = deque(itertools.islice(self._queue, count, None))
-            return batch
-
-    def _commit(
-        self, batch: _Batch[Item, Result], planned: list[Result] | None, *, finished: bool
-    ) -> None:
-        requests = batch.requests
-        try:
-            self._write(batch.items, batch.outcome, planned, finished)
-        except Exception as exc:  # noqa: BLE001 - handed to the callers, who see it raised
-            if batch.outcome.committed():
-                return  # failed after its commit (it cannot, but if it did: it is written)
-            if (
-                isinstance(
-                    exc,
-                    errors.DatabaseBusyError
-                    | errors.ClosedError
-                    | errors.PoolExhaustedError
-                    | errors.CommitTimeoutError,
-                )
-                or len(requests) == 1
-            ):
-                # Nobody's input is to blame: every append of the batch fails the same way.
-                for request in requests:
-                    self._finish(request, error=exc)
-                return
-            for request in requests:
-                self._commit_alone(request, finished)
-
-    def _commit_alone(self, request: _Request[Item, Result], finished: bool) -> None:
-        request.outcome = outcome = WriteOutcome()
-        try:
-            self._write(list(request.items), outcome, None, finished)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller, who sees it raised
-            if not outcome.committed():
-                self._finish(request, error=exc)
-
-    def _settle(self, batch: _Batch[Item, Result], own: _Request[Item, Result] | None) -> None:
-        """After the batch's write, or its interruption: each request gets the results of a
-        committed write (the batch's, or its own), or goes back to the queue. Whether a
-        write was committed is read from its WriteOutcome, never from a return value, so an
-        append committed just before an interruption is never written again."""
-        with self._mutex:
-            if not batch.settled:
-                written = batch.outcome.committed()
-                position = 0
-                for request in batch.requests:
-                    count = len(request.items)
-                    if not request.done:
-                        alone = request.outcome
-                        if written:
-                            results = batch.outcome.value[position : position + count]
-                            self._finish(request, results=results)
-                        elif alone is not None and alone.committed():
-                            self._finish(request, results=alone.value)
-                    position += count
-                back = [r for r in batch.requests if not r.done and r is not own][::-1]
-                batch.settled = True
-                self._queue.extendleft(back)
-            # Callers without a thread are told by _deliver, each once: the callback is
-            # taken under the mutex, so a settle run again after an interruption tells
-            # nobody twice.
-            for request in batch.requests:
-                if request.done and request.notify is not None:
-                    self._untold.setdefault(request.notify, []).append(request)
-                    request.notify = None
-        self._wake_in_turn([r for r in batch.requests if r.done and r is not own])
-
-    def _deliver(self) -> None:
-        """Tell the callers without a thread of every settled batch their outcome: one
-        call per callback (per event loop). Safe to repeat; never raises."""
-        with self._mutex:
-            untold, self._untold = self._untold, {}
-        for notify, requests in untold.items():
-            try:
-                notify(requests)
-            except Exception:
-                log.exception("telling appends' callers their outcome failed")
-
-    def _finish(
-        self,
-        request: _Request[Item, Result],
-        *,
-        results: list[Result] | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        request.results = results or []
-        request.error = error
-        request.done = True  # last: a caller that sees it also sees the rest
-
-    def _wake_in_turn(self, batch: list[_Request[Item, Result]]) -> None:
-        """Wake the callers of a finished batch one after another.
-
-        Waking them all at once would make a hundred threads fight for the GIL (and the
-        next batch's writer with them); instead each caller, once running, wakes the next.
-        """
-        with self._mutex:
-            sleepers = [r for r in batch if not (r.woken or r.in_chain or r.threadless)]
-            for current, following in itertools.pairwise(sleepers):
-                current.next_to_wake = following
-            for sleeper in sleepers:
-                sleeper.in_chain = True
-            if sleepers:
-                self._waking += len(sleepers)
-                self._wake(sleepers[0])
-
-    def _wake_next(self, request: _Request[Item, Result]) -> None:
-        """Called with the mutex held by a caller that is awake: take it out of the wake-up
-        count and wake the next caller of its chain."""
-        if request.in_chain:
-            request.in_chain = False
-            self._waking -= 1
-            if not self._waking:
-                self._all_woken.notify()
-        following, request.next_to_wake = request.next_to_wake, None
-        if following is not None:
-            self._wake(following)
-
-    def _wake(self, request: _Request[Item, Result]) -> None:
-        # Called with the mutex held.
-        if request.threadless:
-            self._call_helper()  # nobody sleeps on its gate: the helper leads for it
-        elif not request.woken:
-            request.woken = True
-            request.gate.release()

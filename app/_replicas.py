@@ -30,14 +30,13 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import errors
-from ._driver import raw_execute
 from ._engine import build_engine
+from ._replica_positions import POSITIONS, format_lsn, primary_position, replay_position
 from ._stats import ReplicaStats
 from .settings import Settings
 
@@ -51,52 +50,8 @@ _PAUSE_FIRST, _PAUSE_MAX = 0.25, 8.0
 _CONNECT_TIMEOUT = "2"
 #: Primary positions closer together than this (seconds) are kept as one sample.
 _SAMPLE_SPACING = 0.05
-#: A position no replica reaches: reads go to the primary (the last commit's is unknown).
-_UNKNOWN = 1 << 64
 
 UP, LAGGING, DOWN, NOT_A_REPLICA, UNCHECKED = "up", "lagging", "down", "not a replica", "unchecked"
-
-
-def parse_lsn(text: Any) -> int | None:
-    """A ``pg_lsn`` (``'16/B374D848'``) as a number, or None for NULL."""
-    if text is None:
-        return None
-    high, _, low = str(text).partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def format_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-class _CommitPositions:
-    """The position of the last commit each primary (by URL) made for this process.
-
-    Process-wide rather than per Database object: code written for the old class opens a
-    manager per request or per thread, and a read of one must see a commit of another.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._positions: dict[str, int] = {}
-
-    def get(self, key: str) -> int:
-        return self._positions.get(key, 0)
-
-    def note(self, key: str, position: int) -> None:
-        with self._lock:
-            known = self._positions.get(key, 0)
-            if position > known or known == _UNKNOWN:
-                self._positions[key] = position
-
-    def lost(self, key: str) -> None:
-        """A commit's position could not be read: send reads to the primary until the next
-        commit's position is known."""
-        with self._lock:
-            self._positions[key] = _UNKNOWN
-
-
-_POSITIONS = _CommitPositions()
 
 
 class _Replica:
@@ -176,14 +131,14 @@ class ReplicaSet:
         try:
             if connection is None:
                 with self._primary.connect() as fresh:
-                    position = _primary_position(fresh)
+                    position = primary_position(fresh)
             else:
-                position = _primary_position(connection)
+                position = primary_position(connection)
         except Exception:
             log.debug("could not read the position of a commit", exc_info=True)
-            _POSITIONS.lost(self._key)
+            POSITIONS.lost(self._key)
             return
-        _POSITIONS.note(self._key, position)
+        POSITIONS.note(self._key, position)
         self._sample(position)
 
     def note_primary(self) -> None:
@@ -194,8 +149,8 @@ class ReplicaSet:
             DatabaseUnavailableError: the primary cannot be reached.
         """
         with self._primary.connect() as connection:
-            position = _primary_position(connection)
-        _POSITIONS.note(self._key, position)
+            position = primary_position(connection)
+        POSITIONS.note(self._key, position)
         self._sample(position)
 
     def _sample(self, position: int) -> None:
@@ -213,7 +168,7 @@ class ReplicaSet:
         lag is then measured with the samples there are)."""
         try:
             with self._primary.connect() as connection:
-                self._sample(_primary_position(connection))
+                self._sample(primary_position(connection))
         except Exception:
             log.debug("could not read the primary's position", exc_info=True)
 
@@ -237,7 +192,7 @@ class ReplicaSet:
         Args:
             fresh: the replica must have replayed this process's last commit.
         """
-        need = _POSITIONS.get(self._key) if fresh else 0
+        need = POSITIONS.get(self._key) if fresh else 0
         now = time.monotonic()
         claimed: list[_Replica] = []
         ready: list[_Replica] = []
@@ -279,7 +234,7 @@ class ReplicaSet:
             return None
         try:
             if check or replica.replayed < need:
-                replayed = _replay_position(connection)
+                replayed = replay_position(connection)
                 if replayed is None:
                     connection.close()
                     self._not_a_replica(replica)
@@ -410,24 +365,6 @@ def _replica_settings(settings: Settings, url: str) -> Settings:
     return dataclasses.replace(
         settings, url=parsed.render_as_string(hide_password=False), replicas=()
     )
-
-
-def _primary_position(connection: Connection) -> int:
-    # Straight to the driver, outside any transaction (the connection is in autocommit
-    # between transactions): no BEGIN, no write lock.
-    position = parse_lsn(raw_execute(connection, "SELECT pg_current_wal_lsn()").fetchone()[0])
-    assert position is not None
-    return position
-
-
-def _replay_position(connection: Connection) -> int | None:
-    """How far the server has replayed the primary's WAL, or None when it is not in
-    recovery. pg_last_wal_replay_lsn() alone is not enough: a primary that was itself
-    started by crash recovery keeps returning where that recovery ended."""
-    in_recovery, replayed = raw_execute(
-        connection, "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()"
-    ).fetchone()
-    return parse_lsn(replayed) if in_recovery else None
 
 
 def _close_quietly(connection: Connection) -> None:

@@ -7,7 +7,7 @@ import importlib.util
 import sqlite3
 from typing import TYPE_CHECKING
 
-from . import _keyword_index, _vector_cache
+from . import _keyword_index, _vector_arrays, _vector_cache
 from ._driver import raw_execute
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def search_report(db: Database) -> list[tuple[str, str]]:
         ).fetchone()
         extension = _vector_extension(connection.dialect.name, connection)
     limit = db.settings.vector_cache_limit
-    needed = int(count or 0) * _vector_cache.row_bytes(int(widest or 0))
+    needed = int(count or 0) * _vector_arrays.row_bytes(int(widest or 0))
     if limit <= 0:
         cache = "off (vector_cache_limit=0): similarity searches stream the embeddings"
     else:

@@ -12,27 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-from sqlalchemy import Select, select
+from sqlalchemy import Select
 from sqlalchemy.engine import Connection
 
-from . import (
-    _hybrid,
-    _keyword_index,
-    _reembed,
-    _time_window,
-    _vector_cache,
-    _vector_scores,
-    errors,
-)
+from . import _block_queries, _block_search, _keyword_index, _reembed, _time_window, errors
 from ._append_batcher import AppendBatcher
-from ._block_arguments import (
-    SORT_COLUMNS,
-    fusion_weights,
-    similarity_arguments,
-    sort_column,
-    sort_order,
-)
+from ._block_arguments import SORT_COLUMNS
 from ._block_results import ChainCheck, ChainHead, ScoredBlock, SearchHit, check_chain
 from ._block_sql import (
     _HEAD_SQL,
@@ -40,7 +25,6 @@ from ._block_sql import (
     BlockRecord,
     Written,
     chained_records,
-    index_value,
     load_records,
     plan_chain,
     write_chain,
@@ -49,19 +33,8 @@ from ._block_values import PreparedBlock, prepare_block, prepare_blocks
 from ._driver import placeholder, raw_execute
 from ._read_units import retried_reads
 from ._shared_transaction import WriteOutcome
-from ._validate import (
-    check_index,
-    check_limit,
-    check_number,
-    check_text,
-    check_timestamp,
-    check_words,
-)
+from ._validate import check_index, check_limit, check_timestamp
 from .database import Database, UnitKind
-from .models import (
-    blocks_table,
-    tags_table,
-)
 from .short_term import ShortTermMemories
 
 __all__ = [
@@ -220,17 +193,7 @@ class BlockStore:
     ) -> list[BlockRecord]:
         """Blocks with ``start <= index <= end``, sorted by ``sort_by`` (a column name from
         :data:`SORT_COLUMNS`) in ``order`` ('asc' or 'desc')."""
-        column = sort_column(sort_by)
-        direction = sort_order(order)
-        query = select(blocks_table.c.block_index)
-        if start is not None:
-            low = index_value(check_index(start, "start"))
-            query = query.where(blocks_table.c.block_index >= low)
-        if end is not None:
-            high = index_value(check_index(end, "end"))
-            query = query.where(blocks_table.c.block_index <= high)
-        query = query.order_by(getattr(column, direction)(), blocks_table.c.block_index)
-        return self._load(query.limit(check_limit(limit)).offset(check_limit(offset, "offset")))
+        return self._load(_block_queries.page_query(start, end, limit, offset, sort_by, order))
 
     def recent(self, limit: int = 10) -> list[BlockRecord]:
         """The newest blocks (highest index first)."""
@@ -248,16 +211,7 @@ class BlockStore:
         finds itself, whatever its letters. A trigram index (revision 0003) narrows the
         blocks tested; words under three characters are found by a scan.
         """
-        words = [w for w in check_words(keywords, "keywords") if w]
-        count = check_limit(limit)
-        if not words or not count:
-            return []
-        with self.db.reading() as connection:
-            found, plan = _keyword_index.matching(connection, words, count)
-            records = load_records(connection, found)
-        if plan.pending >= _keyword_index.DRAIN_AT:
-            _keyword_index.catch_up_quietly(self.db)
-        return records
+        return _block_search.keyword_search(self.db, keywords, limit)
 
     def refresh_search_index(self) -> int:
         """Index the blocks that writers added since the last search did (SQLite).
@@ -271,11 +225,7 @@ class BlockStore:
         Raises:
             DatabaseBusyError: another writer kept the database locked past the deadline.
         """
-        with self.db.reading() as connection:
-            ready = connection.dialect.name == "sqlite" and _keyword_index.sqlite_index_ready(
-                connection
-            )
-        return _keyword_index.catch_up(self.db, wait=True) if ready else 0
+        return _block_search.refresh_keyword_index(self.db)
 
     def set_embedding(self, block_index: int, embedding: Any, *, model: str = "default") -> bool:
         """Store ``embedding`` as block ``block_index``'s, replacing the one it had (or
@@ -327,16 +277,8 @@ class BlockStore:
 
     def search_tags(self, tags: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
         """Blocks carrying any of ``tags`` (exact match), lowest index first."""
-        wanted = check_words(tags, "tags")
-        if not wanted:
-            return []
-        query = (
-            select(tags_table.c.block_index)
-            .where(tags_table.c.tag.in_(wanted))
-            .distinct()
-            .order_by(tags_table.c.block_index)
-        )
-        return self._load(query.limit(check_limit(limit)))
+        query = _block_queries.tags_query(tags, limit)
+        return [] if query is None else self._load(query)
 
     def date_range(
         self, start: str | datetime, end: str | datetime, *, limit: int = 100
@@ -354,22 +296,10 @@ class BlockStore:
         """``date_range`` with checked bounds (the facade passes any text, as before: a
         bound that is not ISO-8601 makes the whole window compare text)."""
         count = check_limit(limit)
-        zone = self._zone
-        low_end = _time_window.bound(low, zone)
-        high_end = None if high is None else _time_window.bound(high, zone)
-        if low_end is not None and (high is None or high_end is not None):
-            with self.db.reading() as connection:
-                found = _time_window.window(connection, low_end, high_end, count, zone)
-                return load_records(connection, found)
-        bounds = [blocks_table.c.timestamp >= low]
-        if high is not None:
-            bounds.append(blocks_table.c.timestamp <= high)
-        query = (
-            select(blocks_table.c.block_index)
-            .where(*bounds)
-            .order_by(blocks_table.c.timestamp.desc(), blocks_table.c.block_index.desc())
-        )
-        return self._load(query.limit(count))
+        found = _block_search.time_window(self.db, self._zone, low, high, count)
+        if found is not None:
+            return found
+        return self._load(_block_queries.text_window_query(low, high, count))
 
     def since(self, timestamp: str | datetime, *, limit: int = 100) -> list[BlockRecord]:
         """Blocks stamped at or after ``timestamp``, newest first (instants compared, as
@@ -388,13 +318,7 @@ class BlockStore:
         order: str = "desc",
     ) -> list[BlockRecord]:
         """Blocks with ``importance >= threshold``."""
-        column = sort_column(sort_by)
-        query = (
-            select(blocks_table.c.block_index)
-            .where(blocks_table.c.importance >= check_number(threshold, "threshold"))
-            .order_by(getattr(column, sort_order(order))(), blocks_table.c.block_index)
-        )
-        return self._load(query.limit(check_limit(limit)))
+        return self._load(_block_queries.importance_query(threshold, limit, sort_by, order))
 
     def similar(
         self,
@@ -418,15 +342,7 @@ class BlockStore:
             InvalidInputError: the query is not a finite, non-zero vector, or its dimension
                 differs from a stored embedding's (a ``ValueError`` as in the legacy class).
         """
-        query, k, floor, wanted = similarity_arguments(
-            query_embedding, top_k, min_similarity, model
-        )
-        with self.db.reading() as connection:
-            ranked = self._top_k(connection, query, k, floor, wanted)
-            records = {r.block_index: r for r in load_records(connection, [i for i, _ in ranked])}
-        embeddings = {i: r.embedding for i, r in records.items()}
-        scores = _vector_scores.complete_scores(ranked, embeddings, query)
-        return [ScoredBlock(records[i], scores[i]) for i, _ in ranked if i in scores]
+        return _block_search.similar(self.db, query_embedding, top_k, min_similarity, model)
 
     def search(
         self,
@@ -458,57 +374,7 @@ class BlockStore:
             InvalidInputError: neither ``text`` nor ``embedding`` given, or a bad argument
                 (as for :meth:`search_keywords` and :meth:`similar`).
         """
-        k = check_limit(top_k, "top_k")
-        keyword_weight, vector_weight = fusion_weights(weights)
-        words = _hybrid.words(check_text(text, "text")) if text is not None else []
-        vector = None
-        if embedding is not None:
-            vector, _, _, model = similarity_arguments(embedding, k, None, model)
-        if text is None and vector is None:
-            raise errors.InvalidInputError("search needs text, an embedding, or both")
-        depth = max(_hybrid.DEPTH, k) if depth is None else check_limit(depth, "depth")
-        keyword_ranks: list[int] = []
-        vector_ranked: list[tuple[int, float | None]] = []
-        plan = None
-        with self.db.reading() as connection:
-            if words and keyword_weight > 0:
-                lists, plan = _keyword_index.per_word(connection, words, depth)
-                if len(words) == 1:
-                    keyword_ranks = lists[0]  # newest first, as ranked below
-                else:
-                    found = sorted({index for matches in lists for index in matches})
-                    contained = _keyword_index.words_contained(connection, words, found)
-                    keyword_ranks = _hybrid.by_words_contained(contained, depth)
-            if vector is not None and vector_weight > 0:
-                vector_ranked = self._top_k(connection, vector, depth, None, model)
-            vector_ranks = [index for index, _ in vector_ranked]
-            fused = _hybrid.fuse(keyword_ranks, vector_ranks, keyword_weight, vector_weight)[:k]
-            records = {
-                r.block_index: r for r in load_records(connection, [hit[0] for hit in fused])
-            }
-        if plan is not None and plan.pending >= _keyword_index.DRAIN_AT:
-            _keyword_index.catch_up_quietly(self.db)
-        similarity: dict[int, float] = {}
-        if vector is not None:
-            hits = [(i, s) for i, s in vector_ranked if i in records]
-            embeddings = {i: records[i].embedding for i, _ in hits}
-            similarity = _vector_scores.complete_scores(hits, embeddings, vector)
-        return [
-            SearchHit(records[index], score, keyword_rank, vector_rank, similarity.get(index))
-            for index, score, keyword_rank, vector_rank in fused
-            if index in records
-        ]
-
-    def _top_k(
-        self,
-        connection: Connection,
-        query: np.ndarray[Any, Any],
-        k: int,
-        floor: float | None,
-        model: str | None,
-    ) -> list[tuple[int, float | None]]:
-        cache = _vector_cache.cache_for(self.db)
-        return cache.top_k(connection, query, k, floor, model, self.db.settings.retry_deadline)
+        return _block_search.hybrid(self.db, text, embedding, top_k, weights, depth, model)
 
     def verify_chain(self, progress: Callable[[int], None] | None = None) -> ChainCheck:
         """Recompute every hash and link, and say where the chain first goes wrong.

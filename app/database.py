@@ -3,9 +3,10 @@ that applications and the layer's modules call.
 
 What each kind of unit does lives with its kind, in classes ``Database`` inherits: write
 units and the write turn in ``_write_units``, read units and where reads run in
-``_read_units``. How writers take turns and share a transaction is ``_write_side`` and
-``_shared_transaction``; what the thread's Session does outside units is ``_sessions``; the
-WAL bound is ``_wal_bound``.
+``_read_units``; checkpoints on demand (``_checkpoints``) and what ``stats()`` reports
+(``_database_stats``) are inherited the same way. How writers take turns and share a
+transaction is ``_write_side`` and ``_shared_transaction``; what the thread's Session does
+outside units is ``_sessions``; the WAL bound is ``_wal_bound``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -23,7 +24,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session
 
 from . import _process, errors
-from ._driver import UnitKind, raw_execute
+from ._checkpoints import Checkpoints
+from ._database_stats import DatabaseStats
+from ._database_stats import add_stats_contributor as add_stats_contributor  # re-exported
+from ._driver import UnitKind
 from ._engine import build_engine
 from ._read_units import ReadUnits, retried_reads
 from ._replicas import ReplicaSet
@@ -45,7 +49,7 @@ R = TypeVar("R")
 K = TypeVar("K")
 
 
-class Database(WriteUnits, ReadUnits):
+class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
     """A database shared safely by every thread of a process.
 
     Args:
@@ -344,98 +348,6 @@ class Database(WriteUnits, ReadUnits):
             found = local.setdefault(key, make())
         return found  # type: ignore[no-any-return]
 
-    # -- maintenance ----------------------------------------------------------------------
-
-    def checkpoint(self, mode: str = "passive") -> tuple[int, int, int]:
-        """Copy the WAL's pages into the database file (SQLite's ``PRAGMA wal_checkpoint``).
-
-        ``passive`` never waits. ``full``, ``restart`` and ``truncate`` first take this
-        process's write turn (committing a write transaction left open), so they never wait
-        for the process's own writers, then wait up to ``busy_timeout`` for other processes'
-        writers and, for ``restart`` and ``truncate``, for readers still using the WAL.
-        ``restart`` and ``truncate`` let the next writer start the WAL from its beginning,
-        which is when the file is cut back to ``journal_size_limit`` (``truncate``: to zero).
-
-        Returns:
-            SQLite's triple ``(busy, log, checkpointed)``: 1 if the checkpoint could not
-            finish, the WAL's frames, and how many of them are now in the database file
-            (``log`` and ``checkpointed`` are -1 when the database is not in WAL mode).
-
-        Raises:
-            InvalidInputError: an unknown mode.
-            ConfigurationError: not a SQLite database.
-            TransactionStateError: called inside a unit (it would wait for that unit).
-        """
-        self._check_open()
-        name = mode.lower() if isinstance(mode, str) else ""
-        if name not in CHECKPOINT_MODES:
-            raise errors.InvalidInputError(
-                f"checkpoint mode must be one of {', '.join(CHECKPOINT_MODES)}; got {mode!r}"
-            )
-        if not self.settings.is_sqlite:
-            raise errors.ConfigurationError(f"checkpoints are a SQLite feature; {self.url} is not")
-        self.check_writable()
-        if self._unit() is not None:
-            raise errors.TransactionStateError(
-                "cannot checkpoint inside a unit of work: it would wait for the unit itself"
-            )
-        take_turn = name != "passive" or self._exclusive
-        unit = Unit(UnitKind.WRITE)
-        self._enter(unit)
-        try:
-            turn = self.exclusive_turn() if take_turn else nullcontext()
-            with turn, self._connect() as connection:
-                # The mode comes from the fixed list above, never from the caller's text.
-                row = raw_execute(connection, f"PRAGMA wal_checkpoint({name.upper()})").fetchone()
-        finally:
-            self._leave(unit)
-        return int(row[0]), int(row[1]), int(row[2])
-
-    # -- observability --------------------------------------------------------------------
-
-    def check_replicas(self) -> tuple[ReplicaStats, ...]:
-        """Check every replica now: reachable, really a replica, and how far behind.
-
-        Returns:
-            Each replica's :class:`ReplicaStats` (empty without replicas); a replica found
-            down or lagging is skipped by reads from now on, one found well again used.
-        """
-        self._check_open()
-        return () if self._replicas is None else self._replicas.check_all()
-
-    def stats(self) -> Stats:
-        """Units committed and rolled back, busy retries, writer waits, connections, and
-        each replica's state, lag and reads served."""
-        pool: Any = self.engine.pool
-        if hasattr(pool, "overflow"):
-            # Each counter read once: checkedout() and checkedin() both read the pool's
-            # queue, which other threads change in between, so their sum could exceed
-            # pool_size + max_overflow. size() + overflow() is what the pool has open.
-            opened = pool.size() + pool.overflow()
-            checked_in = min(pool.checkedin(), opened)
-            checked_out = opened - checked_in
-        else:  # the single connection of a StaticPool
-            opened, checked_out = 1, 0
-        # The caches of layers above this one (the vector cache), which this module does not
-        # import: they register what they hold (see add_stats_contributor).
-        cache_bytes = sum(contributor(self) for contributor in _stats_contributors)
-        c = self._counters
-        with c.lock:
-            return Stats(
-                units_committed=c.committed,
-                units_rolled_back=c.rolled_back,
-                busy_retries=c.retries,
-                write_waits=c.waits,
-                write_wait_total=c.wait_total,
-                write_wait_max=c.wait_max,
-                writers_queued=self._side.turn.queued(),
-                connections_checked_out=checked_out,
-                connections_open=opened,
-                replicas=() if self._replicas is None else self._replicas.stats(),
-                primary_reads=0 if self._replicas is None else self._replicas.primary_reads,
-                vector_cache_bytes=cache_bytes,
-            )
-
 
 @contextmanager
 def migration_database(url: str | None) -> Iterator[Database]:
@@ -445,21 +357,6 @@ def migration_database(url: str | None) -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
-
-
-#: What :meth:`Database.stats` asks the modules above this one (see add_stats_contributor).
-_stats_contributors: tuple[Callable[[Database], int], ...] = ()
-
-
-def add_stats_contributor(contributor: Callable[[Database], int]) -> None:
-    """For the layer's modules: ``contributor(db)`` is the memory (bytes) a per-process
-    cache of that module holds for ``db``; :meth:`Database.stats` reports the sum as
-    ``vector_cache_bytes``. A module registers once, when it is imported, so this module
-    needs no import of it (the vector cache and numpy stay out of the session core)."""
-    global _stats_contributors
-    if contributor not in _stats_contributors:
-        # A new tuple, never one changed in place: stats() may iterate it meanwhile.
-        _stats_contributors = (*_stats_contributors, contributor)
 
 
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()

@@ -27,7 +27,6 @@ Modes, chosen when the manager is built from the environment variable
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import threading
@@ -35,31 +34,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Self, TypeVar
 
-import numpy as np
-from sqlalchemy import delete, insert, inspect, select, text
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import Connection
 
-from . import errors
-from ._block_sql import BlockRecord, index_value, insert_blocks
-from ._block_values import PreparedBlock, encode_json, prepare_block
-from ._hints import install_hint
+from . import _legacy_lifetime as lifetime
+from . import _legacy_reads as reads
+from . import _legacy_writes as writes
+from ._block_sql import insert_blocks
 from ._legacy_conn import ThreadConnection, UseTracker
-from ._validate import check_index, check_text, check_timestamp
+from ._legacy_lifetime import THREAD_SAFE_ENV as THREAD_SAFE_ENV
+from ._legacy_values import block_dict, memory_dict
 from .blocks import BlockStore
 from .database import Database
-from .jsonl_import import import_jsonl
-from .models import LEGACY_TABLES, blocks_table, embeddings_table, metadata_table
-from .settings import parse_flag
-from .short_term import MemoryRecord
-
-log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-THREAD_SAFE_ENV = "GREEUM_THREAD_SAFE"
-_SORT_FIELDS = ("block_index", "timestamp", "importance")
-#: ``blocks.block_index`` is a 4-byte INTEGER on PostgreSQL (8 bytes on SQLite).
-_POSTGRES_MAX_INDEX = 2**31 - 1
 
 
 class ThreadSafeDatabaseManager:
@@ -89,15 +76,9 @@ class ThreadSafeDatabaseManager:
         self, connection_string: str | os.PathLike[str] | None = None, db_type: str = "sqlite"
     ) -> None:
         self.connection_string = connection_string or os.path.join("data", "memory.db")
-        url, self.db_type = _resolve_url(self.connection_string, db_type)
-        self.thread_safe = _thread_safe_from_env()
-        settings: dict[str, Any] = {}
-        if "APP_AUTO_UPGRADE" not in os.environ:
-            # The old class created its tables when absent, on every backend.
-            settings["auto_upgrade"] = True
-        if not self.thread_safe:
-            settings["single_connection"] = True
-        self.database = Database(url, **settings)
+        url, self.db_type = lifetime.resolve_url(self.connection_string, db_type)
+        self.thread_safe = lifetime.thread_safe_from_env()
+        self.database = Database(url, **lifetime.database_settings(self.thread_safe))
         self.blocks = BlockStore(self.database)
         self._short_term = self.blocks.short_term
         owner = None if self.thread_safe else threading.get_ident()
@@ -109,16 +90,7 @@ class ThreadSafeDatabaseManager:
         if self.thread_safe or not self.database.settings.is_sqlite:
             self._proxy = ThreadConnection(self.database, self._users)
             return
-        try:
-            pooled = self.database.engine.raw_connection()
-            self._raw = pooled.dbapi_connection  # type: ignore[assignment]
-            pooled.close()  # back to the single-connection pool; the connection stays open
-        except BaseException:
-            self.database.dispose()
-            raise
-        assert self._raw is not None
-        # The old class set it on its one connection; SQLAlchemy reads sqlite3.Row rows fine.
-        self._raw.row_factory = sqlite3.Row
+        self._raw = lifetime.single_connection(self.database)
 
     def __repr__(self) -> str:
         mode = "thread-safe" if self.thread_safe else "single-connection"
@@ -142,14 +114,7 @@ class ThreadSafeDatabaseManager:
         (in any thread) is done. Afterwards every call raises :class:`~app.errors.ClosedError`.
         Calling it again does nothing.
         """
-        self._users.check_thread()
-        if self._users.closed:
-            return
-        if self._proxy is not None:
-            self._proxy.close()
-        if not self.database.in_write_unit():
-            self.database.session.remove()
-        self._users.close()
+        lifetime.close_manager(self._users, self._proxy, self.database)
 
     def __enter__(self) -> Self:
         return self
@@ -203,12 +168,7 @@ class ThreadSafeDatabaseManager:
             IntegrityViolationError: the index exists already (a ``sqlite3.IntegrityError``;
                 nothing is written).
         """
-        row = _legacy_block(block_data)
-        if row[0] > _POSTGRES_MAX_INDEX and not self.database.settings.is_sqlite:
-            raise errors.InvalidInputError(
-                f"block_index must be at most {_POSTGRES_MAX_INDEX} on PostgreSQL (its "
-                f"block_index column is a 4-byte INTEGER), got {row[0]}"
-            )
+        row = writes.block_row(block_data, self.database.settings.is_sqlite)
         self._write(lambda connection: insert_blocks(connection, [row]))
         return row[0]
 
@@ -253,22 +213,7 @@ class ThreadSafeDatabaseManager:
         Raises:
             InvalidInputError: ``metadata`` is not a JSON-serialisable dict.
         """
-        index = check_index(block_index)
-        encoded = encode_json(metadata, "metadata")
-
-        def replace(connection: Connection) -> bool:
-            found = connection.execute(
-                select(blocks_table.c.block_index).where(
-                    blocks_table.c.block_index == index_value(index)
-                )
-            ).first()
-            if found is None:
-                return False
-            connection.execute(delete(metadata_table).where(metadata_table.c.block_index == index))
-            connection.execute(insert(metadata_table).values(block_index=index, metadata=encoded))
-            return True
-
-        return self._write(replace)
+        return self._write(writes.metadata_replacement(block_index, metadata))
 
     def update_block_embedding(
         self, block_index: int, embedding: Any, embedding_model: str = "default"
@@ -282,11 +227,9 @@ class ThreadSafeDatabaseManager:
         Raises:
             InvalidInputError: a bad index, vector or model (nothing is written).
         """
-        with self._users:
-            found = self.blocks.set_embedding(block_index, embedding, model=embedding_model)
-            if self._proxy is not None:
-                self._proxy.commit_after_write()
-            return found
+        return writes.new_embedding(
+            self._users, self.blocks, self._proxy, block_index, embedding, embedding_model
+        )
 
     def migrate_from_jsonl(self, block_file_path: str) -> int:
         """Import blocks from a JSON-lines file, one block dict per line (see add_block).
@@ -301,32 +244,13 @@ class ThreadSafeDatabaseManager:
         Raises:
             InvalidInputError: the path is not a str or path object.
         """
-        if not isinstance(block_file_path, str | os.PathLike):
-            raise errors.InvalidInputError(
-                f"block_file_path must be a path, got {type(block_file_path).__name__}"
-            )
-        if not os.path.exists(block_file_path):
-            log.warning("%s does not exist: nothing to migrate", block_file_path)
-            return 0
-        with self._users:
-            result = import_jsonl(self.database, os.fspath(block_file_path), as_given=_legacy_block)
-        for example in result.examples:
-            log.warning("%s %s: skipped", block_file_path, example)
-        if result.skipped > len(result.examples):
-            log.warning("%s: %d lines skipped in all", block_file_path, result.skipped)
-        if self._proxy is not None:
-            self._proxy.commit_after_write()
-        return result.kept
+        return writes.migrate_jsonl(self._users, self.database, self._proxy, block_file_path)
 
     # -- blocks: reading --------------------------------------------------------------------
 
     def get_block(self, block_index: int) -> dict[str, Any] | None:
         """The block as a dict, or None."""
-        if _is_negative(block_index):
-            return None
-        with self._users:
-            record = self.blocks.get(block_index)
-        return None if record is None else _block_dict(record)
+        return reads.block(self._users, self.blocks, block_index)
 
     def get_block_by_index(self, block_index: int) -> dict[str, Any] | None:
         """Same as :meth:`get_block`."""
@@ -344,30 +268,14 @@ class ThreadSafeDatabaseManager:
         """Blocks with ``start_idx <= index <= end_idx``, sorted by ``sort_by`` (block_index,
         timestamp or importance; anything else means block_index) in ``order`` ('asc' or
         'desc'; anything else means 'asc')."""
-        if end_idx is not None and _is_negative(end_idx):
-            return []
-        if start_idx is not None and _is_negative(start_idx):
-            start_idx = None
-        # Checked here so that a refusal names this method's arguments.
-        if start_idx is not None:
-            start_idx = check_index(start_idx, "start_idx")
-        if end_idx is not None:
-            end_idx = check_index(end_idx, "end_idx")
-        with self._users:
-            records = self.blocks.page(
-                start_idx,
-                end_idx,
-                limit=limit,
-                offset=offset,
-                sort_by=_fallback(sort_by, _SORT_FIELDS, "block_index"),
-                order=_fallback(order, ("asc", "desc"), "asc"),
-            )
-        return [_block_dict(r) for r in records]
+        return reads.page(
+            self._users, self.blocks, start_idx, end_idx, limit, offset, sort_by, order
+        )
 
     def get_recent_blocks(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest blocks (highest index first), as block dicts."""
         with self._users:
-            return [_block_dict(r) for r in self.blocks.recent(limit)]
+            return [block_dict(r) for r in self.blocks.recent(limit)]
 
     def count_blocks(self) -> int:
         with self._users:
@@ -375,38 +283,18 @@ class ThreadSafeDatabaseManager:
 
     def get_last_block_info(self) -> dict[str, Any] | None:
         """``{'block_index': ..., 'hash': ...}`` of the last block, or None."""
-        with self._users:
-            head = self.blocks.head()
-        return None if head is None else {"block_index": head.block_index, "hash": head.hash}
+        return reads.last_block_info(self._users, self.blocks)
 
     def get_block_embedding(self, block_index: int) -> dict[str, Any] | None:
         """``{'embedding', 'embedding_model', 'embedding_dim'}`` of a block, or None."""
-        index = check_index(block_index)
-        stmt = select(
-            embeddings_table.c.embedding,
-            embeddings_table.c.embedding_model,
-            embeddings_table.c.embedding_dim,
-        ).where(embeddings_table.c.block_index == index_value(index))
-        with self._users, self.database.read() as session:
-            row = session.execute(stmt).first()
-        if row is None:
-            return None
-        vector = np.frombuffer(row[0], dtype=np.float32)
-        if row[2]:
-            vector = vector[: row[2]]
-        return {"embedding": vector.tolist(), "embedding_model": row[1], "embedding_dim": row[2]}
+        return reads.embedding_of(self._users, self.database, block_index)
 
     def search_blocks_by_keyword(
         self, keywords: Iterable[str], limit: int = 100
     ) -> list[dict[str, Any]]:
         """Blocks whose keywords or context contain any of ``keywords`` (case-insensitive
         substring), lowest index first; ``[]`` for no keywords."""
-        if isinstance(keywords, np.ndarray):
-            keywords = keywords.tolist()  # it has no truth value; its items are checked below
-        if not keywords:
-            return []
-        with self._users:
-            return [_block_dict(r) for r in self.blocks.search_keywords(keywords, limit=limit)]
+        return reads.by_keyword(self._users, self.blocks, keywords, limit)
 
     def search_blocks_by_embedding(
         self, query_embedding: Any, top_k: int = 5, min_similarity: float | None = None
@@ -417,16 +305,7 @@ class ThreadSafeDatabaseManager:
         Raises:
             InvalidInputError: a stored embedding has another dimension (a ValueError).
         """
-        if _is_blank_vector(query_embedding):
-            return []
-        with self._users:
-            scored = self.blocks.similar(query_embedding, top_k, min_similarity=min_similarity)
-        results = []
-        for block, similarity in scored:
-            found = _block_dict(block)
-            found["similarity"] = similarity
-            results.append(found)
-        return results
+        return reads.by_embedding(self._users, self.blocks, query_embedding, top_k, min_similarity)
 
     def search_blocks_hybrid(
         self,
@@ -444,60 +323,33 @@ class ThreadSafeDatabaseManager:
         Raises:
             InvalidInputError: a bad argument, or a stored embedding of another dimension.
         """
-        text = query_text or None
-        embedding = None if _is_blank_vector(query_embedding) else query_embedding
-        if text is None and embedding is None:
-            return []
-        with self._users:
-            hits = self.blocks.search(
-                text, embedding, top_k=top_k, weights=(keyword_weight, vector_weight)
-            )
-        results = []
-        for hit in hits:
-            found = _block_dict(hit.block)
-            found.update(
-                score=hit.score,
-                keyword_rank=hit.keyword_rank,
-                vector_rank=hit.vector_rank,
-                similarity=hit.similarity,
-            )
-            results.append(found)
-        return results
+        return reads.hybrid(
+            self._users,
+            self.blocks,
+            query_text,
+            query_embedding,
+            top_k,
+            keyword_weight,
+            vector_weight,
+        )
 
     def search_blocks_by_date_range(
         self, start_date: Any, end_date: Any, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Blocks stamped within ``[start_date, end_date]`` (dates, datetimes or ISO
         strings), newest first."""
-        with self._users:
-            records = self.blocks._date_range(
-                check_timestamp(_iso(start_date), "start_date", legacy=True),
-                check_timestamp(_iso(end_date), "end_date", legacy=True),
-                limit,
-            )
-        return [_block_dict(r) for r in records]
+        return reads.by_date_range(self._users, self.blocks, start_date, end_date, limit)
 
     def get_blocks_since_time(self, since_timestamp: Any, limit: int = 100) -> list[dict[str, Any]]:
         """Blocks stamped at or after ``since_timestamp``, newest first; ``[]`` if it is empty."""
-        if not since_timestamp:
-            return []
-        with self._users:
-            low = check_timestamp(_iso(since_timestamp), "since_timestamp", legacy=True)
-            return [_block_dict(r) for r in self.blocks._since(low, limit)]
+        return reads.since(self._users, self.blocks, since_timestamp, limit)
 
     def filter_blocks_by_importance(
         self, threshold: float, limit: int = 100, sort_by: str = "importance", order: str = "desc"
     ) -> list[dict[str, Any]]:
         """Blocks with ``importance >= threshold``, sorted by ``sort_by`` (anything unknown
         means importance) in ``order`` (anything unknown means 'desc')."""
-        with self._users:
-            records = self.blocks.by_importance(
-                threshold,
-                limit=limit,
-                sort_by=_fallback(sort_by, _SORT_FIELDS, "importance"),
-                order=_fallback(order, ("asc", "desc"), "desc"),
-            )
-        return [_block_dict(r) for r in records]
+        return reads.by_importance(self._users, self.blocks, threshold, limit, sort_by, order)
 
     # -- short-term memories ----------------------------------------------------------------
 
@@ -507,34 +359,18 @@ class ThreadSafeDatabaseManager:
         Raises:
             InvalidInputError: no ``id`` or ``content``, or metadata that is not JSON.
         """
-        if not isinstance(memory_data, Mapping):
-            raise errors.InvalidInputError(
-                f"memory_data must be a dict, got {type(memory_data).__name__}"
-            )
-        memory_id = check_text(memory_data.get("id"), "id", allow_empty=False)
-        timestamp = memory_data.get("timestamp")
-
-        def add(connection: Connection) -> str:
-            return self._short_term.add(
-                memory_id,
-                memory_data.get("content"),  # type: ignore[arg-type]  # checked by add()
-                timestamp=None if timestamp is None else _iso(timestamp),
-                speaker=memory_data.get("speaker"),
-                metadata=memory_data.get("metadata") or None,
-            )
-
-        return self._write(add)
+        return self._write(writes.memory_addition(self._short_term, memory_data))
 
     def get_recent_short_term_memories(self, count: int = 10) -> list[dict[str, Any]]:
         """The newest memories first, as dicts (id, timestamp, content, speaker, metadata)."""
         with self._users:
-            return [_memory_dict(m) for m in self._short_term.recent(count)]
+            return [memory_dict(m) for m in self._short_term.recent(count)]
 
     def get_short_term_memory_by_id(self, memory_id: str) -> dict[str, Any] | None:
         """The memory as a dict, or None; unreadable metadata reads as ``{}``."""
         with self._users:
             memory = self._short_term.get(memory_id)
-        return None if memory is None else _memory_dict(memory)
+        return None if memory is None else memory_dict(memory)
 
     def delete_short_term_memory(self, memory_id: str) -> bool:
         """Delete one memory; True if it existed."""
@@ -554,187 +390,9 @@ class ThreadSafeDatabaseManager:
         """True when the database answers, has every legacy table and (SQLite) passes
         ``PRAGMA quick_check``. Never raises: any problem, a closed manager included, is
         logged and reported as False."""
-        if self._users.closed:
-            return False
-        try:
-            with self._users, self.database.read() as session:
-                session.execute(text("SELECT 1"))
-                present = set(inspect(session.connection()).get_table_names())
-                missing = sorted(set(LEGACY_TABLES) - present)
-                if missing:
-                    log.error("health check: table(s) %s missing", ", ".join(missing))
-                    return False
-                if self.database.settings.is_sqlite:
-                    verdict = session.execute(text("PRAGMA quick_check")).scalar()
-                    if verdict != "ok":
-                        log.error("health check: quick_check reported %r", verdict)
-                        return False
-            return True
-        except Exception:
-            log.exception("health check failed")
-            return False
+        return reads.health_check(self._users, self.database)
 
 
 class DatabaseManager(ThreadSafeDatabaseManager):
     """The old class's name, kept so that existing code (``DatabaseManager(path)``,
     ``isinstance`` checks, subclasses) goes on working: the same manager, nothing added."""
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-
-def _thread_safe_from_env() -> bool:
-    raw = os.environ.get(THREAD_SAFE_ENV, "")
-    flag = parse_flag(raw) if raw.strip() else True
-    if flag is not None:
-        return flag
-    raise errors.ConfigurationError(
-        f"{THREAD_SAFE_ENV}={os.environ[THREAD_SAFE_ENV]!r} is not understood: set it to "
-        "'true' (the default, thread-safe) or 'false' (the single-connection legacy mode)"
-    )
-
-
-def _resolve_url(connection_string: Any, db_type: Any) -> tuple[str, str]:
-    """The SQLAlchemy URL and the normalised db_type ('sqlite' or 'postgres')."""
-    kind = db_type.lower() if isinstance(db_type, str) else db_type
-    if kind in ("postgres", "postgresql"):
-        kind = "postgres"
-    elif kind not in ("sqlite", "sqlite3"):
-        raise errors.ConfigurationError(f"db_type must be 'sqlite' or 'postgres', got {db_type!r}")
-    target = os.fspath(connection_string)
-    if not isinstance(target, str):
-        raise errors.ConfigurationError(f"connection_string must be a str, got {target!r}")
-    if "://" in target:
-        scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
-        if scheme in ("postgres", "postgresql"):
-            return target, "postgres"
-        if kind == "postgres":
-            raise errors.ConfigurationError(
-                f"db_type is 'postgres' but the URL {target.split('://')[0]}://... is not a "
-                "PostgreSQL URL; pass postgresql+psycopg://user@host/dbname"
-            )
-        return target, "sqlite"
-    if kind == "postgres":
-        return _libpq_to_url(target), "postgres"
-    if target == ":memory:":
-        return "sqlite://", "sqlite"
-    return f"sqlite:///{target}", "sqlite"
-
-
-def _libpq_to_url(conninfo: str) -> str:
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError as exc:  # pragma: no cover - psycopg is an optional dependency
-        raise errors.ConfigurationError(
-            f"PostgreSQL needs psycopg 3: install the 'postgres' extra ({install_hint('postgres')})"
-        ) from exc
-    try:
-        parts = {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
-    except Exception as exc:
-        raise errors.ConfigurationError(
-            f"cannot parse the PostgreSQL connection string: {exc}; pass a URL "
-            "(postgresql+psycopg://user@host/dbname) or 'dbname=... user=... host=...'"
-        ) from exc
-    port = parts.pop("port", None)
-    url = URL.create(
-        "postgresql+psycopg",
-        username=parts.pop("user", None),
-        password=parts.pop("password", None),
-        host=parts.pop("host", None),
-        port=int(port) if port else None,
-        database=parts.pop("dbname", None),
-        query=parts,
-    )
-    return url.render_as_string(hide_password=False)
-
-
-def _fallback(value: Any, allowed: tuple[str, ...], default: str) -> str:
-    # The old class replaced unknown sort fields and orders instead of refusing them.
-    if isinstance(value, str) and value.lower() in allowed:
-        return value.lower()
-    return default
-
-
-def _is_negative(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and bool(value < 0)
-
-
-def _iso(value: Any) -> Any:
-    # Dates, datetimes and anything else with isoformat(), as the old class accepted.
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-def _is_blank_vector(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        vector = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        return False  # let the store refuse it with a clear message
-    return bool(vector.size == 0 or (vector.ndim == 1 and not vector.any()))
-
-
-def _legacy_block(data: Any) -> tuple[int, str, str, PreparedBlock]:
-    """Check a legacy block dict and prepare its row for insert_blocks."""
-    if not isinstance(data, Mapping):
-        raise errors.InvalidInputError(f"block_data must be a dict, got {type(data).__name__}")
-    for required in ("block_index", "timestamp", "context", "hash"):
-        if data.get(required) is None:
-            raise errors.InvalidInputError(f"block_data has no {required!r}")
-    embedding = data.get("embedding")
-    if embedding is not None and _is_empty(embedding):
-        embedding = None  # the old class stored no embedding for an empty one
-    prepared = prepare_block(
-        data["context"],
-        keywords=data.get("keywords", ()),
-        tags=data.get("tags", ()),
-        importance=data.get("importance", 0.0),
-        metadata=data.get("metadata") or None,
-        embedding=embedding,
-        embedding_model=data.get("embedding_model", "default"),
-        timestamp=_iso(data["timestamp"]),
-        legacy=True,  # the old add_block stored any importance and any timestamp text
-    )
-    return (
-        check_index(data["block_index"]),
-        check_text(data["hash"], "hash"),
-        check_text(data.get("prev_hash", ""), "prev_hash"),
-        prepared,
-    )
-
-
-def _is_empty(value: Any) -> bool:
-    if (type(value) is list or type(value) is tuple) and value and type(value[0]) is float:
-        return False  # the usual embedding, without numpy's conversion of the whole list
-    try:
-        return bool(np.size(value) == 0)
-    except (TypeError, ValueError, OverflowError):
-        return False  # ragged or not numbers: prepare_block refuses it with a clear message
-
-
-def _block_dict(record: BlockRecord) -> dict[str, Any]:
-    block: dict[str, Any] = {
-        "block_index": record.block_index,
-        "timestamp": record.timestamp,
-        "context": record.context,
-        "importance": record.importance,
-        "hash": record.hash,
-        "prev_hash": record.prev_hash,
-        "keywords": list(record.keywords),
-        "tags": list(record.tags),
-        "metadata": dict(record.metadata),
-    }
-    if record.embedding is not None:
-        block["embedding"] = list(record.embedding)
-        block["embedding_model"] = record.embedding_model
-    return block
-
-
-def _memory_dict(memory: MemoryRecord) -> dict[str, Any]:
-    return {
-        "id": memory.id,
-        "timestamp": memory.timestamp,
-        "content": memory.content,
-        "speaker": memory.speaker,
-        "metadata": dict(memory.metadata),
-    }

@@ -10,37 +10,25 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from . import _search_schema, errors
-from ._driver import UNIT_OPTION, UnitKind, raw_execute
+from ._driver import raw_execute
 from ._hints import command_hint
-from .settings import Settings
 
-
-class Migratable(Protocol):
-    """What these functions need of a :class:`~app.Database` (it is passed in, so this
-    module never imports the database module that calls it)."""
-
-    url: str
-    settings: Settings
-    engine: Engine
-
-    def exclusive_turn(self) -> AbstractContextManager[None]: ...
-    def check_writable(self) -> None: ...
-
+# Re-exported: the migration environment and callers import these from here.
+from ._migration_connection import Migratable as Migratable
+from ._migration_connection import foreign_keys_off as foreign_keys_off
+from ._migration_connection import write_connection as write_connection
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +93,6 @@ def history() -> list[Revision]:
         )
         for r in revisions
     ]
-
-
-@contextmanager
-def write_connection(database: Migratable) -> Iterator[Connection]:
-    """A connection whose transaction is a write unit, taken in this process's turn order.
-
-    Raises:
-        ReadOnlyDatabaseError: the database was opened read-only.
-    """
-    database.check_writable()
-    with database.exclusive_turn(), database.engine.connect() as connection:
-        yield connection.execution_options(**{UNIT_OPTION: UnitKind.WRITE.value})
 
 
 def applied_revisions(connection: Connection) -> set[str]:
@@ -224,34 +200,6 @@ def _run(database: Migratable, action: object, revision: str) -> None:
             action(alembic_config(connection), revision)  # type: ignore[operator]
         finally:
             _ONE_MIGRATION.release()
-
-
-@contextmanager
-def foreign_keys_off(connection: Connection) -> Iterator[None]:
-    """Around a migration's transaction on SQLite: foreign keys off, and on again after.
-
-    Alembic's batch mode rebuilds a table by copying it, dropping the old one and renaming
-    the copy; with foreign keys on, dropping ``blocks`` while keyword rows point at it
-    fails. SQLite ignores the pragma inside a transaction, so it is set before the
-    migration's BEGIN; :func:`after_migrations` checks the keys before the commit. A
-    connection handed in already inside a transaction keeps its foreign keys on.
-    """
-    if connection.dialect.name != "sqlite" or connection.in_transaction():
-        yield
-        return
-    if not raw_execute(connection, "PRAGMA foreign_keys").fetchone()[0]:
-        yield
-        return
-    raw_execute(connection, "PRAGMA foreign_keys = OFF")
-    try:
-        yield
-    finally:
-        try:
-            raw_execute(connection, "PRAGMA foreign_keys = ON")
-        except BaseException:
-            # A pooled connection must never go back with its foreign keys off.
-            connection.invalidate()
-            raise
 
 
 def after_migrations(connection: Connection) -> None:

@@ -254,7 +254,7 @@ def test_a_woken_append_caller_interrupted_before_passing_the_wake_up_on(
 ) -> None:
     """The first caller of a batch's wake-up chain is interrupted as it wakes: the callers
     after it still wake (and return their blocks), and its own block is written."""
-    real_request = app._append_batcher._Request
+    real_request = app._append_batcher.Request
     interrupted_once = threading.Event()
 
     class Gate:
@@ -276,7 +276,7 @@ def test_a_woken_append_caller_interrupted_before_passing_the_wake_up_on(
             super().__init__(items)
             self.gate = Gate(self.gate)
 
-    monkeypatch.setattr(app._append_batcher, "_Request", Request)
+    monkeypatch.setattr(app._append_batcher, "Request", Request)
     store = BlockStore(db)
     batcher = store.chain_batcher()
     real_write_chain = app.blocks.write_chain

@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from app import BlockStore, Database, errors, schema
 from app import _keyword_index as keyword_index
+from app import _keyword_search as keyword_search
 
 from .helpers import postgres_schema
 from .legacy_helpers import LEGACY_FIXTURE
@@ -191,7 +192,7 @@ def test_the_index_is_used_and_searches_drain_pending_blocks(sqlite_db: Database
     assert [b.block_index for b in store.search_keywords(["LATER 7"])] == [307]
     assert _pending(sqlite_db) == 10  # below DRAIN_AT: found by a scan of the pending rows
     with sqlite_db.reading() as connection:
-        indexed = keyword_index._STATEMENTS["indexed", False]
+        indexed = keyword_search._STATEMENTS["indexed", False]
         plan = [
             str(row[-1])
             for row in connection.exec_driver_sql(

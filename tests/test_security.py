@@ -261,11 +261,13 @@ SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
     ("_wal_bound.py", "WalBound.after_commit", ("self._settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),
-    ("database.py", "Database.checkpoint", ("name.upper()",)): (
+    ("_checkpoints.py", "Checkpoints.checkpoint", ("name.upper()",)): (
         "checked against CHECKPOINT_MODES just before"
     ),
-    ("doctor.py", "_report_pragmas", ("name",)): "a literal tuple of pragma names",
-    ("doctor.py", "_report_server", ("name",)): "a literal tuple of server setting names",
+    ("_doctor_connection.py", "report_pragmas", ("name",)): "a literal tuple of pragma names",
+    ("_doctor_connection.py", "report_server", ("name",)): (
+        "a literal tuple of server setting names"
+    ),
     ("transfer.py", "_advance_sequences", ("name", "column.name", "column.name", "name")): (
         "table and column names from the models (LEGACY_TABLES)"
     ),
