@@ -284,6 +284,9 @@ def plot(result: dict[str, Any], path: str) -> None:
     for axis, (title, key) in zip(axes.flat, panels, strict=False):
         for who in ("service", "load"):
             axis.plot(minutes, [s[f"{who}_{key}"] for s in samples], label=who)
+        if key == "rss":  # the goal's figure: the cache grows with the data, not with churn
+            less = [s["load_rss"] - s["load_cache"] for s in samples]
+            axis.plot(minutes, less, "--", label="load less its similarity cache")
         axis.set_title(title)
         axis.set_ylim(bottom=0)
         axis.legend()

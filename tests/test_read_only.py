@@ -227,7 +227,8 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
         yield point
     finally:
-        subprocess.run(["umount", str(point)], check=True)
+        # Lazy: a test that failed may leave a file open on it, and a busy mount would stay.
+        subprocess.run(["umount", "--lazy", str(point)], check=True)
 
 
 def test_a_read_only_mount_is_read_with_immutable(read_only_mount: Path) -> None:
