@@ -39,9 +39,9 @@ class BlockRecord(NamedTuple):
     embedding_model: str | None = None
 
 
-_HEAD_SQL = "SELECT block_index, hash FROM blocks ORDER BY block_index DESC LIMIT 1"
+HEAD_SQL = "SELECT block_index, hash FROM blocks ORDER BY block_index DESC LIMIT 1"
 # Readers call these often: plain SQL skips building and caching a Core statement per call.
-_RECENT_SQL = {
+RECENT_SQL = {
     "?": "SELECT block_index FROM blocks ORDER BY block_index DESC LIMIT ?",
     "%s": "SELECT block_index FROM blocks ORDER BY block_index DESC LIMIT %s",
 }
@@ -101,7 +101,7 @@ def write_chain(
     Returns the written blocks, which :func:`chained_records` turns into records (see the
     append batcher for who does it when).
     """
-    head = raw_execute(connection, _HEAD_SQL).fetchone()
+    head = raw_execute(connection, HEAD_SQL).fetchone()
     index, previous = (head[0] + 1, head[1]) if head is not None else (0, "")
     if (
         planned

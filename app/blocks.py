@@ -20,8 +20,8 @@ from ._append_batcher import AppendBatcher
 from ._block_arguments import SORT_COLUMNS
 from ._block_results import ChainCheck, ChainHead, ScoredBlock, SearchHit, check_chain
 from ._block_sql import (
-    _HEAD_SQL,
-    _RECENT_SQL,
+    HEAD_SQL,
+    RECENT_SQL,
     BlockRecord,
     Written,
     chained_records,
@@ -166,7 +166,7 @@ class BlockStore:
     def head(self) -> ChainHead | None:
         """Index and hash of the last block, or None for an empty chain."""
         with self.db.reading() as connection:
-            row = raw_execute(connection, _HEAD_SQL).fetchone()
+            row = raw_execute(connection, HEAD_SQL).fetchone()
         return None if row is None else ChainHead(row[0], row[1])
 
     def count(self) -> int:
@@ -199,7 +199,7 @@ class BlockStore:
         """The newest blocks (highest index first)."""
         count = check_limit(limit)
         with self.db.reading() as connection:
-            rows = raw_execute(connection, _RECENT_SQL[placeholder(connection)], (count,))
+            rows = raw_execute(connection, RECENT_SQL[placeholder(connection)], (count,))
             return load_records(connection, [row[0] for row in rows])
 
     def search_keywords(self, keywords: Iterable[str], *, limit: int = 100) -> list[BlockRecord]:
