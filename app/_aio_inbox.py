@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import _process
+
 log = logging.getLogger(__name__)
 
 #: Outcomes handed out per visit of the loop: each wakes a task, whose next step runs in the
@@ -91,6 +93,16 @@ _INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox] = (
     weakref.WeakKeyDictionary()
 )
 _INBOXES_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: no inbox of the parent's loops (their threads are gone), and a
+    lock of its own (a parent's thread may have held it)."""
+    global _INBOXES, _INBOXES_LOCK
+    _INBOXES, _INBOXES_LOCK = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+_process.on_fork("asyncio inboxes", after_in_child=_forget_after_fork)
 
 
 def inbox_for(loop: asyncio.AbstractEventLoop) -> LoopInbox:

@@ -36,7 +36,7 @@ from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
-from . import _search_schema, errors, schema
+from . import _process, _search_schema, errors, schema
 from ._driver import raw_execute
 from .settings import Settings
 
@@ -216,6 +216,15 @@ def rebuild(connection: Connection) -> int:
 
 _DRAINING: weakref.WeakKeyDictionary[IndexedDatabase, threading.Lock] = weakref.WeakKeyDictionary()
 _DRAINING_GUARD = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: locks of its own (a parent's thread may have held one)."""
+    global _DRAINING, _DRAINING_GUARD
+    _DRAINING, _DRAINING_GUARD = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+_process.on_fork("keyword index", after_in_child=_forget_after_fork)
 
 
 def catch_up(db: IndexedDatabase, *, wait: bool) -> int:

@@ -25,6 +25,10 @@ Hook = Callable[[], None]
 #: those of the stages after it). The order is the one the modules' imports gave when each
 #: registered itself with ``os.register_at_fork``, and it matters after a fork in the child:
 #:
+#: * ``keyword index``, ``replica positions``, ``asyncio inboxes`` (``_keyword_index``,
+#:   ``_replica_positions``, ``_aio_inbox``): new locks for their small registries, which a
+#:   thread of the parent may have held when it was copied (the child would wait for it
+#:   forever, or skip its keyword-index upkeep for good). They use no other stage's state.
 #: * ``vector caches`` (``_vector_cache``): forgets the parent's similarity caches and
 #:   makes a new lock for them. It uses no other stage's state, and none uses its.
 #: * ``WAL bound`` (``_wal_bound``): a new lock and an empty map of per-file states, which
@@ -38,7 +42,16 @@ Hook = Callable[[], None]
 #:   for each Database's write side, so it must come first.
 #: * ``databases`` (``database``): each live Database forgets its pooled connections and
 #:   makes its per-process state again from the stages above: last.
-STAGES = ("vector caches", "WAL bound", "turn gates", "write sides", "databases")
+STAGES = (
+    "keyword index",
+    "replica positions",
+    "asyncio inboxes",
+    "vector caches",
+    "WAL bound",
+    "turn gates",
+    "write sides",
+    "databases",
+)
 
 _BEFORE, _AFTER_IN_PARENT, _AFTER_IN_CHILD = range(3)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from . import _process
 from ._driver import raw_execute
 
 #: A position no replica reaches: reads go to the primary (the last commit's is unknown).
@@ -54,6 +55,15 @@ class CommitPositions:
 
 
 POSITIONS = CommitPositions()
+
+
+def _new_lock_after_fork() -> None:
+    """In a forked child: the positions stay (its reads go to the same primary and must see
+    the parent's commits), under a lock of its own (a parent's thread may have held it)."""
+    POSITIONS._lock = threading.Lock()
+
+
+_process.on_fork("replica positions", after_in_child=_new_lock_after_fork)
 
 
 def primary_position(connection: Connection) -> int:

@@ -94,9 +94,7 @@ def test_the_first_databases_install_the_hooks_once(tmp_path: Path) -> None:
 
         def open_one(number):
             start.wait(30)
-            # No schema check: Alembic's migration context is process-wide, so first
-            # opens that migrate new files from several threads at once collide.
-            made.append(Database(f"sqlite:///{folder}/db{number}.db", check_schema=False))
+            made.append(Database(f"sqlite:///{folder}/db{number}.db"))
 
         threads = [threading.Thread(target=open_one, args=(n,)) for n in range(8)]
         for thread in threads:
@@ -118,6 +116,68 @@ def test_the_first_databases_install_the_hooks_once(tmp_path: Path) -> None:
         assert len([hooks for hooks in registered if from_layer(hooks)]) == len(stages)
         for database in made:
             database.dispose()
+        """,
+        str(tmp_path),
+    )
+
+
+def test_locks_a_thread_held_at_the_fork_are_free_in_the_child(tmp_path: Path) -> None:
+    """A fork while another thread holds a lock of the layer's small registries (keyword
+    index upkeep, replica positions, asyncio inboxes): the child gets locks of its own, so
+    it neither waits forever nor gives up its keyword-index upkeep."""
+    _run_python(
+        """
+        import asyncio, threading
+        from app import BlockStore, Database, _aio_inbox, _keyword_index, _replica_positions
+
+        db = Database(f"sqlite:///{sys.argv[1]}/memory.db")
+        BlockStore(db).append("before the fork", keywords=["garden"])
+        _keyword_index.catch_up(db, wait=True)  # its drain lock now exists
+        locks = [
+            _keyword_index._DRAINING_GUARD,
+            _keyword_index._DRAINING[db],
+            _replica_positions.POSITIONS._lock,
+            _aio_inbox._INBOXES_LOCK,
+        ]
+        held, release = threading.Event(), threading.Event()
+
+        def holder():
+            for lock in locks:
+                lock.acquire()
+            held.set()
+            release.wait(60)
+            for lock in locks:
+                lock.release()
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert held.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                BlockStore(db).append("in the child", keywords=["garden"])
+                _replica_positions.POSITIONS.note("primary", 7)
+                loop = asyncio.new_event_loop()
+                _aio_inbox.inbox_for(loop)
+                loop.close()
+                assert _keyword_index.catch_up(db, wait=False) >= 0
+                assert not _keyword_index._DRAINING_GUARD.locked()
+                found = BlockStore(db).search_keywords(["garden"])
+                assert [b.context for b in found] == ["before the fork", "in the child"]
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        waited = os.waitpid(pid, 0)[1]
+        release.set()
+        thread.join(30)
+        assert os.waitstatus_to_exitcode(waited) == 0
+        assert all(not lock.locked() for lock in locks)
+        db.dispose()
         """,
         str(tmp_path),
     )
