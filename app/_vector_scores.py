@@ -202,20 +202,22 @@ def _candidates(
     margin = (size + 8) * 2.0**-23
     base = -np.inf if floor is None else floor - margin
     best = np.empty(0, np.float32)  # the k best approximate scores so far, ruled out = -inf
-    kept_rows: list[Array] = []
-    kept_scores: list[Array] = []
+
+    def passing(scores: Array) -> Array:
+        """Positions of ``scores`` at or above the bound the k best so far set."""
+        bound = base if best.size < k else max(base, float(best[0]) - 2 * margin)
+        return np.flatnonzero(scores > bound if bound == -np.inf else scores >= bound)
+
+    rows, scores = np.empty(0, np.int64), np.empty(0, np.float32)
     for start in range(0, len(unit), SCORE_ROWS):
         approx = _products(unit[start : start + SCORE_ROWS], query)
         if ruled_out is not None:
             approx[ruled_out[start : start + SCORE_ROWS]] = -np.inf
         best = _top(np.concatenate((best, _top(approx, k))), k)
-        bound = base if best.size < k else max(base, float(best[0]) - 2 * margin)
-        rows = np.flatnonzero(approx > bound if bound == -np.inf else approx >= bound)
-        kept_rows.append(rows + start)
-        kept_scores.append(approx[rows])
-    rows, scores = np.concatenate(kept_rows), np.concatenate(kept_scores)
-    bound = base if best.size < k or k >= len(unit) else max(base, float(best[0]) - 2 * margin)
-    chosen: Array = rows[scores > bound if bound == -np.inf else scores >= bound]
+        kept = passing(approx)
+        rows = np.concatenate((rows, kept + start))
+        scores = np.concatenate((scores, approx[kept]))
+    chosen: Array = rows[passing(scores)]
     return chosen
 
 
