@@ -36,16 +36,17 @@ from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
-from . import _process, _search_schema, errors, schema
+from . import _process, _search_schema, errors
 from ._driver import raw_execute
+from ._revisions import applied_revisions
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class IndexedDatabase(Protocol):
-    """What :func:`catch_up` uses of an :class:`app.Database`. Declared here: the schema
-    layer, which the database module imports, uses this module to restore the index."""
+    """What :func:`catch_up` uses of an :class:`app.Database`: declared here because the
+    schema layer, below the database, uses this module to restore the index."""
 
     url: str
     settings: Settings
@@ -189,7 +190,7 @@ def reindex(connection: Connection) -> tuple[list[str], int]:
         What was missing, and how many blocks were indexed (0 on PostgreSQL, whose indexes
         the server keeps).
     """
-    missing = _search_schema.restore_objects(connection, schema.applied_revisions(connection))
+    missing = _search_schema.restore_objects(connection, applied_revisions(connection))
     indexed = 0
     if connection.dialect.name == "sqlite" and sqlite_index_ready(connection):
         indexed = rebuild(connection)

@@ -27,6 +27,7 @@ from collections.abc import Collection
 from sqlalchemy.engine import Connection
 
 from ._driver import raw_execute
+from ._revisions import revision_module
 
 FTS_TABLES = ("search_context_fts", "search_keyword_fts")
 PENDING_TABLE = "search_pending"
@@ -176,8 +177,6 @@ def _restore_instant_index(connection: Connection) -> None:
 
 def _revision_statements(revision: str, connection: Connection) -> tuple[str, ...]:
     """What a revision's upgrade runs on this backend: the revision is the one copy."""
-    from .schema import revision_module  # the schema layer imports this module
-
     module = revision_module(revision)
     statements: tuple[str, ...] = (
         module.SQLITE if connection.dialect.name == "sqlite" else module.POSTGRES

@@ -6,105 +6,37 @@ Alembic owns the schema. These functions run it through the application's engine
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
 from alembic import command
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection
 
 from . import _search_schema, errors
 from ._driver import raw_execute
 from ._hints import command_hint
+from ._keyword_index import restore
 
 # Re-exported: the migration environment and callers import these from here.
 from ._migration_connection import Migratable as Migratable
 from ._migration_connection import foreign_keys_off as foreign_keys_off
 from ._migration_connection import write_connection as write_connection
+from ._revisions import Revision as Revision
+from ._revisions import alembic_config as alembic_config
+from ._revisions import applied_revisions as applied_revisions
+from ._revisions import head_revision as head_revision
+from ._revisions import history as history
+from ._revisions import legacy_layout as legacy_layout
+from ._revisions import migrations_dir as migrations_dir
+from ._revisions import reset_script_cache as reset_script_cache
+from ._revisions import revision_module as revision_module
+from ._revisions import script as script_directory
+from ._revisions import use_migrations_dir as use_migrations_dir
 
 log = logging.getLogger(__name__)
-
-
-def migrations_dir() -> Path:
-    """The Alembic script directory: inside the installed package, or beside it in a checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "migrations", package.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise errors.ConfigurationError(
-        f"the migrations directory was not found next to {package}; reinstall the package"
-    )
-
-
-def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
-    """An Alembic Config for the bundled migrations, optionally bound to ``connection``."""
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    if url:
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    config.attributes["connection"] = connection
-    config.attributes["configure_logger"] = False
-    return config
-
-
-@functools.cache
-def _script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
-
-
-def reset_script_cache() -> None:
-    """Read the migrations directory again (after revisions were added to it)."""
-    _script.cache_clear()
-
-
-def head_revision() -> str:
-    """The revision this code expects."""
-    head = _script().get_current_head()
-    assert head is not None
-    return head
-
-
-@dataclass(frozen=True)
-class Revision:
-    revision: str
-    down_revision: str | None
-    doc: str
-    is_head: bool
-
-
-def history() -> list[Revision]:
-    """Every revision, oldest first."""
-    revisions = list(_script().walk_revisions())
-    revisions.reverse()
-    return [
-        Revision(
-            r.revision,
-            r.down_revision if isinstance(r.down_revision, str) else None,
-            r.doc,
-            r.is_head,
-        )
-        for r in revisions
-    ]
-
-
-def applied_revisions(connection: Connection) -> set[str]:
-    """The revisions the connection's database is at or past (empty before any; every
-    revision this code knows when it is at one it does not know, made by newer code)."""
-    current = MigrationContext.configure(connection).get_current_heads()
-    if not current:
-        return set()
-    known = {r.revision for r in history()}
-    if not set(current) <= known:
-        return known
-    return {r.revision for r in _script().iterate_revisions(current, "base")}
 
 
 def current_revision(database: Migratable) -> str | None:
@@ -150,7 +82,7 @@ def _kept_by_downgrade(connection: Connection, revision: str) -> set[str]:
     relative ``-N``)."""
     if revision == "base":
         return set()
-    script = _script()
+    script = script_directory()
     if revision.startswith("-") and revision[1:].isdigit():
         current = MigrationContext.configure(connection).get_current_heads()
         found = script.get_revision(current[0]) if current else None
@@ -220,9 +152,6 @@ def after_migrations(connection: Connection) -> None:
                 f"the migration left rows whose foreign key points at no row ({shown}); it "
                 "was rolled back, nothing changed"
             )
-    # Imported here: the keyword index is a layer above the schema.
-    from ._keyword_index import restore
-
     restore(connection, applied_revisions(connection), level=logging.INFO)
 
 
@@ -296,24 +225,8 @@ def _check_search_machinery(database: Migratable) -> None:
             command_hint(database.url, "reindex"),
         )
         return
-    from ._keyword_index import restore  # a layer above the schema
-
     with write_connection(database) as connection, connection.begin():
         restore(connection, applied_revisions(connection))
-
-
-def revision_module(revision: str) -> ModuleType:
-    """The module of a revision: what it defines is frozen in it, and the layer reads it
-    from there (the legacy layout, the DDL of what the layer keeps beside the models)."""
-    found = _script().get_revision(revision)
-    assert found is not None
-    return found.module
-
-
-def legacy_layout() -> MetaData:
-    """The legacy tables as revision 0001 defines them (frozen in the revision itself)."""
-    layout: MetaData = revision_module("0001").LAYOUT
-    return layout
 
 
 def legacy_schema_differences(connection: Connection, layout: MetaData | None = None) -> list[str]:

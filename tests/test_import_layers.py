@@ -15,19 +15,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "app"
 
-#: Cycles left on purpose, each as the path from its first module (by name) back to it.
-#: The schema layer restores the search indexes after a migration and reads frozen
-#: revisions: ``schema`` imports ``_keyword_index`` inside the functions that restore it,
-#: and ``_search_schema`` imports ``schema.revision_module`` inside a function, while both
-#: import ``schema`` for the revisions a database is at. Moving the revisions' loading
-#: (``migrations_dir``, ``alembic_config`` and the script cache) into a module of their own
-#: would end these; it is not done because callers replace ``schema.migrations_dir`` (the
-#: user-migration tests do), which a lower module would not see.
-ALLOWED_CYCLES = {
-    ("app._keyword_index", "app.schema"),
-    ("app._keyword_index", "app._search_schema", "app.schema"),
-    ("app._search_schema", "app.schema"),
-}
+#: Cycles left on purpose (none: every arrow points down).
+ALLOWED_CYCLES: set[tuple[str, ...]] = set()
 
 #: What the session core must never import, directly or not: the block store, its SQL,
 #: and the similarity search (which brings numpy).

@@ -18,6 +18,7 @@ from sqlalchemy import inspect
 from app import BlockStore, Database, schema
 from app.database import migration_database
 from app.doctor import FAIL, OK, WARN, diagnose
+from app.errors import ConfigurationError
 from app.transfer import copy_database
 
 from .helpers import postgres_schema, require_backend, run_cli
@@ -55,15 +56,15 @@ USER_REVISION = REVISION.replace("{table}", "blocks").replace("{rev}", "9001")
 
 
 @pytest.fixture
-def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def clone(tmp_path: Path) -> Iterator[Path]:
     """The project's migrations directory as a clone has it, where the user adds revisions."""
     migrations = tmp_path / "clone" / "migrations"
     shutil.copytree(ROOT / "migrations", migrations)
-    monkeypatch.setattr(schema, "migrations_dir", lambda: migrations)
-    schema.reset_script_cache()
-    yield migrations
-    monkeypatch.undo()
-    schema.reset_script_cache()
+    schema.use_migrations_dir(migrations)
+    try:
+        yield migrations
+    finally:
+        schema.use_migrations_dir(None)
 
 
 def add_revision(migrations: Path, text: str) -> None:
@@ -262,10 +263,11 @@ import sys
 from alembic import command
 from sqlalchemy import Column, Text
 from app import schema
+from app.errors import ConfigurationError
 from app.database import migration_database
 from app.models import Block
 
-schema.migrations_dir = lambda: __import__("pathlib").Path(sys.argv[2])
+schema.use_migrations_dir(sys.argv[2])
 Block.__table__.append_column(Column("note", Text, nullable=True))  # the user's new column
 with migration_database(sys.argv[1]) as database, schema.write_connection(database) as conn:
     config = schema.alembic_config(conn)
@@ -320,3 +322,12 @@ def test_doctor_warns_of_blocks_waiting_for_the_keyword_index(tmp_path: Path) ->
     assert run_cli("--url", url, "reindex").exit_code == 0
     (check,) = [c for c in diagnose(url).checks if c.name == "search indexes"]
     assert check.status == OK
+
+
+def test_a_directory_without_env_py_is_refused_and_the_bundled_revisions_stay(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "versions").mkdir()
+    with pytest.raises(ConfigurationError, match=r"no env\.py"):
+        schema.use_migrations_dir(tmp_path)
+    assert schema.migrations_dir() == ROOT / "migrations"
