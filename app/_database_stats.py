@@ -2,8 +2,8 @@
 replicas, and the caches of the layers above, see :func:`add_stats_contributor`) and
 ``check_replicas()``.
 
-``Database`` inherits :class:`DatabaseStats`; its methods are ``Database``'s (their ``self``
-is the Database).
+:class:`DatabaseStats` reads the Database's unit core (``_units.UnitCore``, through its
+public names); the Database delegates both methods to it.
 """
 
 from __future__ import annotations
@@ -12,28 +12,28 @@ from collections.abc import Callable
 from typing import Any
 
 from ._stats import ReplicaStats, Stats
-from ._units import UnitHost
+from ._units import UnitCore
 
 __all__ = ["DatabaseStats", "add_stats_contributor"]
 
 
-class DatabaseStats(UnitHost):
-    """Database's stats and replica checks (see the module notes)."""
+class DatabaseStats:
+    """The stats and replica checks of the Database whose unit core is ``core``."""
+
+    def __init__(self, core: UnitCore) -> None:
+        self.core = core
 
     def check_replicas(self) -> tuple[ReplicaStats, ...]:
-        """Check every replica now: reachable, really a replica, and how far behind.
+        """``Database.check_replicas``: every replica checked now (see there)."""
+        core = self.core
+        core.check_open()
+        return () if core.replicas is None else core.replicas.check_all()
 
-        Returns:
-            Each replica's :class:`ReplicaStats` (empty without replicas); a replica found
-            down or lagging is skipped by reads from now on, one found well again used.
-        """
-        self._check_open()
-        return () if self._replicas is None else self._replicas.check_all()
-
-    def stats(self) -> Stats:
-        """Units committed and rolled back, busy retries, writer waits, connections, and
-        each replica's state, lag and reads served."""
-        pool: Any = self.engine.pool
+    def stats(self, database: object) -> Stats:
+        """``Database.stats``; ``database`` is the Database, which the contributors (see
+        :func:`add_stats_contributor`) are asked about."""
+        core = self.core
+        pool: Any = core.engine.pool
         if hasattr(pool, "overflow"):
             # Each counter read once: checkedout() and checkedin() both read the pool's
             # queue, which other threads change in between, so their sum could exceed
@@ -45,8 +45,9 @@ class DatabaseStats(UnitHost):
             opened, checked_out = 1, 0
         # The caches of layers above this one (the vector cache), which this module does not
         # import: they register what they hold (see add_stats_contributor).
-        cache_bytes = sum(contributor(self) for contributor in _stats_contributors)
-        c = self._counters
+        cache_bytes = sum(contributor(database) for contributor in _stats_contributors)
+        replicas = core.replicas
+        c = core.counters
         with c.lock:
             return Stats(
                 units_committed=c.committed,
@@ -55,11 +56,11 @@ class DatabaseStats(UnitHost):
                 write_waits=c.waits,
                 write_wait_total=c.wait_total,
                 write_wait_max=c.wait_max,
-                writers_queued=self._side.turn.queued(),
+                writers_queued=core.side.turn.queued(),
                 connections_checked_out=checked_out,
                 connections_open=opened,
-                replicas=() if self._replicas is None else self._replicas.stats(),
-                primary_reads=0 if self._replicas is None else self._replicas.primary_reads,
+                replicas=() if replicas is None else replicas.stats(),
+                primary_reads=0 if replicas is None else replicas.primary_reads,
                 vector_cache_bytes=cache_bytes,
             )
 

@@ -1,9 +1,10 @@
-"""The read side of :class:`~app.database.Database`: read units, the layer's read snapshots,
-where each one runs (the primary or a replica), and reads run again when their replica fails.
+"""The read side of one ``Database``: read units, the layer's read snapshots, where each one
+runs (the primary or a replica), and reads run again when their replica fails.
 
-``Database`` inherits :class:`ReadUnits`; its methods are ``Database``'s (their ``self`` is
-the Database), kept here so that ``database.py`` stays the object's lifetime and surface.
-The class decorator :func:`retried_reads` lives here too, beside the retry it applies.
+:class:`ReadUnits` is built on the Database's unit core (``_units.UnitCore``) and uses only
+its public names, plus the write units' ``exclusive_turn`` (the units of a one-connection
+database take turns, reads included); the Database delegates its read methods to it. The
+class decorator :func:`retried_reads` lives here too, beside the retry it applies.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from . import errors
 from ._driver import UNIT_OPTION, UnitKind
 from ._sessions import READ_UNIT
-from ._units import Unit, UnitHost, rollback_quietly
+from ._units import Unit, UnitCore, rollback_quietly
 
 __all__ = ["ReadUnits", "retried_reads"]
 
@@ -40,36 +41,35 @@ _STALE_OK: ContextVar[bool] = ContextVar("app_stale_reads_ok", default=False)
 _PRIMARY = nullcontext(None)
 
 
-class ReadUnits(UnitHost):
-    """Database's read units (see the module notes)."""
+class ReadUnits:
+    """The read units of the Database whose unit core is ``core``; ``exclusive_turn`` is its
+    write units' (a one-connection database's reads take the turn too). The public methods
+    are documented on ``Database``, which delegates to them."""
+
+    def __init__(
+        self, core: UnitCore, exclusive_turn: Callable[[], AbstractContextManager[None]]
+    ) -> None:
+        self.core = core
+        self._exclusive_turn = exclusive_turn
+        # Bound once: every read calls them.
+        self._check_open = core.check_open
+        self._unit = core.unit
+        self._enter = core.enter
+        self._leave = core.leave
 
     @contextmanager
     def read(self, *, allow_stale: bool = False) -> Iterator[Session]:
-        """One read unit: a snapshot that never takes or waits for the write lock.
-
-        Inside, any write is refused with :class:`~app.errors.ReadOnlyUnitError`. A read
-        unit opened inside a write unit joins it (and sees its uncommitted changes).
-
-        With ``replicas``, the unit runs on a replica that has replayed this process's last
-        commit on the primary and is within ``max_replica_lag``, else on the primary.
-
-        Args:
-            allow_stale: any replica within ``max_replica_lag`` will do, even one that has
-                not replayed this process's last commit yet (see :meth:`allow_stale`).
-
-        Raises:
-            ReplicaUnavailableError: the replica failed in the middle of the unit; nothing
-                was changed, and running the unit again uses another replica or the primary.
-        """
+        """``Database.read``: a read unit with the thread's Session (see there)."""
+        core = self.core
         self._check_open()
         unit = self._unit()
-        session = self.session()
+        session = core.session()
         if unit is not None:
             yield session
             return
-        self._sessions.before_unit(session)
+        core.sessions.before_unit(session)
         unit = Unit(UnitKind.READ)
-        where = _PRIMARY if self._replicas is None else self._on_replica(allow_stale)
+        where = _PRIMARY if core.replicas is None else self._on_replica(allow_stale)
         with self._read_scope(unit), where as replica:
             if replica is not None:
                 session.bind = replica
@@ -88,38 +88,31 @@ class ReadUnits(UnitHost):
                 except BaseException as exc:
                     rollback_quietly(session)
                     if isinstance(exc, PoolTimeout):
-                        raise self._pool_exhausted() from exc
+                        raise core.pool_exhausted() from exc
                     raise
             finally:
                 session.info[READ_UNIT] = False
                 if replica is not None:
-                    session.bind = self.engine
+                    session.bind = core.engine
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """For the layer's own queries: a read snapshot's connection, without the ORM.
-
-        Inside a unit of this thread it is that unit's connection (reads see its changes).
-        Otherwise it goes where :meth:`read` goes (a replica, or the primary).
-
-        Raises:
-            ReplicaUnavailableError: the replica failed in the middle of the snapshot (see
-                :meth:`retrying_read`).
-        """
+        """``Database.reading``: a read snapshot's connection (see there)."""
+        core = self.core
         self._check_open()
         unit = self._unit()
         if unit is not None:
             if unit.connection is not None:
                 yield unit.connection
             else:  # a read unit of the ORM Session
-                yield self.session().connection()
+                yield core.session().connection()
             return
         unit = Unit(UnitKind.SNAPSHOT)
-        where = _PRIMARY if self._replicas is None else self._on_replica(False)
+        where = _PRIMARY if core.replicas is None else self._on_replica(False)
         with (
             self._read_scope(unit),
             where as replica,
-            (replica or self._connect()).execution_options(
+            (replica or core.connect()).execution_options(
                 **{UNIT_OPTION: UnitKind.SNAPSHOT.value}
             ) as connection,
         ):
@@ -132,7 +125,7 @@ class ReadUnits(UnitHost):
         """Where a read unit runs when there are replicas: a replica's connection (no
         transaction begun yet), or None for the primary. A failure of the replica in the
         body becomes :class:`~app.errors.ReplicaUnavailableError`."""
-        replicas = self._replicas
+        replicas = self.core.replicas
         assert replicas is not None
         # Choosing checks out replica connections with pool_timeout and connect_timeout,
         # and a replica that fails them is skipped.
@@ -160,10 +153,7 @@ class ReadUnits(UnitHost):
 
     @contextmanager
     def allow_stale(self) -> Iterator[None]:
-        """Reads made inside (by this thread or asyncio task: units, the block store's
-        searches, the facade) may go to any replica within ``max_replica_lag``, even one
-        that has not replayed this process's last commit yet: for reads that need not see
-        the latest writes, to keep load off the primary. No effect without replicas."""
+        """``Database.allow_stale``: reads inside may go to a stale replica (see there)."""
         token = _STALE_OK.set(True)
         try:
             yield
@@ -171,24 +161,19 @@ class ReadUnits(UnitHost):
             _STALE_OK.reset(token)
 
     def retrying_read(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """For the layer's modules: ``fn(*args, **kwargs)``, whose reads use :meth:`reading`
-        or :meth:`read`, run again when the replica one of them ran on failed in the
-        middle of it (the replica is skipped then, so the next run goes to another replica
-        or the primary). Without replicas, or inside a unit, ``fn`` runs once.
-
-        Raises:
-            ReplicaUnavailableError: every replica failed in turn.
-        """
-        if self._replicas is None:
+        """``Database.retrying_read``: ``fn(*args, **kwargs)`` run again when its replica
+        failed (see there)."""
+        core = self.core
+        if core.replicas is None:
             return fn(*args, **kwargs)
-        attempts = len(self.settings.replicas) + 1
+        attempts = len(core.settings.replicas) + 1
         for attempt in range(1, attempts + 1):
             try:
                 return fn(*args, **kwargs)
             except errors.ReplicaUnavailableError as exc:
                 if attempt == attempts or self._unit() is not None:
                     raise
-                log.info("%s: read run again after its replica failed: %s", self.url, exc)
+                log.info("%s: read run again after its replica failed: %s", core.url, exc)
         raise AssertionError("unreachable")  # the last attempt returned or raised
 
     @contextmanager
@@ -196,19 +181,20 @@ class ReadUnits(UnitHost):
         """What every outermost read unit does around its snapshot: count it, wait (briefly)
         while a checkpoint empties the WAL, take the turn of a one-connection database, and
         mark the thread as inside the unit."""
+        core = self.core
         self._enter(unit)
         try:
             with (
-                self._wal.snapshot(unit),
-                self.exclusive_turn() if self._exclusive else nullcontext(),
+                core.wal.snapshot(unit),
+                self._exclusive_turn() if core.exclusive else nullcontext(),
             ):
-                self._local.unit = unit
+                core.local.unit = unit
                 try:
                     yield
                 finally:
                     unit.open = False
-                    if self._local.unit is unit:
-                        self._local.unit = None
+                    if core.local.unit is unit:
+                        core.local.unit = None
         finally:
             try:
                 self._leave(unit)

@@ -1,9 +1,15 @@
 """The thread's Session: one per thread, closed when the thread ends, and kept honest
 outside units of work (see docs/guide/units-and-sessions.md, ORM objects and plain
-Sessions)."""
+Sessions).
+
+A Database's unit core (``_units.UnitCore``) owns the ``scoped_session`` that hands out
+these Sessions (:func:`thread_scoped`), with :class:`ThreadSessions` as its registry, and
+the :class:`SessionGuard` that its sessionmaker's Sessions report to.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -11,9 +17,14 @@ from typing import Any
 from sqlalchemy import event, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    scoped_session,
+    sessionmaker,
+)
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.util import ThreadLocalRegistry
 
 from . import errors
 from ._sql_text import statement_kind
@@ -78,21 +89,76 @@ class _SessionCloser:
             self.session.close()
 
 
-class ThreadSessions(ThreadLocalRegistry[Session]):
-    """``scoped_session``'s registry: one Session per thread, closed as the thread ends."""
+class _ThreadSession(threading.local):
+    """A thread's Session and its closer (class defaults: a thread without one reads None)."""
+
+    session: Session | None = None
+    closer: _SessionCloser | None = None
+
+
+class ThreadSessions:
+    """The registry of a Database's ``scoped_session``: one Session per thread, closed as
+    the thread ends (see :class:`_SessionCloser`).
+
+    Our own class rather than a subclass of SQLAlchemy's ``ThreadLocalRegistry``, whose
+    attributes are SQLAlchemy's internals: it has the four methods ``scoped_session`` calls
+    on its registry (``sqlalchemy/orm/scoping.py``): ``__call__``, ``has``, ``set`` and
+    ``clear``.
+    """
+
+    __slots__ = ("_factory", "_local")
+
+    def __init__(self, factory: Callable[[], Session]) -> None:
+        self._factory = factory
+        self._local = _ThreadSession()
 
     def __call__(self) -> Session:
-        try:
-            return self.registry.value  # type: ignore[no-any-return]
-        except AttributeError:
-            session = self.registry.value = self.createfunc()
-            self.registry.closer = _SessionCloser(session)
-            return session
+        """This thread's Session, made on first use."""
+        session = self._local.session
+        if session is None:
+            session = self._factory()
+            self.set(session)
+        return session
+
+    def has(self) -> bool:
+        return self._local.session is not None
+
+    def set(self, session: Session) -> None:
+        local = self._local
+        local.session = session
+        local.closer = _SessionCloser(session)
 
     def clear(self) -> None:
-        super().clear()
-        with suppress(AttributeError):
-            del self.registry.closer
+        """Forget this thread's Session (``scoped_session.remove()`` has closed it)."""
+        local = self._local
+        local.session = None
+        local.closer = None
+
+
+def thread_scoped(factory: sessionmaker[Session]) -> scoped_session[Session]:
+    """A ``scoped_session`` of ``factory`` that keeps one Session per thread and closes it
+    when the thread ends (:class:`ThreadSessions`)."""
+    scoped = scoped_session(factory)
+    renew_sessions(scoped)
+    return scoped
+
+
+#: The registries of a forked child's parent (see :func:`renew_sessions`), kept for good.
+_FORK_LEFTOVERS: list[object] = []
+
+
+def renew_sessions(scoped: scoped_session[Session], *, after_fork: bool = False) -> None:
+    """Give ``scoped`` a new, empty registry of thread Sessions.
+
+    ``after_fork``: in a forked child, the old registry holds the parent's Sessions, whose
+    connections belong to the parent: it is kept (never collected), so that neither its
+    closers nor the garbage collector close them here.
+    """
+    if after_fork:
+        _FORK_LEFTOVERS.append(scoped.registry)
+    # scoped_session calls only those four methods of its registry; its annotation names
+    # SQLAlchemy's own registry class.
+    scoped.registry = ThreadSessions(scoped.session_factory)  # type: ignore[assignment]
 
 
 class SessionGuard:

@@ -1,37 +1,44 @@
-"""Units of work: what one may do, who opened it, and its SAVEPOINT; and what the classes
-that run units for ``Database`` use of it (:class:`UnitHost`).
+"""Units of work: what one may do, who opened it, and its SAVEPOINT; and the core that
+runs them for one ``Database`` (:class:`UnitCore`).
 
 A unit is the body of ``Database.unit_of_work()``, ``read()`` or ``run()`` (or one of the
 layer's own reads and writes). Its state lives in a :class:`Unit` object rather than in
 thread-local flags, because a unit may end on another thread than it began on (a generator
 resumed elsewhere), and because asyncio tasks share a thread.
+
+Who owns what: each ``Database`` owns one :class:`UnitCore` (the engine, the thread's
+Session and unit, the write side, the WAL bound, the counters, the replicas, and the
+object's lifetime) and the parts built on it, each given the core: the write units
+(``_write_units.WriteUnits``), the read units (``_read_units.ReadUnits``), checkpoints on
+demand (``_checkpoints``) and what ``stats()`` reports (``_database_stats``). The parts use
+only the core's public names, listed in its docstring.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session
 
 from . import errors
 from ._driver import UnitKind, raw_execute
+from ._engine import build_engine
+from ._replicas import ReplicaSet
+from ._sessions import SessionGuard, renew_sessions, thread_scoped
 from ._shared_transaction import CommitWaiter, SharedTransaction
-
-if TYPE_CHECKING:
-    from ._replicas import ReplicaSet
-    from ._sessions import SessionGuard
-    from ._stats import Counters
-    from ._wal_bound import WalBound
-    from ._write_side import WriteSide
-    from .settings import Settings
+from ._stats import Counters
+from ._wal_bound import WalBound
+from ._write_side import WriteSide, write_side
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -179,30 +186,179 @@ class ThreadUnit(threading.local):
     unit: Unit | None = None
 
 
-class UnitHost:
-    """What the unit classes of ``Database`` (``_read_units``, ``_write_units``) use of the
-    Database that inherits them, declared here so that each of them type-checks on its own;
-    ``Database`` sets and defines every one."""
+class UnitCore:
+    """What every kind of unit of one ``Database`` runs on: its named internal interface,
+    used by the Database and its parts (write units, read units, checkpoints, stats).
 
-    settings: Settings
-    url: str
-    engine: Engine
-    session: scoped_session[Session]
-    _exclusive: bool  # one connection: units take turns on it, reads included
-    _local: ThreadUnit
-    _side: WriteSide
-    _wal: WalBound
-    _counters: Counters
-    _sessions: SessionGuard
-    _replicas: ReplicaSet | None
+    Attributes:
+        settings: the resolved :class:`~app.settings.Settings`.
+        url: the URL for messages (password hidden).
+        engine: the primary's engine.
+        session: the ``scoped_session`` of the thread Sessions (set by
+            :meth:`open_sessions`).
+        sessions: the :class:`~app._sessions.SessionGuard` of those Sessions.
+        exclusive: one connection (in memory, or ``single_connection``): units take turns
+            on it, reads included.
+        counters: units committed and rolled back, retries, writer waits.
+        replicas: the read replicas, or None.
+        closed: set once by :meth:`close`.
+        key: what names the database in this process (see ``Database.key``).
+        local: the thread's unit (``local.unit``, a :class:`ThreadUnit`).
+        side: this process's :class:`~app._write_side.WriteSide` of the database.
+        wal: the :class:`~app._wal_bound.WalBound` of this process.
 
-    if TYPE_CHECKING:
+    ``local``, ``side`` and ``wal`` are made again in a forked child (:meth:`after_fork`):
+    read them from the core at each use, never keep them.
 
-        def _check_open(self) -> None: ...
-        def _unit(self) -> Unit | None: ...
-        def in_write_unit(self) -> bool: ...
-        def _enter(self, unit: Unit) -> None: ...
-        def _leave(self, unit: Unit) -> None: ...
-        def _connect(self) -> Connection: ...
-        def _pool_exhausted(self) -> errors.PoolExhaustedError: ...
-        def exclusive_turn(self, deadline: float | None = None) -> AbstractContextManager[None]: ...
+    Methods: :meth:`check_open`, :meth:`unit` (the thread's unit), :meth:`enter` and
+    :meth:`leave` (count a unit in progress), :meth:`connect`, :meth:`pool_exhausted`,
+    :meth:`open_sessions`, :meth:`close`, :meth:`after_fork`. Bound methods of the core
+    may be kept: they read its state at each call.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.safe_url()
+        self.engine = build_engine(settings)
+        # Units in progress, so that close() can leave their connections to them and close
+        # the pool when the last one ends.
+        self._lifetime = threading.Lock()
+        self._active = 0
+        self._engines_closed = False
+        self.closed = False
+        self.exclusive = settings.is_memory or settings.single_connection
+        self.counters = Counters()
+        # Read replicas (PostgreSQL): where read units go, and the positions they need.
+        self.replicas = ReplicaSet(settings, self.engine) if settings.replicas else None
+        self.key = self._lock_key()
+        self._start_process()
+
+    def _lock_key(self) -> str:
+        path = self.settings.sqlite_path
+        if path is not None:
+            return "sqlite:" + os.path.realpath(path)
+        if self.settings.is_memory:
+            return f"memory:{id(self)}"
+        return self.url
+
+    def _start_process(self) -> None:
+        """What belongs to this process: made here, and made again in a forked child."""
+        self.side: WriteSide = write_side(self.key, self.settings.retry_deadline)
+        self.local = ThreadUnit()
+        self.wal = WalBound(self.settings, self.key)
+
+    def open_sessions(
+        self, *, take_turn: Callable[[], None], release_turn: Callable[[], None]
+    ) -> None:
+        """Make :attr:`session` and its guard; once, by the Database, after its write
+        units: a thread Session that writes outside units takes and gives back the write
+        turn with ``take_turn`` and ``release_turn``."""
+        self.sessions = SessionGuard(
+            in_unit=lambda: self.unit() is not None,
+            take_turn=take_turn,
+            release_turn=release_turn,
+            pool_exhausted=self.pool_exhausted,
+        )
+        self.session: scoped_session[Session] = thread_scoped(
+            self.sessions.sessionmaker(self.engine)
+        )
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connections and Sessions (they must be
+        neither used nor closed here), and make this process's state again."""
+        self.engine.dispose(close=False)
+        if self.replicas is not None:
+            self.replicas.after_fork()
+        renew_sessions(self.session, after_fork=True)
+        self._start_process()
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """Raises: ClosedError after close(); ConfigurationError in a gevent greenlet
+        without thread patching (see :func:`refuse_unpatched_greenlet`)."""
+        refuse_unpatched_greenlet()
+        if self.closed:
+            raise errors.ClosedError(f"{self.url} was disposed; create a new Database")
+
+    def enter(self, unit: Unit) -> None:
+        """Count ``unit`` in progress (see :meth:`close`); ClosedError once closed."""
+        with self._lifetime:
+            self.check_open()
+            self._active += 1
+            unit.counted = True
+
+    def leave(self, unit: Unit) -> None:
+        """Stop counting ``unit``; safe to repeat. The last unit after close() closes the
+        engines."""
+        with self._lifetime:
+            if not unit.counted:
+                return
+            unit.counted = False
+            self._active -= 1
+            last = self.closed and self._active == 0 and not self._engines_closed
+            self._engines_closed = self._engines_closed or last
+        if last:
+            self._close_engines()
+
+    def close(self, closing: Callable[[], None]) -> None:
+        """Refuse units from now on, and call ``closing()`` (what the Database closes
+        besides). The engines close now, or when the last unit in progress ends. Does
+        nothing once closed."""
+        with self._lifetime:
+            if self.closed:
+                return
+            self.closed = True
+            idle = self._active == 0
+            self._engines_closed = idle
+        try:
+            closing()
+        finally:
+            if idle:
+                self._close_engines()
+
+    def _close_engines(self) -> None:
+        try:
+            self.engine.dispose()
+        finally:
+            if self.replicas is not None:
+                self.replicas.dispose()
+
+    # -- units and connections ----------------------------------------------------------
+
+    def unit(self) -> Unit | None:
+        """The unit of work this thread (and asyncio task) has open here, or None.
+
+        Raises:
+            TransactionStateError: another asyncio task has a unit open on this thread: the
+                two would share one Session and one transaction.
+        """
+        unit = self.local.unit
+        if unit is None:
+            return None
+        if unit.watch is not None:
+            touch = unit.watch()  # the thread is back: an implicit unit is not abandoned
+            if touch is not None:
+                touch()
+        if not unit.open:
+            return None
+        if unit.task is not current_task():
+            raise errors.TransactionStateError(
+                f"another asyncio task on this thread has a unit of work of {self.url} open; "
+                "units of Database are per thread, so tasks would share its transaction: "
+                "run each unit in a thread (asyncio.to_thread), one unit per call"
+            )
+        return unit
+
+    def connect(self) -> Connection:
+        """A connection of the primary's pool; PoolExhaustedError when none came free."""
+        try:
+            return self.engine.connect()
+        except PoolTimeout as exc:
+            raise self.pool_exhausted() from exc
+
+    def pool_exhausted(self) -> errors.PoolExhaustedError:
+        return errors.PoolExhaustedError(
+            f"no connection to {self.url} became free within {self.settings.pool_timeout}s "
+            "(pool_size + max_overflow are all in use); raise pool_size or max_overflow"
+        )

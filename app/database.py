@@ -1,41 +1,38 @@
-"""`Database`: the engine, one Session per thread, the object's lifetime, and the surface
-that applications and the layer's modules call.
+"""`Database`: the surface that applications and the layer's modules call, and the object's
+lifetime, delegated to the parts it is composed of.
 
-What each kind of unit does lives with its kind, in classes ``Database`` inherits: write
-units and the write turn in ``_write_units``, read units and where reads run in
-``_read_units``; checkpoints on demand (``_checkpoints``) and what ``stats()`` reports
-(``_database_stats``) are inherited the same way. How writers take turns and share a
-transaction is ``_write_side`` and ``_shared_transaction``; what the thread's Session does
-outside units is ``_sessions``; the WAL bound is ``_wal_bound``.
+Each Database owns one unit core (``_units.UnitCore``: the engine, the thread's Session and
+unit, the write side, the WAL bound, the counters, the replicas, and the counting of units
+in progress that closing waits for), and parts built on that core: its write units and
+write turn (``_write_units.WriteUnits``), its read units and where reads run
+(``_read_units.ReadUnits``), checkpoints on demand (``_checkpoints``) and what ``stats()``
+reports (``_database_stats``). The methods here document the surface and hand each call to
+its part. How writers take turns and share a transaction is ``_write_side`` and
+``_shared_transaction``; what the thread's Session does outside units is ``_sessions``; the
+WAL bound is ``_wal_bound``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm import Session
 
-from . import _process, errors
+from . import _process
 from ._checkpoints import Checkpoints
 from ._database_stats import DatabaseStats
 from ._database_stats import add_stats_contributor as add_stats_contributor  # re-exported
 from ._driver import UnitKind
-from ._engine import build_engine
 from ._read_units import ReadUnits, retried_reads
-from ._replicas import ReplicaSet
-from ._sessions import SessionGuard, ThreadSessions
-from ._stats import Counters, ReplicaStats, Stats
-from ._units import ThreadUnit, Unit, current_task, refuse_unpatched_greenlet
-from ._wal_bound import CHECKPOINT_MODES, WalBound
-from ._write_side import WriteSide, write_side
+from ._shared_transaction import WriteOutcome
+from ._stats import ReplicaStats, Stats
+from ._units import Unit, UnitCore
+from ._wal_bound import CHECKPOINT_MODES
 from ._write_units import WriteUnits
 from .schema import ensure_schema
 from .settings import Settings
@@ -49,7 +46,7 @@ R = TypeVar("R")
 K = TypeVar("K")
 
 
-class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
+class Database:
     """A database shared safely by every thread of a process.
 
     Args:
@@ -61,6 +58,8 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
         settings: the resolved :class:`app.Settings`.
         engine: the SQLAlchemy engine (pool and hooks installed).
         session: a ``scoped_session``; ``db.session()`` is this thread's Session.
+        core: for the layer's modules and tests: the :class:`~app._units.UnitCore` its
+            units run on (its docstring names what it holds).
 
     Raises:
         ConfigurationError: bad URL or setting, or a directory that cannot be created.
@@ -80,37 +79,36 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
     def __init__(self, url: str | None = None, /, **settings: Any) -> None:
         # From here on the process holds state that a fork() must handle (see _process).
         _process.install_fork_hooks()
-        self.settings = Settings.resolve(url, **settings)
-        self.url = self.settings.safe_url()
-        self.engine = build_engine(self.settings)
-        # Units in progress, so that dispose() can leave their connections to them and close
-        # the pool when the last one ends.
-        self._lifetime = threading.Lock()
-        self._active = 0
-        self._closed = False
-        self._engine_disposed = False
-        # An in-memory or single-connection database has one connection: units take turns
-        # on it, reads included.
-        self._exclusive = self.settings.is_memory or self.settings.single_connection
-        self._counters = Counters()
-        # Read replicas (PostgreSQL): where read units go, and the positions they need.
-        self._replicas = ReplicaSet(self.settings, self.engine) if self.settings.replicas else None
-        self._sessions = SessionGuard(
-            in_unit=lambda: self._unit() is not None,
-            take_turn=self._take_turn_for_session,
-            release_turn=self._release_session_turn,
-            pool_exhausted=self._pool_exhausted,
+        core = self.core = UnitCore(Settings.resolve(url, **settings))
+        self.settings = core.settings
+        self.url = core.url
+        self.engine = core.engine
+        writes = self._writes = WriteUnits(core)
+        # The thread's Session takes the write turn as write units do when it writes
+        # outside them.
+        core.open_sessions(
+            take_turn=writes.take_turn_for_session, release_turn=writes.release_session_turn
         )
-        self._factory = self._sessions.sessionmaker(self.engine)
-        self.session = scoped_session(self._factory)
-        self._reset_process_state()
+        self.session = core.session
+        reads = self._reads = ReadUnits(core, writes.exclusive_turn)
+        self._checkpoints = Checkpoints(core, writes)
+        self._stats = DatabaseStats(core)
+        # Bound once, for the methods that every unit, read or append of the layer calls
+        # (many threads at once): each call then costs one call into its part, no lookups.
+        self._unit = core.unit
+        self._reading = reads.reading
+        self._writing = writes.writing
+        self._run_on_connection = writes.run_on_connection
+        self._retrying_read = reads.retrying_read
+        self._check_may_wait_for_turn = writes.check_may_wait_for_turn
+        self._process_local: dict[str, Any] = {}
         _LIVE.add(self)
         try:
             if self.settings.check_schema:
                 ensure_schema(self)
-            if self._replicas is not None:
+            if core.replicas is not None:
                 # Reads then see at least the schema and rows the primary has now.
-                self._replicas.note_primary()
+                core.replicas.note_primary()
         except BaseException:
             self.dispose()
             raise
@@ -128,7 +126,7 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.core.closed
 
     def dispose(self) -> None:
         """Close this Database: later calls raise :class:`~app.errors.ClosedError`.
@@ -137,124 +135,63 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
         connections are closed now, or when the last of those units ends. Other Database
         objects on the same database are not affected. Safe to call twice.
         """
-        with self._lifetime:
-            if self._closed:
-                return
-            self._closed = True
-            idle = self._active == 0
-            self._engine_disposed = idle
-        _LIVE.discard(self)
-        try:
-            self.session.remove()
-            self._close_helpers()
-        finally:
-            if idle:
-                self._dispose_engines()
+        self.core.close(self._closing)
 
     def close(self) -> None:
         """The same as :meth:`dispose` (the name the old class and ``DatabaseManager`` use)."""
         self.dispose()
 
-    def _close_helpers(self) -> None:
-        """Tell the per-process helpers (see :meth:`process_local`) that have a ``close()``
-        to stop: their threads must not outlive the Database for long, nor keep it alive."""
+    def _closing(self) -> None:
+        """What dispose() closes besides the core: the thread's Session, and the
+        per-process helpers (see :meth:`process_local`) that have a ``close()``: their
+        threads must not outlive the Database for long, nor keep it alive."""
+        _LIVE.discard(self)
+        self.session.remove()
         for helper in list(self._process_local.values()):
             close = getattr(helper, "close", None)
             if close is not None:
                 close()
 
-    def _check_open(self) -> None:
-        refuse_unpatched_greenlet()
-        if self._closed:
-            raise errors.ClosedError(f"{self.url} was disposed; create a new Database")
-
-    def _enter(self, unit: Unit) -> None:
-        """Count a unit in progress (see dispose)."""
-        with self._lifetime:
-            self._check_open()
-            self._active += 1
-            unit.counted = True
-
-    def _leave(self, unit: Unit) -> None:
-        """Stop counting ``unit``; safe to repeat. The last unit after dispose() closes the
-        pool."""
-        with self._lifetime:
-            if not unit.counted:
-                return
-            unit.counted = False
-            self._active -= 1
-            last = self._closed and self._active == 0 and not self._engine_disposed
-            self._engine_disposed = self._engine_disposed or last
-        if last:
-            self._dispose_engines()
-
-    def _dispose_engines(self) -> None:
-        try:
-            self.engine.dispose()
-        finally:
-            if self._replicas is not None:
-                self._replicas.dispose()
-
-    def _reset_process_state(self) -> None:
-        """What belongs to this process: made here, and made again in a forked child."""
-        self._side: WriteSide = write_side(self._lock_key(), self.settings.retry_deadline)
-        self._local = ThreadUnit()
-        self._process_local: dict[str, Any] = {}
-        self._wal = WalBound(self.settings, self._lock_key())
-        self.session.registry = ThreadSessions(self._factory)
+    def _after_fork_in_child(self) -> None:
+        self.core.after_fork()
+        self._process_local = {}  # the parent's helpers (and their threads) stay behind
 
     @property
     def key(self) -> str:
         """For the layer's modules: what names the database in this process (a SQLite
         file's real path, or the URL; each in-memory database is its own). Databases with
         the same key share the writers' turn, the WAL bound and the similarity cache."""
-        return self._side.key
+        return self.core.key
 
-    def _lock_key(self) -> str:
-        path = self.settings.sqlite_path
-        if path is not None:
-            return "sqlite:" + os.path.realpath(path)
-        if self.settings.is_memory:
-            return f"memory:{id(self)}"
-        return self.url
+    def process_local(self, key: str, make: Callable[[], K]) -> K:
+        """For the layer's modules: the helper ``make()`` built once per process for this
+        Database (the chain's append batcher); a forked child builds its own."""
+        local = self._process_local
+        found = local.get(key)
+        if found is None:
+            found = local.setdefault(key, make())
+        return found  # type: ignore[no-any-return]
 
-    def _after_fork_in_child(self) -> None:
-        # The parent's connections must be neither used nor closed here: forget them.
-        self.engine.dispose(close=False)
-        if self._replicas is not None:
-            self._replicas.after_fork()
-        _FORK_LEFTOVERS.append(self.session.registry)
-        self._reset_process_state()
-
-    # -- units of work ------------------------------------------------------------------
-
-    def _unit(self) -> Unit | None:
-        """The unit of work this thread (and asyncio task) has open here, or None.
-
-        Raises:
-            TransactionStateError: another asyncio task has a unit open on this thread: the
-                two would share one Session and one transaction.
-        """
-        unit = self._local.unit
-        if unit is None:
-            return None
-        if unit.watch is not None:
-            touch = unit.watch()  # the thread is back: an implicit unit is not abandoned
-            if touch is not None:
-                touch()
-        if not unit.open:
-            return None
-        if unit.task is not current_task():
-            raise errors.TransactionStateError(
-                f"another asyncio task on this thread has a unit of work of {self.url} open; "
-                "units of Database are per thread, so tasks would share its transaction: "
-                "run each unit in a thread (asyncio.to_thread), one unit per call"
-            )
-        return unit
+    # -- the thread's unit ----------------------------------------------------------------
 
     def current_unit(self) -> Unit | None:
         """For the layer's modules: the unit this thread (and asyncio task) has open here."""
         return self._unit()
+
+    def unit_kind(self) -> UnitKind | None:
+        """The kind of unit this thread is inside (None outside any)."""
+        unit = self._unit()
+        return None if unit is None else unit.kind
+
+    def in_write_unit(self) -> bool:
+        """True when this thread is inside a write unit of this database."""
+        unit = self._unit()
+        return unit is not None and unit.kind is UnitKind.WRITE
+
+    def write_depth(self) -> int:
+        """How many write units this thread has open here (0 outside any); for the layer."""
+        unit = self._unit()
+        return unit.depth if unit is not None and unit.kind is UnitKind.WRITE else 0
 
     def adopt_write_turn(self, unit: Unit) -> bool:
         """For the layer's modules: take over the write turn of the thread that opened the
@@ -265,24 +202,11 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
             True once this thread holds the turn; False when the unit's thread no longer
             held it.
         """
-        return self._side.turn.adopt(unit.thread)
+        return self.core.side.turn.adopt(unit.thread)
 
-    def unit_kind(self) -> UnitKind | None:
-        """The kind of unit this thread is inside (None outside any)."""
-        unit = self._unit()
-        return None if unit is None else unit.kind
+    # -- write units (WriteUnits) -----------------------------------------------------------
 
-    def in_write_unit(self) -> bool:
-        """True when this thread is inside a write unit of this database."""
-        return self.unit_kind() is UnitKind.WRITE
-
-    def write_depth(self) -> int:
-        """How many write units this thread has open here (0 outside any); for the layer."""
-        unit = self._unit()
-        return unit.depth if unit is not None and unit.kind is UnitKind.WRITE else 0
-
-    @contextmanager
-    def unit_of_work(self) -> Iterator[Session]:
+    def unit_of_work(self) -> AbstractContextManager[Session]:
         """One write unit: ``BEGIN IMMEDIATE``, commit on success, rollback on any exception.
 
         Writers of this process take turns first come, first served, and successive units
@@ -299,28 +223,12 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
             TransactionStateError: opened inside a read unit, or while this thread is in a
                 write unit of another Database object on the same database.
         """
-        session = self.session()
-        with self._write_scope(None):
-            yield session
+        return self._writes.unit_of_work()
 
-    @contextmanager
-    def writing(self) -> Iterator[Connection]:
+    def writing(self) -> AbstractContextManager[Connection]:
         """For the layer's own statements: a write unit's connection, in a SAVEPOINT of its
         own (joining the thread's write unit if there is one), without the ORM."""
-        with self._write_scope(None) as connection:
-            yield connection
-
-    def _connect(self) -> Connection:
-        try:
-            return self.engine.connect()
-        except PoolTimeout as exc:
-            raise self._pool_exhausted() from exc
-
-    def _pool_exhausted(self) -> errors.PoolExhaustedError:
-        return errors.PoolExhaustedError(
-            f"no connection to {self.url} became free within {self.settings.pool_timeout}s "
-            "(pool_size + max_overflow are all in use); raise pool_size or max_overflow"
-        )
+        return self._writing()
 
     def run(
         self, fn: Callable[Concatenate[Session, P], R], /, *args: P.args, **kwargs: P.kwargs
@@ -336,17 +244,136 @@ class Database(WriteUnits, ReadUnits, Checkpoints, DatabaseStats):
         Raises:
             DatabaseBusyError: still busy at the deadline; names the database and the wait.
         """
-        session = self.session()
-        return self.run_on_connection(lambda _connection: fn(session, *args, **kwargs))
+        return self._writes.run(fn, *args, **kwargs)
 
-    def process_local(self, key: str, make: Callable[[], K]) -> K:
-        """For the layer's modules: the helper ``make()`` built once per process for this
-        Database (the chain's append batcher); a forked child builds its own."""
-        local = self._process_local
-        found = local.get(key)
-        if found is None:
-            found = local.setdefault(key, make())
-        return found  # type: ignore[no-any-return]
+    def run_on_connection(
+        self, body: Callable[[Connection], R], outcome: WriteOutcome | None = None
+    ) -> R:
+        """:meth:`run` for the layer's own statements: ``body(connection)``.
+
+        ``outcome`` records where the last attempt's work went (see ``WriteOutcome``).
+        Each attempt is a write unit; busy attempts are rolled back and run again after a
+        jittered pause that doubles (to at most half a second) until ``retry_deadline``.
+        """
+        return self._run_on_connection(body, outcome)
+
+    def check_writable(self) -> None:
+        """Refuse a write to a database opened read-only, before anything starts.
+
+        Raises:
+            ReadOnlyDatabaseError: ``read_only`` (or ``immutable``) is set.
+        """
+        self._writes.check_writable()
+
+    def check_may_wait_for_turn(self) -> None:
+        """Refuse, up front, to wait for the write turn in a thread that holds it.
+
+        Raises:
+            TransactionStateError: this thread is inside a write unit of another Database
+                object on the same database (waiting would wait for itself).
+            ConfigurationError: called from a gevent greenlet without thread patching.
+        """
+        self._check_may_wait_for_turn()
+
+    def exclusive_turn(self, deadline: float | None = None) -> AbstractContextManager[None]:
+        """Hold this database's write turn without joining a unit's transaction (a
+        transaction left open is committed first); for migrations, checkpoints and the
+        units of a one-connection database.
+
+        Raises:
+            DatabaseBusyError: the turn did not come within ``retry_deadline``.
+            TransactionStateError: this thread holds the turn already.
+        """
+        return self._writes.exclusive_turn(deadline)
+
+    # -- read units (ReadUnits) -------------------------------------------------------------
+
+    def read(self, *, allow_stale: bool = False) -> AbstractContextManager[Session]:
+        """One read unit: a snapshot that never takes or waits for the write lock.
+
+        Inside, any write is refused with :class:`~app.errors.ReadOnlyUnitError`. A read
+        unit opened inside a write unit joins it (and sees its uncommitted changes).
+
+        With ``replicas``, the unit runs on a replica that has replayed this process's last
+        commit on the primary and is within ``max_replica_lag``, else on the primary.
+
+        Args:
+            allow_stale: any replica within ``max_replica_lag`` will do, even one that has
+                not replayed this process's last commit yet (see :meth:`allow_stale`).
+
+        Raises:
+            ReplicaUnavailableError: the replica failed in the middle of the unit; nothing
+                was changed, and running the unit again uses another replica or the primary.
+        """
+        return self._reads.read(allow_stale=allow_stale)
+
+    def reading(self) -> AbstractContextManager[Connection]:
+        """For the layer's own queries: a read snapshot's connection, without the ORM.
+
+        Inside a unit of this thread it is that unit's connection (reads see its changes).
+        Otherwise it goes where :meth:`read` goes (a replica, or the primary).
+
+        Raises:
+            ReplicaUnavailableError: the replica failed in the middle of the snapshot (see
+                :meth:`retrying_read`).
+        """
+        return self._reading()
+
+    def allow_stale(self) -> AbstractContextManager[None]:
+        """Reads made inside (by this thread or asyncio task: units, the block store's
+        searches, the facade) may go to any replica within ``max_replica_lag``, even one
+        that has not replayed this process's last commit yet: for reads that need not see
+        the latest writes, to keep load off the primary. No effect without replicas."""
+        return self._reads.allow_stale()
+
+    def retrying_read(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """For the layer's modules: ``fn(*args, **kwargs)``, whose reads use :meth:`reading`
+        or :meth:`read`, run again when the replica one of them ran on failed in the
+        middle of it (the replica is skipped then, so the next run goes to another replica
+        or the primary). Without replicas, or inside a unit, ``fn`` runs once.
+
+        Raises:
+            ReplicaUnavailableError: every replica failed in turn.
+        """
+        return self._retrying_read(fn, *args, **kwargs)
+
+    # -- checkpoints and stats ------------------------------------------------------------
+
+    def checkpoint(self, mode: str = "passive") -> tuple[int, int, int]:
+        """Copy the WAL's pages into the database file (SQLite's ``PRAGMA wal_checkpoint``).
+
+        ``passive`` never waits. ``full``, ``restart`` and ``truncate`` first take this
+        process's write turn (committing a write transaction left open), so they never wait
+        for the process's own writers, then wait up to ``busy_timeout`` for other processes'
+        writers and, for ``restart`` and ``truncate``, for readers still using the WAL.
+        ``restart`` and ``truncate`` let the next writer start the WAL from its beginning,
+        which is when the file is cut back to ``journal_size_limit`` (``truncate``: to zero).
+
+        Returns:
+            SQLite's triple ``(busy, log, checkpointed)``: 1 if the checkpoint could not
+            finish, the WAL's frames, and how many of them are now in the database file
+            (``log`` and ``checkpointed`` are -1 when the database is not in WAL mode).
+
+        Raises:
+            InvalidInputError: an unknown mode.
+            ConfigurationError: not a SQLite database.
+            TransactionStateError: called inside a unit (it would wait for that unit).
+        """
+        return self._checkpoints.checkpoint(mode)
+
+    def stats(self) -> Stats:
+        """Units committed and rolled back, busy retries, writer waits, connections, and
+        each replica's state, lag and reads served."""
+        return self._stats.stats(self)
+
+    def check_replicas(self) -> tuple[ReplicaStats, ...]:
+        """Check every replica now: reachable, really a replica, and how far behind.
+
+        Returns:
+            Each replica's :class:`ReplicaStats` (empty without replicas); a replica found
+            down or lagging is skipped by reads from now on, one found well again used.
+        """
+        return self._stats.check_replicas()
 
 
 @contextmanager
@@ -360,7 +387,6 @@ def migration_database(url: str | None) -> Iterator[Database]:
 
 
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
-_FORK_LEFTOVERS: list[object] = []
 
 
 def _after_fork_in_child() -> None:

@@ -180,10 +180,10 @@ def test_appends_waiting_behind_a_write_that_never_ends(
 def test_a_reader_held_back_for_a_checkpoint_that_never_ends_goes_on(db: Database) -> None:
     """While the WAL is emptied, new snapshots wait for it; if nobody lets them go (the
     checkpointer is stuck), they go on after a second: waiting longer gains nothing."""
-    db._wal._readers_may_start.clear()
+    db.core.wal._readers_may_start.clear()
     try:
         error, waited = timed(lambda: BlockStore(db).count())
         assert error is None
         assert 0.9 <= waited < 1.0 + MARGIN
     finally:
-        db._wal._readers_may_start.set()
+        db.core.wal._readers_may_start.set()

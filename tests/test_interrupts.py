@@ -73,7 +73,7 @@ def logged(db: Database) -> set[str]:
 def assert_quiet(db: Database) -> None:
     """Nothing is left behind: no turn held, no transaction open, no connection out, and a
     writer of this process gets in at once."""
-    side = db._side
+    side = db.core.side
     assert side.turn.owner is None and side.turn.queued() == 0
     assert side.shared is None
     assert db.stats().connections_checked_out == 0
