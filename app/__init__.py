@@ -1,13 +1,12 @@
 """A thread-safe database layer for a hash-chained block store on SQLite or PostgreSQL."""
 
-from . import errors
-from .blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock, SearchHit
-from .database import Database, ReplicaStats, Stats
-from .legacy import DatabaseManager, ThreadSafeDatabaseManager
-from .settings import Settings
-from .short_term import MemoryRecord, ShortTermMemories
-
-__version__ = "0.1.0"
+from app import errors
+from app._version import __version__
+from app.blocks import BlockRecord, BlockStore, ChainCheck, ChainHead, ScoredBlock, SearchHit
+from app.blocks.short_term import MemoryRecord, ShortTermMemories
+from app.database import Database, ReplicaStats, Stats
+from app.legacy import DatabaseManager, ThreadSafeDatabaseManager
+from app.settings import Settings
 
 __all__ = [
     "BlockRecord",

@@ -1,5 +1,5 @@
 """``python -m app``: the command line (see :mod:`app.cli`)."""
 
-from .cli import main
+from app.cli import main
 
 main()

@@ -26,7 +26,7 @@ Hook = Callable[[], None]
 #: registered itself with ``os.register_at_fork``, and it matters after a fork in the child:
 #:
 #: * ``keyword index``, ``replica positions``, ``asyncio inboxes`` (``_keyword_index``,
-#:   ``_replica_positions``, ``_aio_inbox``): new locks for their small registries, which a
+#:   ``_replica_positions``, ``aio._inbox``): new locks for their small registries, which a
 #:   thread of the parent may have held when it was copied (the child would wait for it
 #:   forever, or skip its keyword-index upkeep for good). They use no other stage's state.
 #: * ``vector caches`` (``_vector_cache``): forgets the parent's similarity caches and

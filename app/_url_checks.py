@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ._hints import install_hint
-from .errors import ConfigurationError
+from app._hints import install_hint
+from app.errors import ConfigurationError
 
 
 def parse_url(raw: Any) -> URL:

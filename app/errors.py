@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from ._hints import command_hint
+from app._hints import command_hint
 
 
 class AppError(Exception):

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from ._url_checks import parse_url, read_only_query
-from .errors import ConfigurationError
+from app._url_checks import parse_url, read_only_query
+from app.errors import ConfigurationError
 
 DEFAULT_URL = "sqlite:///data/memory.db"
 URL_ENV = "APP_DATABASE_URL"

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from app import BlockStore, Database, DatabaseManager, errors, schema
-from app.maintenance import reindex
+from app.operations.maintenance import reindex
 
 #: Errors this load provokes on purpose (the swallowed duplicate INSERT), and those a
 #: migration may cause while the schema is one step behind (new objects refuse it).

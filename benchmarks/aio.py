@@ -37,7 +37,7 @@ from rich.table import Table
 
 from app import BlockStore, Database
 from app.aio import AsyncBlockStore, AsyncDatabase
-from app.stress import make_block, now, percentiles
+from app.operations.stress import make_block, now, percentiles
 
 from .harness import check_chain
 

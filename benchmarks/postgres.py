@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 
 from app import Database
 from app.models import blocks_table
-from app.stress import run_stress
+from app.operations.stress import run_stress
 
 from .harness import legacy_hash, machine
 from .harness._workload import KEYWORDS_PER_BLOCK, TAGS_PER_BLOCK

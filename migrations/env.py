@@ -13,10 +13,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SAWarning
 
-from app._autogenerate import drop_legacy_noise
 from app.database import migration_database
 from app.models import Base
 from app.schema import after_migrations, foreign_keys_off, write_connection
+from app.schema._autogenerate import drop_legacy_noise
 
 config = context.config
 

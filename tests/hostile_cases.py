@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app._validate import MAX_TEXT_BYTES
+from app.chain._validate import MAX_TEXT_BYTES
 from app.legacy import DatabaseManager
 
 from .legacy_helpers import next_block

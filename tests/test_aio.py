@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 import app.blocks
 from app import BlockRecord, BlockStore, Database, errors
-from app._aio_appends import _Waiting as Waiting
-from app._append_batcher import AppendRequest
 from app.aio import AsyncBlockStore, AsyncDatabase
+from app.aio._appends import _Waiting as Waiting
+from app.blocks._append_batcher import AppendRequest
 
 from .aio_helpers import debug_log, eventually, run_async, turn_held, until_writers_queue
 from .helpers import (
@@ -492,9 +492,9 @@ def test_the_store_needs_an_async_database(sqlite_db: Database) -> None:
 def test_the_batchers_helper_thread_ends_when_idle(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app._append_batcher
+    import app.blocks._append_batcher
 
-    monkeypatch.setattr(app._append_batcher, "_HELPER_IDLE", 0.1)
+    monkeypatch.setattr(app.blocks._append_batcher, "_HELPER_IDLE", 0.1)
 
     async def main() -> None:
         async with AsyncDatabase.wrap(db) as adb:

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from app import BlockStore, Database
-from app._block_sql import plan_chain, write_chain
-from app._block_values import prepare_block
+from app.chain._block_sql import plan_chain, write_chain
+from app.chain._block_values import prepare_block
 from app.errors import InvalidInputError, TransactionStateError
 
 from .legacy_helpers import legacy_hash

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app import BlockStore, Database
-from app._block_values import block_hash
+from app.chain._block_values import block_hash
 
 
 def _write_chain(path: Path, count: int) -> None:

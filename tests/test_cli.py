@@ -135,7 +135,10 @@ def test_verbose_shows_progress_lines_and_no_alembic_chatter(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert "appending: 200 of 200 (100%)" in lines[-1]
-    assert f"INFO app._sqlite_file: created a new database file {tmp_path / 'memory.db'}" in lines
+    assert (
+        f"INFO app.engine._sqlite_file: created a new database file {tmp_path / 'memory.db'}"
+        in lines
+    )
     assert not [line for line in lines if "alembic" in line]
     assert done.stdout.splitlines()[0] == f"stress: {url}"  # no stray blank line first
     quiet = subprocess.run(

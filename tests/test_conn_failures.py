@@ -147,7 +147,7 @@ def test_writes_before_the_failure_are_committed_when_the_thread_walks_away(
 
     try:
         with PoolThread(walks_away):
-            with caplog.at_level(logging.WARNING, logger="app._legacy_implicit"):
+            with caplog.at_level(logging.WARNING, logger="app.legacy._implicit"):
                 assert in_thread(lambda: db.append_block("waits for the grace only")) == 0
             assert "left open" in caplog.text
             rows = dict(db.conn.execute("SELECT k, v FROM kv").fetchall())

@@ -17,7 +17,7 @@ from app.errors import (
     SchemaMismatchError,
 )
 from app.models import LEGACY_TABLES
-from app.transfer import copy_database
+from app.operations.transfer import copy_database
 
 from .helpers import assert_one_line_error as one_line_error
 from .helpers import run_cli as run

@@ -1,4 +1,4 @@
-"""The writers' turn (``app._fairlock.FairLock``) with each kind of gate a waiter sleeps on:
+"""The writers' turn (``app.writers._fairlock.FairLock``) with each kind of gate a waiter sleeps on:
 an eventfd where the system has one (Linux), a lock elsewhere or when no descriptor is left.
 Order, timeouts and the hand-off racing a timeout behave the same with both, and a waiter's
 descriptor is closed once it is out of the line."""
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import app._fairlock as fairlock
-from app._fairlock import FairLock
+import app.writers._fairlock as fairlock
+from app.writers._fairlock import FairLock
 
 from .helpers import Background, run_threads
 

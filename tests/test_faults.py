@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-import app._block_sql
 import app.blocks
+import app.chain._block_sql
 from app import BlockStore, Database
 from app.errors import (
     AppError,
@@ -31,7 +31,7 @@ from app.errors import (
     ReadOnlyDatabaseError,
     StorageFullError,
 )
-from app.maintenance import backup
+from app.operations.maintenance import backup
 
 from .fault_harness import (
     WRITER_DEADLINE,
@@ -621,7 +621,7 @@ def test_interrupt_between_the_tables_of_an_append_leaves_nothing_half_written(
     db = make_db(busy_timeout=30.0, retry_deadline=WRITER_DEADLINE)
     store = BlockStore(db)
     store.append("before")
-    execute_all = app._block_sql.raw_execute_all
+    execute_all = app.chain._block_sql.raw_execute_all
 
     def interrupted(connection: Any, statements: Any) -> Any:
         for statement in statements:
@@ -629,7 +629,7 @@ def test_interrupt_between_the_tables_of_an_append_leaves_nothing_half_written(
                 raise KeyboardInterrupt
             execute_all(connection, [statement])
 
-    monkeypatch.setattr(app._block_sql, "raw_execute_all", interrupted)
+    monkeypatch.setattr(app.chain._block_sql, "raw_execute_all", interrupted)
 
     def append() -> None:
         if inside_unit:
@@ -639,7 +639,7 @@ def test_interrupt_between_the_tables_of_an_append_leaves_nothing_half_written(
             store.append(**big_block("interrupted", 1))
 
     assert type(in_thread(append)) is KeyboardInterrupt
-    monkeypatch.setattr(app._block_sql, "raw_execute_all", execute_all)
+    monkeypatch.setattr(app.chain._block_sql, "raw_execute_all", execute_all)
     assert_chain_whole(db, 1)
     assert_nothing_from(db, 1)
     assert_next_writers_proceed_at_once(db, db_url, other_process, 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app import BlockStore, Database, errors
-from app.doctor import FAIL, diagnose
+from app.operations.doctor import FAIL, diagnose
 
 from .helpers import assert_one_line_error, run_cli
 

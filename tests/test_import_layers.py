@@ -1,6 +1,7 @@
 """Modules import downwards only: the graph of the package's imports of its own modules
 (every import, including those under ``if TYPE_CHECKING:`` and inside functions) has no
-cycle, and the session core (``app.database``) stays below the block store and the
+cycle, no module imports a layer above its own (the subpackages, in the order of
+``LAYERS``), and the session core (``app.database``) stays below the block store and the
 similarity search.
 
 ``import app.database`` runs ``app/__init__.py`` first, which imports the whole package
@@ -15,12 +16,45 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "app"
 
+#: The layers, lowest first (see each subpackage's docstring and docs/architecture.md). The
+#: package root's own modules are the foundation every layer shares; ``app/__init__.py``
+#: and ``app/__main__.py`` sit above every layer.
+LAYERS = (
+    "engine",
+    "writers",
+    "schema",
+    "database",
+    "chain",
+    "search",
+    "blocks",
+    "legacy",
+    "aio",
+    "operations",
+    "cli",
+)
+#: What the root holds besides the public API: the foundation.
+FOUNDATION = {
+    "app._version",
+    "app.errors",
+    "app.settings",
+    "app.models",
+    "app._hints",
+    "app._url_checks",
+    "app._process",
+}
+TOP = {"app", "app.__main__"}
+
 #: Cycles left on purpose (none: every arrow points down).
 ALLOWED_CYCLES: set[tuple[str, ...]] = set()
 
 #: What the session core must never import, directly or not: the block store, its SQL,
 #: and the similarity search (which brings numpy).
-BELOW_THE_BLOCK_STORE = {"app._vector_cache", "app._vector_scores", "app.blocks", "app._block_sql"}
+BELOW_THE_BLOCK_STORE = {
+    "app.search._vector_cache",
+    "app.search._vector_scores",
+    "app.blocks",
+    "app.chain._block_sql",
+}
 
 
 def _module_names() -> dict[str, Path]:
@@ -106,10 +140,10 @@ def _show(cycle: tuple[str, ...]) -> str:
 
 def test_the_graph_sees_every_kind_of_import() -> None:
     graph, _ = _graph()
-    assert "app._units" in graph["app._write_units"]  # from ._units import ...
+    assert "app.database._units" in graph["app.database._write_units"]  # from ._units import ...
     assert "app._process" in graph["app.database"]  # from . import _process
-    assert "app._keyword_index" in graph["app.schema"]  # inside a function
-    assert "app.database" in graph["app.short_term"]  # under if TYPE_CHECKING:
+    assert "app.schema" in graph["app.chain._time_window"]  # inside a function
+    assert "app.database" in graph["app.blocks.short_term"]  # under if TYPE_CHECKING:
 
 
 def test_no_import_cycles() -> None:
@@ -126,3 +160,40 @@ def test_the_session_core_stays_below_the_block_store_and_numpy() -> None:
     assert not below & BELOW_THE_BLOCK_STORE, sorted(below & BELOW_THE_BLOCK_STORE)
     with_numpy = sorted(m for m in below | {"app.database"} if "numpy" in external[m])
     assert not with_numpy, with_numpy
+
+
+def _layer(name: str) -> int:
+    """0 for the foundation, 1.. for the layers in order, above them all for the top."""
+    if name in TOP:
+        return len(LAYERS) + 1
+    parts = name.split(".")
+    return LAYERS.index(parts[1]) + 1 if parts[1] in LAYERS else 0
+
+
+def test_the_root_holds_the_foundation_and_the_layers_only() -> None:
+    graph, _ = _graph()
+    loose = sorted(m for m in graph if m.count(".") == 1 and m not in FOUNDATION | TOP)
+    loose = [m for m in loose if m.split(".")[1] not in LAYERS]
+    assert not loose, f"modules outside every layer: {loose}"
+    packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert packages == sorted(LAYERS)
+
+
+def test_every_layer_says_what_it_owns_and_may_import() -> None:
+    for layer in LAYERS:
+        doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text("utf-8")))
+        assert doc is not None and "May import:" in doc, layer
+        assert (
+            f"Layer {LAYERS.index(layer) + 1}" in doc or f"(layer {LAYERS.index(layer) + 1})" in doc
+        ), layer
+
+
+def test_imports_point_down_the_layers() -> None:
+    graph, _ = _graph()
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    )
+    assert not upward, "imports of a higher layer:\n" + "\n".join(upward)

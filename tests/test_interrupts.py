@@ -23,13 +23,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-import app._append_batcher
-import app._fairlock
 import app.blocks
+import app.blocks._append_batcher
+import app.writers._fairlock
 from app import BlockStore, Database
-from app._fairlock import FairLock
-from app._shared_transaction import SharedTransaction
-from app._wal_bound import WalBound
+from app.writers._fairlock import FairLock
+from app.writers._shared_transaction import SharedTransaction
+from app.writers._wal_bound import WalBound
 
 from .helpers import (
     Background,
@@ -126,7 +126,7 @@ def test_interrupted_right_after_the_turn_was_handed_over(
     """The second unit is handed the turn and the open transaction, and is interrupted
     before it can use them: the transaction is committed for the first unit, and the third
     gets the turn."""
-    real_waiter = app._fairlock._Waiter
+    real_waiter = app.writers._fairlock._Waiter
     patched: list[object] = []
 
     class InterruptedGate:
@@ -147,7 +147,7 @@ def test_interrupted_right_after_the_turn_was_handed_over(
                 patched.append(self)
                 self.gate = InterruptedGate(self.gate)
 
-    monkeypatch.setattr(app._fairlock, "_Waiter", Waiter)
+    monkeypatch.setattr(app.writers._fairlock, "_Waiter", Waiter)
     outcomes: dict[str, str] = {}
 
     def second() -> None:
@@ -254,7 +254,7 @@ def test_a_woken_append_caller_interrupted_before_passing_the_wake_up_on(
 ) -> None:
     """The first caller of a batch's wake-up chain is interrupted as it wakes: the callers
     after it still wake (and return their blocks), and its own block is written."""
-    real_request = app._append_batcher.Request
+    real_request = app.blocks._append_batcher.Request
     interrupted_once = threading.Event()
 
     class Gate:
@@ -276,7 +276,7 @@ def test_a_woken_append_caller_interrupted_before_passing_the_wake_up_on(
             super().__init__(items)
             self.gate = Gate(self.gate)
 
-    monkeypatch.setattr(app._append_batcher, "Request", Request)
+    monkeypatch.setattr(app.blocks._append_batcher, "Request", Request)
     store = BlockStore(db)
     batcher = store.chain_batcher()
     real_write_chain = app.blocks.write_chain

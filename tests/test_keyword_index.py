@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from app import BlockStore, Database, errors, schema
-from app import _keyword_index as keyword_index
-from app import _keyword_search as keyword_search
+from app.schema import _keyword_index as keyword_index
+from app.search import _keyword_search as keyword_search
 
 from .helpers import postgres_schema
 from .legacy_helpers import LEGACY_FIXTURE

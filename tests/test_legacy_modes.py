@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from app import errors
-from app._legacy_conn import Row
-from app._sql_text import statement_kind, to_pyformat
+from app.engine._sql_text import statement_kind, to_pyformat
 from app.legacy import DatabaseManager
+from app.legacy._conn import Row
 
 from .helpers import Background, in_thread
 from .legacy_helpers import chain_is_intact, next_block

@@ -53,7 +53,7 @@ def test_readers_of_per_request_objects_let_the_wal_be_emptied(tmp_path: Path) -
 
 
 def test_databases_per_request_share_the_similarity_cache(tmp_path: Path) -> None:
-    from app import _vector_cache
+    from app.search import _vector_cache
 
     url = f"sqlite:///{tmp_path / 'memory.db'}"
     with Database(url) as first:
@@ -73,7 +73,7 @@ def test_databases_per_request_share_the_similarity_cache(tmp_path: Path) -> Non
 
 def test_a_database_per_request_finds_the_cache_of_the_one_before(tmp_path: Path) -> None:
     """No Database stays open between two requests: the cache they use outlives them."""
-    from app import _vector_cache
+    from app.search import _vector_cache
 
     url = f"sqlite:///{tmp_path / 'memory.db'}"
     caches = []

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from app import BlockStore, Database
-from app._postgres_hooks import PG_WRITE_LOCK_KEY, _quiet
+from app.engine._postgres_hooks import PG_WRITE_LOCK_KEY, _quiet
 from app.errors import (
     DatabaseBusyError,
     DatabaseUnavailableError,

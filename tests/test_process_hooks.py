@@ -29,7 +29,7 @@ def spy(**hooks):
     _register(**hooks)
 os.register_at_fork = spy
 
-import app, app.aio, app.cli, app.doctor  # everything the package has to import
+import app, app.aio, app.cli, app.operations.doctor  # everything the package has to import
 from app import _process
 ran = []
 _run = _process._run
@@ -128,7 +128,9 @@ def test_locks_a_thread_held_at_the_fork_are_free_in_the_child(tmp_path: Path) -
     _run_python(
         """
         import asyncio, threading
-        from app import BlockStore, Database, _aio_inbox, _keyword_index, _replica_positions
+        from app import BlockStore, Database, aio
+        from app.database import _replica_positions
+        from app.schema import _keyword_index
 
         db = Database(f"sqlite:///{sys.argv[1]}/memory.db")
         BlockStore(db).append("before the fork", keywords=["garden"])
@@ -137,7 +139,7 @@ def test_locks_a_thread_held_at_the_fork_are_free_in_the_child(tmp_path: Path) -
             _keyword_index._DRAINING_GUARD,
             _keyword_index._DRAINING[db],
             _replica_positions.POSITIONS._lock,
-            _aio_inbox._INBOXES_LOCK,
+            aio._inbox._INBOXES_LOCK,
         ]
         held, release = threading.Event(), threading.Event()
 
@@ -159,7 +161,7 @@ def test_locks_a_thread_held_at_the_fork_are_free_in_the_child(tmp_path: Path) -
                 BlockStore(db).append("in the child", keywords=["garden"])
                 _replica_positions.POSITIONS.note("primary", 7)
                 loop = asyncio.new_event_loop()
-                _aio_inbox.inbox_for(loop)
+                aio._inbox.inbox_for(loop)
                 loop.close()
                 assert _keyword_index.catch_up(db, wait=False) >= 0
                 assert not _keyword_index._DRAINING_GUARD.locked()

@@ -239,7 +239,7 @@ def test_a_read_only_mount_is_read_with_immutable(read_only_mount: Path) -> None
 
 
 def test_doctor_checks_a_file_it_may_not_write(shared_dir: Path) -> None:
-    from app.doctor import FAIL, diagnose
+    from app.operations.doctor import FAIL, diagnose
 
     url = build(shared_dir / "data")
     before = lock_down(shared_dir / "data")

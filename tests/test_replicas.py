@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, text
 
 from app import BlockStore, Database, DatabaseManager, Settings, errors
-from app.doctor import diagnose
+from app.operations.doctor import diagnose
 from app.schema import head_revision
 from benchmarks.replicas import main as replicas_benchmark
 

@@ -26,8 +26,8 @@ from app.blocks import SORT_COLUMNS
 from app.cli import cli
 from app.errors import InvalidInputError
 from app.legacy import DatabaseManager
-from app.maintenance import backup
 from app.models import blocks_table
+from app.operations.maintenance import backup
 
 APP = Path(__file__).resolve().parent.parent / "app"
 
@@ -203,109 +203,127 @@ _SQL = re.compile(
 #: interpolated expressions), and why each value can only be a constant of the code or a
 #: validated setting. SQL that mentions caller data uses bound parameters, always.
 SQL_ASSEMBLY_WHITELIST: dict[tuple[str, str, tuple[str, ...]], str] = {
-    ("_sqlite_hooks.py", "install_sqlite_hooks._on_connect", ("settings.busy_timeout_ms",)): (
-        "an int from a validated number setting"
-    ),
-    ("_sqlite_hooks.py", "install_sqlite_hooks._on_connect", ("settings.journal_mode",)): (
+    (
+        "engine/_sqlite_hooks.py",
+        "install_sqlite_hooks._on_connect",
+        ("settings.busy_timeout_ms",),
+    ): ("an int from a validated number setting"),
+    ("engine/_sqlite_hooks.py", "install_sqlite_hooks._on_connect", ("settings.journal_mode",)): (
         "one of Settings' fixed journal modes (refused otherwise)"
     ),
-    ("_sqlite_hooks.py", "install_sqlite_hooks._on_begin", ("int(busy_ms)",)): (
+    ("engine/_sqlite_hooks.py", "install_sqlite_hooks._on_begin", ("int(busy_ms)",)): (
         "an int from an execution option the layer sets"
     ),
-    ("_sqlite_hooks.py", "install_sqlite_hooks._on_checkin", ("settings.busy_timeout_ms",)): (
-        "an int from a validated number setting"
-    ),
-    ("_sqlite_hooks.py", "_sqlite_pragmas", ("settings.synchronous.upper()",)): (
+    (
+        "engine/_sqlite_hooks.py",
+        "install_sqlite_hooks._on_checkin",
+        ("settings.busy_timeout_ms",),
+    ): ("an int from a validated number setting"),
+    ("engine/_sqlite_hooks.py", "_sqlite_pragmas", ("settings.synchronous.upper()",)): (
         "one of Settings' fixed synchronous modes"
     ),
-    ("_sqlite_hooks.py", "_sqlite_pragmas", ("int(settings.cache_size)",)): "an int setting",
-    ("_sqlite_hooks.py", "_sqlite_pragmas", ("int(settings.mmap_size)",)): "an int setting",
+    ("engine/_sqlite_hooks.py", "_sqlite_pragmas", ("int(settings.cache_size)",)): "an int setting",
+    ("engine/_sqlite_hooks.py", "_sqlite_pragmas", ("int(settings.mmap_size)",)): "an int setting",
     (
-        "_sqlite_hooks.py",
+        "engine/_sqlite_hooks.py",
         "_sqlite_pragmas",
         ("int(settings.journal_size_limit)",),
     ): "an int setting",
-    ("_sqlite_hooks.py", "_sqlite_pragmas", ("settings.temp_store.upper()",)): (
+    ("engine/_sqlite_hooks.py", "_sqlite_pragmas", ("settings.temp_store.upper()",)): (
         "one of Settings' fixed temp_store values"
     ),
     (
-        "_postgres_hooks.py",
+        "engine/_postgres_hooks.py",
         "install_postgres_hooks",
         ("PG_WRITE_LOCK_KEY",),
     ): "a module constant int",
-    ("_postgres_hooks.py", "install_postgres_hooks._on_begin", ("wait_ms", "lock")): (
+    ("engine/_postgres_hooks.py", "install_postgres_hooks._on_begin", ("wait_ms", "lock")): (
         "an int from _lock_timeout_ms and the constant lock statement"
     ),
-    ("_postgres_hooks.py", "install_postgres_hooks._on_begin", ("take_lock",)): (
+    ("engine/_postgres_hooks.py", "install_postgres_hooks._on_begin", ("take_lock",)): (
         "the statement assembled just above from constants"
     ),
-    ("_legacy_conn.py", "ThreadConnection._run_postgres", ("_PG_STATEMENT_SAVEPOINT",)): (
+    ("legacy/_conn.py", "ThreadConnection._run_postgres", ("_PG_STATEMENT_SAVEPOINT",)): (
         "a module constant name"
     ),
-    ("_block_sql.py", "_insert_statement", ("table", "', '.join(columns)")): (
+    ("chain/_block_sql.py", "_insert_statement", ("table", "', '.join(columns)")): (
         "table and column names from the models (_INSERTS)"
     ),
-    ("_block_sql.py", "_insert_statement", ("', '.join([row] * rows)",)): (
+    ("chain/_block_sql.py", "_insert_statement", ("', '.join([row] * rows)",)): (
         "copies of a row of driver placeholders"
     ),
-    ("_block_sql.py", "_load_chunk", ("', '.join([placeholder(connection)] * len(wanted))",)): (
-        "driver placeholders, one per bound index"
-    ),
-    ("_block_sql.py", "_load_chunk.rows", ("columns", "table", "where")): (
+    (
+        "chain/_block_sql.py",
+        "_load_chunk",
+        ("', '.join([placeholder(connection)] * len(wanted))",),
+    ): ("driver placeholders, one per bound index"),
+    ("chain/_block_sql.py", "_load_chunk.rows", ("columns", "table", "where")): (
         "literal column and table names, and the placeholder clause above"
     ),
-    ("_units.py", "savepoint", ("name",)): "'app_unit_' and an int depth",
-    ("_wal_bound.py", "WalBound.after_commit", ("wait_ms",)): (
+    ("database/_units.py", "savepoint", ("name",)): "'app_unit_' and an int depth",
+    ("writers/_wal_bound.py", "WalBound.after_commit", ("wait_ms",)): (
         "min() of a module constant int shifted by a small count and an int of a constant"
     ),
-    ("_wal_bound.py", "WalBound.after_commit", ("self._settings.busy_timeout_ms",)): (
+    ("writers/_wal_bound.py", "WalBound.after_commit", ("self._settings.busy_timeout_ms",)): (
         "an int from a validated number setting"
     ),
-    ("_checkpoints.py", "Checkpoints.checkpoint", ("name.upper()",)): (
+    ("database/_checkpoints.py", "Checkpoints.checkpoint", ("name.upper()",)): (
         "checked against CHECKPOINT_MODES just before"
     ),
-    ("_doctor_connection.py", "report_pragmas", ("name",)): "a literal tuple of pragma names",
-    ("_doctor_connection.py", "report_server", ("name",)): (
+    (
+        "operations/_doctor_connection.py",
+        "report_pragmas",
+        ("name",),
+    ): "a literal tuple of pragma names",
+    ("operations/_doctor_connection.py", "report_server", ("name",)): (
         "a literal tuple of server setting names"
     ),
-    ("transfer.py", "_advance_sequences", ("name", "column.name", "column.name", "name")): (
-        "table and column names from the models (LEGACY_TABLES)"
-    ),
-    ("_keyword_index.py", "rebuild", ("name", "name")): "FTS table names (module constants)",
-    ("_search_schema.py", "restore_objects", ("name", "column")): (
+    (
+        "operations/transfer.py",
+        "_advance_sequences",
+        ("name", "column.name", "column.name", "name"),
+    ): ("table and column names from the models (LEGACY_TABLES)"),
+    ("schema/_keyword_index.py", "rebuild", ("name", "name")): "FTS table names (module constants)",
+    ("schema/_search_schema.py", "restore_objects", ("name", "column")): (
         "FTS table and column names (module constants)"
     ),
-    ("_search_schema.py", "restore_objects", ("name", "when", "_NOT_PENDING", "_REMEMBER")): (
-        "trigger names and bodies (module constants)"
-    ),
-    ("_search_schema.py", "restore_objects", ("name", "table", "column", "schema")): (
+    (
+        "schema/_search_schema.py",
+        "restore_objects",
+        ("name", "when", "_NOT_PENDING", "_REMEMBER"),
+    ): ("trigger names and bodies (module constants)"),
+    ("schema/_search_schema.py", "restore_objects", ("name", "table", "column", "schema")): (
         "index, table and column names (module constants) and pg_trgm's schema name, read "
         "from pg_extension and quoted"
     ),
-    ("_time_window.py", "_null_keys", ("key",)): "the index's key expression (a constant)",
-    ("_reembed.py", "write", ("among",)): "a fixed IN clause for one bound list of indices",
-    ("_reembed.py", "write", ("mark", "mark", "mark", "mark")): "driver placeholders",
-    ("_reembed.py", "write", ("mark",)): "a driver placeholder",
-    ("_vector_changes.py", "changed_since", ("marker",)): "a driver placeholder",
+    ("chain/_time_window.py", "_null_keys", ("key",)): "the index's key expression (a constant)",
+    ("blocks/_reembed.py", "write", ("among",)): "a fixed IN clause for one bound list of indices",
+    ("blocks/_reembed.py", "write", ("mark", "mark", "mark", "mark")): "driver placeholders",
+    ("blocks/_reembed.py", "write", ("mark",)): "a driver placeholder",
+    ("search/_vector_changes.py", "changed_since", ("marker",)): "a driver placeholder",
     (
-        "_vector_changes.py",
+        "search/_vector_changes.py",
         "rows_of",
         (
             "'WHERE e.block_index IN (SELECT value FROM json_each(?)) AND e.block_index <= ? ' "
             "if sqlite else 'WHERE e.block_index = ANY(%s) AND e.block_index <= %s '",
         ),
     ): "one of two literal clauses with driver placeholders",
-    ("schema.py", "rows_dropped_by_downgrade", ("name",)): (
+    ("schema/__init__.py", "rows_dropped_by_downgrade", ("name",)): (
         "table names of the legacy layout (revision 0001's constants)"
     ),
-    ("_time_window.py", "_pages", ("key", "mark")): "the key expression and a driver placeholder",
-    ("_time_window.py", "_pages", ("key", "mark", "key", "mark", "order")): (
+    (
+        "chain/_time_window.py",
+        "_pages",
+        ("key", "mark"),
+    ): "the key expression and a driver placeholder",
+    ("chain/_time_window.py", "_pages", ("key", "mark", "key", "mark", "order")): (
         "the key expression, driver placeholders and the ORDER BY clause made of them"
     ),
-    ("_time_window.py", "_pages", ("key", "mark", "key", "mark", "mark", "order")): (
+    ("chain/_time_window.py", "_pages", ("key", "mark", "key", "mark", "mark", "order")): (
         "the key expression, driver placeholders and the ORDER BY clause made of them"
     ),
-    ("_time_window.py", "_stored_key", ("key", "key", "key", "order", "order")): (
+    ("chain/_time_window.py", "_stored_key", ("key", "key", "key", "order", "order")): (
         "the key expression, and ASC or DESC from the two callers"
     ),
 }

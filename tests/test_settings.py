@@ -155,17 +155,17 @@ def test_a_new_file_is_logged_with_its_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level(logging.INFO, logger="app._sqlite_file"):
+    with caplog.at_level(logging.INFO, logger="app.engine._sqlite_file"):
         Database("sqlite:///new/memory.db").dispose()
-    created = [r.getMessage() for r in caplog.records if r.name == "app._sqlite_file"]
+    created = [r.getMessage() for r in caplog.records if r.name == "app.engine._sqlite_file"]
     assert created == [
         f"created directory {tmp_path / 'new'} for the database",
         f"created a new database file {tmp_path / 'new' / 'memory.db'}",
     ]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="app._sqlite_file"):
+    with caplog.at_level(logging.INFO, logger="app.engine._sqlite_file"):
         Database("sqlite:///new/memory.db").dispose()  # exists now: nothing to say
-    assert [r for r in caplog.records if r.name == "app._sqlite_file"] == []
+    assert [r for r in caplog.records if r.name == "app.engine._sqlite_file"] == []
 
 
 def test_create_false_demands_an_existing_file(

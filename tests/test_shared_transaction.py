@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from app._shared_transaction import CommitWaiter, SharedTransaction
 from app.errors import CommitTimeoutError, StorageFullError
+from app.writers._shared_transaction import CommitWaiter, SharedTransaction
 
 from .helpers import in_thread
 

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app import BlockStore, Database
-from app.maintenance import checkpoint
+from app.operations.maintenance import checkpoint
 
 from .helpers import JOIN_TIMEOUT, counter_value, increment_counter, make_counter_table
 from .soak_harness import (

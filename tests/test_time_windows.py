@@ -210,7 +210,7 @@ def test_windows_use_the_timestamp_index(tmp_path: Path) -> None:
     path = tmp_path / "memory.db"
     shutil.copyfile(LEGACY_FIXTURE, path)
     with Database(f"sqlite:///{path}") as db, db.reading() as connection:
-        from app._time_window import key_expression
+        from app.chain._time_window import key_expression
 
         key = key_expression(sqlite=True)
         plan = connection.exec_driver_sql(

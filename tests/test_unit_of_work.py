@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from app import Database
-from app._shared_transaction import SharedTransaction
 from app.errors import ReadOnlyUnitError, TransactionStateError
 from app.models import ShortTermMemory
+from app.writers._shared_transaction import SharedTransaction
 
 from .helpers import Background, in_thread, increment_counter, make_counter_table, wait_for_queue
 

@@ -17,9 +17,9 @@ from sqlalchemy import inspect
 
 from app import BlockStore, Database, schema
 from app.database import migration_database
-from app.doctor import FAIL, OK, WARN, diagnose
 from app.errors import ConfigurationError
-from app.transfer import copy_database
+from app.operations.doctor import FAIL, OK, WARN, diagnose
+from app.operations.transfer import copy_database
 
 from .helpers import postgres_schema, require_backend, run_cli
 from .legacy_helpers import LEGACY_FIXTURE

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from app import BlockStore, Database, errors
-from app import _vector_cache as vector_cache
-from app import _vector_scores as vector_scores
+from app.search import _vector_cache as vector_cache
+from app.search import _vector_scores as vector_scores
 
 from .helpers import postgres_schema
 from .search_reference import assert_top_k, embeddings, fsum_scores, need_backend
@@ -420,7 +420,7 @@ def test_a_forked_child_starts_its_own_cache(sqlite_db: Database) -> None:
 
 
 def test_stats_and_doctor_show_the_search_machinery(db: Database) -> None:
-    from app.doctor import diagnose
+    from app.operations.doctor import diagnose
 
     store = BlockStore(db)
     store.append("x", keywords=["k"], embedding=[1.0, 2.0])

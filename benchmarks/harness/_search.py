@@ -34,9 +34,9 @@ import numpy as np
 from sqlalchemy import Select, Text, func, literal, select, union
 
 from app import errors, schema
-from app._driver import raw_execute
 from app.blocks import BlockStore
 from app.database import Database
+from app.engine._driver import raw_execute
 from app.models import blocks_table, embeddings_table, keywords_table
 
 from ._peer import PEER_MODULE, load_peer_module, peer_missing
@@ -191,7 +191,7 @@ def fill(path: str, blocks: int, dim: int, seed: int, progress: Progress) -> tup
 def reference_keywords(db: Database, words: Sequence[str], limit: int) -> list[int]:
     """``search_keywords`` as revision 0002 ran it (a substring test on every row), up to
     loading the blocks: the indices of those that exist."""
-    from app._validate import check_limit, check_words
+    from app.chain._validate import check_limit, check_words
 
     checked = [w for w in check_words(words, "keywords") if w]
     count = check_limit(limit)

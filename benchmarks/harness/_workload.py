@@ -9,7 +9,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from app.stress import StressBlock, make_block, now, percentiles
+from app.operations.stress import StressBlock, make_block, now, percentiles
 
 __all__ = ["BenchBlock", "make_block", "now", "percentiles"]
 

@@ -34,7 +34,7 @@ down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: The layer's PostgreSQL write lock (app._postgres_hooks.PG_WRITE_LOCK_KEY).
+#: The layer's PostgreSQL write lock (app.engine._postgres_hooks.PG_WRITE_LOCK_KEY).
 _WRITE_LOCK = -7101321502734893906
 
 SQLITE = (
