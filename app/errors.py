@@ -9,6 +9,7 @@ legacy contract promises a driver type: :class:`IntegrityViolationError` is also
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from app._hints import command_hint
@@ -26,18 +27,79 @@ class InvalidInputError(AppError, ValueError):
     """A caller's argument was refused before anything was written."""
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    """Who held the write turn (or the database's write lock) when a wait ended.
+
+    Attributes:
+        pid: the process (on PostgreSQL, the client process when it named itself, else None).
+        thread_name, thread_id: the holding thread, when known (same process, or the record
+            a SQLite writer keeps next to the database).
+        task: the asyncio task that opened the unit, if any.
+        held: seconds it had held the turn or lock.
+        site: where its unit began (``file:line in function``), when known.
+        doing: ``running a statement``, ``idle in Python at ...`` or the server's state.
+        backend: PostgreSQL's backend process id holding the lock (``pg_stat_activity``).
+        query: the statement the backend runs or ran last (PostgreSQL).
+    """
+
+    pid: int | None
+    thread_name: str | None = None
+    thread_id: int | None = None
+    task: str | None = None
+    held: float | None = None
+    site: str | None = None
+    doing: str | None = None
+    backend: int | None = None
+    query: str | None = None
+
+    def describe(self) -> str:
+        """One line for messages: who, for how long, from where, doing what."""
+        who = []
+        if self.thread_name is not None:
+            who.append(f"thread {self.thread_name!r} (id {self.thread_id})")
+        if self.task is not None:
+            who.append(f"asyncio task {self.task!r}")
+        if self.pid is not None:
+            who.append(f"process {self.pid}")
+        if self.backend is not None:
+            who.append(f"server backend {self.backend}")
+        parts = [" of ".join(who) or "an unknown holder"]
+        if self.held is not None:
+            parts.append(f"for {self.held:.2f}s")
+        if self.site is not None:
+            parts.append(f"unit begun at {self.site}")
+        if self.doing is not None:
+            parts.append(self.doing)
+        if self.query:
+            parts.append(f"statement: {self.query}")
+        return ", ".join(parts)
+
+
 class DatabaseBusyError(AppError):
     """The database stayed locked by another writer past the deadline.
 
     Attributes:
         database: the database URL (password hidden).
         waited: seconds spent waiting, when known.
+        holder: who held the turn or lock when the wait ended (:class:`LockHolder`), when
+            the layer could tell; its description is also in the message.
     """
 
-    def __init__(self, message: str, *, database: str = "", waited: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        database: str = "",
+        waited: float | None = None,
+        holder: LockHolder | None = None,
+    ):
+        if holder is not None:
+            message = f"{message}; held by {holder.describe()}"
         super().__init__(message)
         self.database = database
         self.waited = waited
+        self.holder = holder
 
 
 class ConflictError(DatabaseBusyError):
@@ -60,12 +122,24 @@ class CommitTimeoutError(AppError):
     Attributes:
         database: the database URL (password hidden).
         waited: seconds spent waiting.
+        holder: who held the write turn when the wait ended (:class:`LockHolder`), when
+            the layer could tell; its description is also in the message.
     """
 
-    def __init__(self, message: str, *, database: str = "", waited: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        database: str = "",
+        waited: float | None = None,
+        holder: LockHolder | None = None,
+    ):
+        if holder is not None:
+            message = f"{message}; held by {holder.describe()}"
         super().__init__(message)
         self.database = database
         self.waited = waited
+        self.holder = holder
 
 
 class PoolExhaustedError(AppError):

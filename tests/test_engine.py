@@ -147,11 +147,12 @@ def test_read_only_file_is_refused_before_anything_changes(tmp_path: Path) -> No
     path = tmp_path / "ro.db"
     Database(f"sqlite:///{path}").dispose()
     before = path.read_bytes()
+    files = sorted(p.name for p in tmp_path.iterdir())
     with read_only(path):
         with pytest.raises(ReadOnlyDatabaseError, match="read-only"):
             Database(f"sqlite:///{path}")
         assert path.read_bytes() == before
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.db"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 @contextmanager

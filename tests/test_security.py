@@ -91,7 +91,10 @@ def test_backup_is_owner_only_and_replaces_an_open_file(tmp_path: Path) -> None:
         finally:
             db.dispose()
     assert (result.mode, mode(dest), result.blocks) == (0o600, 0o600, 1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.db", "memory.db"]
+    # The backup left nothing behind; the write lock's record is owner-only like the file.
+    names = ["backup.db", "memory.db", "memory.db-turn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert mode(tmp_path / "memory.db-turn") == 0o600
 
 
 def test_cli_backup_honours_app_file_mode(tmp_path: Path) -> None:

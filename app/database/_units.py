@@ -38,7 +38,7 @@ from app.engine._engine import build_engine
 from app.settings import Settings
 from app.writers._shared_transaction import CommitWaiter, SharedTransaction
 from app.writers._wal_bound import WalBound
-from app.writers._write_side import WriteSide, write_side
+from app.writers._write_side import WriteSide, leave_write_side, write_side
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,7 @@ class UnitCore:
         try:
             self.engine.dispose()
         finally:
+            leave_write_side(self.side)
             if self.replicas is not None:
                 self.replicas.dispose()
 

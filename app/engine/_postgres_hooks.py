@@ -1,11 +1,17 @@
 """PostgreSQL connections: the layer issues BEGIN, write units take turns on an advisory
-lock, and idle pooled connections are checked cheaply."""
+lock, idle pooled connections are checked cheaply, and who holds the lock can be asked.
+
+Every connection names its client process (``application_name`` = ``app pid <pid>``,
+unless the URL sets one), so the server's activity view says which process a backend
+serves; :func:`write_lock_holders` reads the lock table with that view.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 import select
 from typing import Any
 
@@ -15,6 +21,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from app.engine._driver import BUSY_OPTION, UNIT_OPTION, UnitKind
+from app.errors import LockHolder
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,11 @@ def install_postgres_hooks(engine: Engine, settings: Settings) -> None:
     lock = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})"
     default_wait_ms = _lock_timeout_ms(settings.busy_timeout_ms)
     read_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+    @event.listens_for(engine, "do_connect")
+    def _name_the_process(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        # Read at each connect, so a forked child's connections name the child.
+        cparams.setdefault("application_name", f"{APPLICATION_PREFIX}{os.getpid()}")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -88,6 +100,60 @@ def install_postgres_hooks(engine: Engine, settings: Settings) -> None:
             # snapshot for its reads, and a write based on rows another transaction changed
             # since fails (ConflictError) instead of overwriting them, as on SQLite.
             conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+
+
+#: How connections name their process to the server (``pg_stat_activity.application_name``).
+APPLICATION_PREFIX = "app pid "
+_CLIENT_PID = re.compile(re.escape(APPLICATION_PREFIX) + r"(\d+)")
+
+# The advisory lock's bigint key as pg_locks shows it: high and low 32 bits, objsubid 1.
+_KEY = PG_WRITE_LOCK_KEY & 0xFFFFFFFFFFFFFFFF
+_LOCK_ROWS = (
+    "SELECT a.pid, a.application_name, a.state, left(a.query, 200), l.granted, "
+    "extract(epoch FROM clock_timestamp() - a.xact_start), "
+    "extract(epoch FROM clock_timestamp() - a.state_change) "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.classid = %s::bigint::oid "
+    "AND l.objid = %s::bigint::oid AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND a.pid <> pg_backend_pid() ORDER BY l.granted DESC, a.xact_start"
+)
+
+
+def write_lock_holders(dbapi_connection: Any) -> tuple[list[LockHolder], list[LockHolder]]:
+    """Who holds the layer's write lock on this database, and who waits for it (oldest
+    first), from ``pg_locks`` and ``pg_stat_activity``, asked on ``dbapi_connection`` (a
+    psycopg connection; a failed transaction on it is rolled back first)."""
+    if dbapi_connection.info.transaction_status != 0:
+        dbapi_connection.rollback()
+    rows = dbapi_connection.execute(_LOCK_ROWS, (_KEY >> 32, _KEY & 0xFFFFFFFF)).fetchall()
+    holders: list[LockHolder] = []
+    waiters: list[LockHolder] = []
+    for backend, application, state, query, granted, held, in_state in rows:
+        client = _CLIENT_PID.fullmatch(application or "")
+        if state == "idle in transaction":
+            doing = f"idle in Python for {float(in_state or 0):.2f}s (idle in transaction)"
+        elif state == "active":
+            doing = "running a statement" if granted else "waiting for the write lock"
+        else:
+            doing = f"server state {state}"
+        (holders if granted else waiters).append(
+            LockHolder(
+                pid=int(client.group(1)) if client else None,
+                held=None if held is None else float(held),
+                doing=doing,
+                backend=int(backend),
+                query=query,
+            )
+        )
+    return holders, waiters
+
+
+def write_lock_holder(connection: Connection) -> LockHolder | None:
+    """The backend holding the layer's write lock, asked on ``connection``'s driver
+    connection (None when nobody holds it)."""
+    holders, _waiters = write_lock_holders(connection.connection.dbapi_connection)
+    return holders[0] if holders else None
 
 
 def _lock_timeout_ms(milliseconds: float) -> int:

@@ -39,7 +39,9 @@ database with a :class:`~app.errors.TransactionStateError` instead of timing out
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
 import weakref
@@ -49,8 +51,11 @@ from typing import Protocol
 from sqlalchemy.engine import Connection
 
 from app import _process, errors
+from app.engine._postgres_hooks import write_lock_holder
 from app.writers._fairlock import FairLock
+from app.writers._holder import Turn
 from app.writers._shared_transaction import CommitWaiter, SharedTransaction
+from app.writers._turn_record import SUFFIX, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +70,35 @@ class EndingUnit(Protocol):
 class WriteSide:
     """The turn and the open write transaction of one database in this process."""
 
-    __slots__ = ("__weakref__", "fork_wait", "forked_mid_write", "key", "shared", "turn")
+    __slots__ = (
+        "__weakref__",
+        "fork_wait",
+        "forked_mid_write",
+        "holding",
+        "key",
+        "record",
+        "shared",
+        "turn",
+        "users",
+    )
 
     def __init__(self, key: str, forked_mid_write: str | None = None) -> None:
         self.key = key
         self.turn = FairLock()
+        # Who holds the turn now (set by the thread that takes it, cleared before it
+        # passes it on), for messages and ``app top``.
+        self.holding: Turn | None = None
+        # SQLite files: the record next to the file that other processes read to learn who
+        # holds the write lock (see _turn_record); None elsewhere.
+        self.record: TurnRecord | None = (
+            TurnRecord(key.removeprefix("sqlite:") + SUFFIX) if key.startswith("sqlite:") else None
+        )
+
         # The transaction the last unit left open for the next one; only the holder of the
         # turn reads or changes it.
         self.shared: SharedTransaction | None = None
         self.fork_wait = 0.0  # longest retry_deadline of the Databases using this side
+        self.users = 0  # Databases of this process using it (see write_side and leave)
         self.forked_mid_write = forked_mid_write
 
     def take_turn(self, deadline: float, joins: object, database: str) -> float:
@@ -125,8 +150,22 @@ class WriteSide:
                 "this process kept the write turn; shorten their units or raise retry_deadline",
                 database=database,
                 waited=waited,
+                holder=self.holder(),
             )
+        self.holding = turn = Turn()
+        record = self.record
+        if record is not None:
+            record.note_wait(waited, self.turn.queued())
+            if self.shared is not None:  # a transaction handed on with the turn
+                record.hold(turn.thread_id, turn.thread_name, turn.task, turn.site)
         return waited
+
+    def holder(self) -> errors.LockHolder | None:
+        """Who holds this process's turn now (None when nobody does)."""
+        holding = self.holding
+        if holding is None or self.turn.owner is None:
+            return None
+        return dataclasses.replace(holding.holder(), pid=os.getpid())
 
     def begin(
         self,
@@ -140,8 +179,14 @@ class WriteSide:
         units (see :class:`~app.writers._shared_transaction.SharedTransaction` for the
         arguments)."""
         try:
-            connection.begin()
+            try:
+                connection.begin()
+            except errors.DatabaseBusyError as busy:
+                raise self._named_busy(busy, connection) from busy
             self.shared = SharedTransaction(connection, owner, after_commit, counted)
+            holding = self.holding
+            if self.record is not None and holding is not None:
+                self.record.hold(holding.thread_id, holding.thread_name, holding.task, holding.site)
         except BaseException:
             # Closing rolls back: no transaction may be left open without an owner, so
             # close again if the first close is interrupted.
@@ -152,6 +197,25 @@ class WriteSide:
                 raise
             raise
         return self.shared
+
+    def _named_busy(
+        self, busy: errors.DatabaseBusyError, connection: Connection
+    ) -> errors.DatabaseBusyError:
+        """``busy`` with who holds the write lock in another process, when that can be
+        told (the SQLite file's turn record, or the server's lock table)."""
+        holder = None
+        try:
+            if self.record is not None:
+                holder = self.record.holder()
+            elif connection.dialect.name == "postgresql":
+                holder = write_lock_holder(connection)
+        except Exception:  # naming the holder must never hide the error itself
+            log.debug("could not tell who holds the write lock", exc_info=True)
+        if holder is None:
+            return busy
+        return errors.DatabaseBusyError(
+            str(busy), database=busy.database, waited=busy.waited, holder=holder
+        )
 
     def end_unit(
         self,
@@ -177,8 +241,10 @@ class WriteSide:
                 unit.waiter = waiter
             # The writer seen waiting may have given up since (its deadline passed), or be
             # no unit of this Database: then it cannot take the open transaction.
+            holding, self.holding = self.holding, None  # before the next one sets its own
             if self.turn.hand_over(owner):
                 return None
+            self.holding = holding
             if unit.waiter is not None:
                 unit.waiter = None
                 shared.waiters.remove(waiter)
@@ -211,16 +277,21 @@ class WriteSide:
 
     def _pass_turn_on(self) -> None:
         if self.turn.held_by_me():
+            self.holding = None
             self.turn.release()
 
     def _settle(self) -> BaseException | None:
         shared = self.shared
         if shared is None:
             return None
+        error: BaseException | None = None
         try:
-            return shared.close()
+            error = shared.close()
+            return error
         finally:
             self.shared = None
+            if self.record is not None:
+                self.record.release(committed=error is None and shared.units > 0)
 
 
 class _Registry:
@@ -238,7 +309,14 @@ class _Registry:
             if side is None:
                 side = self.sides[key] = WriteSide(key, self.unusable.get(key))
             side.fork_wait = max(side.fork_wait, retry_deadline)
+            side.users += 1
             return side
+
+    def leave(self, side: WriteSide) -> None:
+        with self.mutex:
+            side.users -= 1
+            if side.users <= 0 and side.record is not None:
+                side.record.close()  # mapped again by the next Database that writes
 
 
 _REGISTRY = _Registry()
@@ -247,8 +325,14 @@ _unusable_in_child: dict[str, str] = {}
 
 
 def write_side(key: str, retry_deadline: float) -> WriteSide:
-    """The write side of the database ``key`` in this process."""
+    """The write side of the database ``key`` in this process, for one more Database (which
+    calls :func:`leave_write_side` once it is closed)."""
     return _REGISTRY.get(key, retry_deadline)
+
+
+def leave_write_side(side: WriteSide) -> None:
+    """A Database closed: the last one of this process on the file unmaps its record."""
+    _REGISTRY.leave(side)
 
 
 def _before_fork() -> None:

@@ -1,0 +1,125 @@
+"""Who holds the lock: a DatabaseBusyError names the thread (or process) that held the write
+turn when the wait ended, how long, where its unit began and what it was doing; the same
+across processes on one SQLite file (its ``-turn`` record) and on PostgreSQL (the server's
+lock table)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app import Database
+from app.errors import DatabaseBusyError
+from app.writers._turn_record import SUFFIX
+
+from .helpers import Background, increment_counter, make_counter_table, wait_until
+
+HOLD = 3.0
+
+
+def _hold_turn(db: Database, entered: threading.Event, seconds: float) -> None:
+    with db.unit_of_work() as session:
+        increment_counter(session)
+        entered.set()
+        time.sleep(seconds)  # idle in Python, holding the turn
+
+
+def test_a_busy_error_names_the_thread_its_call_site_and_idle_in_python(
+    make_db: Callable[..., Database],
+) -> None:
+    db = make_db(retry_deadline=0.5)
+    make_counter_table(db)
+    entered = threading.Event()
+    holder = Background(lambda: _hold_turn(db, entered, HOLD), name="slow-writer").start()
+    assert entered.wait(10)
+
+    def wait_for_turn() -> None:
+        with db.unit_of_work():
+            pass
+
+    error = Background(wait_for_turn).start().outcome()
+    assert holder.outcome() is None  # the holder itself finished cleanly
+    assert isinstance(error, DatabaseBusyError), error
+    found = error.holder
+    assert found is not None
+    assert found.thread_name == "slow-writer"
+    assert found.thread_id == holder.thread.ident
+    assert found.pid == os.getpid()
+    assert found.held is not None and 0.4 < found.held < HOLD + 1
+    assert found.site is not None and found.site.startswith(f"{__file__}:")
+    assert found.site.endswith("in _hold_turn")
+    assert found.doing is not None and found.doing.startswith("idle in Python at ")
+    assert f"{__file__}:" in found.doing
+    message = str(error)
+    assert "held by thread 'slow-writer'" in message and "idle in Python" in message
+
+
+def test_the_turn_names_nobody_once_released(make_db: Callable[..., Database]) -> None:
+    db = make_db()
+    make_counter_table(db)
+    entered = threading.Event()
+    _hold_turn(db, entered, 0)
+    assert db.core.side.holder() is None
+
+
+CHILD = """
+import sys, time
+from app import Database
+from sqlalchemy import text
+db = Database(sys.argv[1], auto_upgrade=True)
+with db.unit_of_work() as session:
+    session.execute(text("UPDATE counter SET value = value + 1"))
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+db.dispose()
+"""
+
+
+def _child_holding(url: str, seconds: float) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "holding"
+    return child
+
+
+def test_another_process_holding_the_lock_is_named_by_pid(
+    make_db: Callable[..., Database], backend: str
+) -> None:
+    db = make_db(busy_timeout=0.3, retry_deadline=0.6)
+    make_counter_table(db)
+    child = _child_holding(db.settings.url, HOLD)
+    try:
+        with pytest.raises(DatabaseBusyError) as caught, db.unit_of_work():
+            pass
+    finally:
+        assert child.wait(HOLD + 30) == 0
+    found = caught.value.holder
+    assert found is not None, str(caught.value)
+    assert found.pid == child.pid
+    assert f"process {child.pid}" in str(caught.value)
+    if backend == "sqlite":
+        assert found.thread_name == "MainThread"
+        assert found.site is not None and found.site.startswith("<string>:")
+    else:
+        assert found.backend is not None
+        assert found.doing is not None and found.doing.startswith("idle in Python")
+    # Once the child is gone, the lock is free and nobody is named.
+    with db.unit_of_work():
+        pass
+    if backend == "sqlite":
+        path = db.settings.sqlite_path
+        assert path is not None and Path(str(path) + SUFFIX).exists()
+        assert db.core.side.record is not None
+        wait_until(lambda: db.core.side.record.holder() is None, "the record cleared")
