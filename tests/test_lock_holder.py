@@ -5,6 +5,7 @@ lock table)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from app import Database
 from app.errors import DatabaseBusyError
 from app.writers._turn_record import SUFFIX
 
-from .helpers import Background, increment_counter, make_counter_table, wait_until
+from .helpers import Background, increment_counter, make_counter_table, run_cli, wait_until
 
 HOLD = 3.0
 
@@ -123,3 +124,45 @@ def test_another_process_holding_the_lock_is_named_by_pid(
         assert path is not None and Path(str(path) + SUFFIX).exists()
         assert db.core.side.record is not None
         wait_until(lambda: db.core.side.record.holder() is None, "the record cleared")
+
+
+def test_app_top_shows_the_holder_while_it_holds_and_nobody_after(
+    make_db: Callable[..., Database],
+) -> None:
+    db = make_db()
+    make_counter_table(db)
+    entered, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.unit_of_work() as session:
+            increment_counter(session)
+            entered.set()
+            assert done.wait(30)
+
+    holder = Background(hold, name="top-holder").start()
+    assert entered.wait(10)
+    try:
+        shown = run_cli("top", "--url", db.settings.url, "--json", "--count", "1")
+    finally:
+        done.set()
+    assert holder.outcome() is None
+    assert shown.exit_code == 0, shown.output
+    reading = json.loads(shown.output)
+    assert reading["holder"]["pid"] == os.getpid()
+    assert reading["holder"]["held"] >= 0
+    if db.settings.is_sqlite:
+        assert reading["holder"]["thread_name"] == "top-holder"
+        assert reading["holder"]["site"].endswith("in hold")
+    else:
+        assert reading["holder"]["backend"] is not None
+    after = json.loads(run_cli("top", "--url", db.settings.url, "--json", "--count", "1").output)
+    assert after["holder"] is None
+    assert after["waiters"] == []
+
+
+def test_app_top_refuses_what_it_cannot_watch(tmp_path: Path) -> None:
+    missing = run_cli("top", "--url", f"sqlite:///{tmp_path / 'none.db'}", "--count", "1")
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert not (tmp_path / "none.db").exists()
+    memory = run_cli("top", "--url", "sqlite://", "--count", "1")
+    assert memory.exit_code == 1 and "in-memory" in memory.output

@@ -22,6 +22,7 @@ from app.cli._doctor import doctor
 from app.cli._maintenance import backup, checkpoint, copy, import_jsonl, reindex
 from app.cli._stress import stress
 from app.cli._support import URL_HELP, AppGroup, Options, configure_logging
+from app.cli._top import top
 
 __all__ = [
     "backup",
@@ -38,6 +39,7 @@ __all__ = [
     "reindex",
     "stamp",
     "stress",
+    "top",
     "upgrade",
 ]
 
@@ -67,6 +69,7 @@ cli.add_command(import_jsonl)
 cli.add_command(backup)
 cli.add_command(checkpoint)
 cli.add_command(reindex)
+cli.add_command(top)
 
 
 def main() -> None:

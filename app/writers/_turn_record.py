@@ -60,8 +60,10 @@ class ProcessFigures:
 class TurnRecord:
     """The ``-turn`` record of one SQLite file, mapped into this process."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        """``read_only``: only read the record (``app top``), never create or write it."""
         self.path = path
+        self._read_only = read_only
         self._map: mmap.mmap | None = None
         self._failed = False
         self._slot = -1
@@ -73,15 +75,18 @@ class TurnRecord:
     def _mapped(self, create: bool) -> mmap.mmap | None:
         if self._map is not None or self._failed:
             return self._map
+        if self._read_only and create:
+            return None
         try:
-            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+            flags = os.O_RDONLY if self._read_only else os.O_RDWR | (os.O_CREAT if create else 0)
             fd = os.open(self.path, flags, 0o600)
             try:
                 if os.fstat(fd).st_size < _SIZE:
                     if not create:
                         return None
                     os.ftruncate(fd, _SIZE)
-                self._map = mmap.mmap(fd, _SIZE)
+                access = mmap.ACCESS_READ if self._read_only else mmap.ACCESS_WRITE
+                self._map = mmap.mmap(fd, _SIZE, access=access)
             finally:
                 os.close(fd)
         except OSError as exc:
