@@ -166,3 +166,20 @@ def test_app_top_refuses_what_it_cannot_watch(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
     memory = run_cli("top", "--url", "sqlite://", "--count", "1")
     assert memory.exit_code == 1 and "in-memory" in memory.output
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+def test_a_file_per_tenant_leaves_no_record_mapped(tmp_path: Path) -> None:
+    """Hundreds of files opened, written and closed: once closed, no ``-turn`` record stays
+    mapped (no garbage collection needed), so mappings do not pile up for months."""
+
+    def mapped() -> int:
+        maps = Path("/proc/self/maps").read_text()
+        return sum(1 for line in maps.splitlines() if line.endswith(SUFFIX))
+
+    for tenant in range(300):
+        with Database(f"sqlite:///{tmp_path / f'tenant{tenant}.db'}") as db:
+            make_counter_table(db)
+            assert mapped() >= 1
+    assert mapped() == 0
+    assert len(list(tmp_path.glob(f"*{SUFFIX}"))) == 300
