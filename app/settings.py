@@ -8,12 +8,14 @@ construction, with a message that says what to change.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
+from app._hints import install_hint
 from app._url_checks import parse_url, read_only_query
 from app.errors import ConfigurationError
 
@@ -99,6 +101,10 @@ class Settings:
         single_connection: one connection owned by the thread that opened the database,
             as the legacy class had (the ``GREEUM_THREAD_SAFE=false`` mode).
         echo: log every SQL statement.
+        telemetry: record metrics and traces through OpenTelemetry (the ``telemetry``
+            extra), on its global MeterProvider and TracerProvider unless
+            ``app._telemetry.use`` named others: pool, write-turn and unit instruments, and
+            one span per unit. Off, nothing of OpenTelemetry is imported.
         replicas: URLs of PostgreSQL streaming replicas of the primary (``url``); from
             the environment, ``APP_REPLICAS`` with the URLs separated by commas. Read
             units and the block store's reads go to a replica that has replayed this
@@ -136,13 +142,14 @@ class Settings:
     immutable: bool = False
     single_connection: bool = False
     echo: bool = False
+    telemetry: bool = False
     replicas: tuple[str, ...] = ()
     max_replica_lag: float = 5.0
     parsed_url: URL = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parsed = parse_url(self.url)
-        for name in ("read_only", "immutable"):
+        for name in ("read_only", "immutable", "telemetry"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
                     f"{name} must be True or False, got {getattr(self, name)!r}"
@@ -161,6 +168,8 @@ class Settings:
                 "read access only, or point reads at a replica"
             )
         object.__setattr__(self, "parsed_url", parsed)
+        if self.telemetry:
+            _check_telemetry()
         _whole_at_least("pool_size", self.pool_size, 1)
         _whole_at_least("max_overflow", self.max_overflow, 0)
         for name in (
@@ -303,6 +312,19 @@ class Settings:
     def safe_url(self) -> str:
         """The URL with any password hidden, for messages and logs."""
         return self.parsed_url.render_as_string(hide_password=True)
+
+
+def _check_telemetry() -> None:
+    """ConfigurationError when OpenTelemetry's API is not installed (found, not imported)."""
+    try:
+        found = importlib.util.find_spec("opentelemetry.metrics") is not None
+    except ImportError:  # no ``opentelemetry`` package at all
+        found = False
+    if not found:
+        raise ConfigurationError(
+            "telemetry=True (APP_TELEMETRY) needs OpenTelemetry's API, which is not "
+            f"installed: {install_hint('telemetry')}, or turn telemetry off"
+        )
 
 
 def _check_zone(name: Any) -> None:

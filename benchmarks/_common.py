@@ -63,10 +63,19 @@ def arguments(
     threads: Sequence[int] = DEFAULT_THREADS,
     units: int = DEFAULT_UNITS,
     choose: bool = False,
+    telemetry: bool = False,
     argv: Sequence[str] | None = None,
 ) -> argparse.Namespace:
-    """Parse the options every benchmark takes (``choose``: also --workload/--strategy)."""
+    """Parse the options every benchmark takes (``choose``: also --workload/--strategy;
+    ``telemetry``: also --telemetry)."""
     parser = argparse.ArgumentParser(description=description)
+    if telemetry:
+        parser.add_argument(
+            "--telemetry",
+            action="store_true",
+            help="also run the layer's cases with telemetry on (APP_TELEMETRY, an SDK "
+            "MeterProvider with an in-memory reader), alternated with them in every round",
+        )
     default_threads = ",".join(map(str, threads))
     parser.add_argument(
         "--threads",
@@ -135,9 +144,11 @@ def run(
     options: argparse.Namespace,
     title: str,
     goals: Goals | None = None,
+    round_goals: Callable[[list[list[CaseResult]]], list[tuple[str, bool]]] | None = None,
 ) -> list[CaseResult]:
-    """Run ``keys`` at each thread count, print the table (and the goals), write JSON and
-    the chart when asked."""
+    """Run ``keys`` at each thread count, print the table (and the goals: ``goals`` of the
+    medians, ``round_goals`` of every round's results), write JSON and the chart when
+    asked."""
     threads = tuple(options.threads)
     cases = default_cases(
         keys,
@@ -175,7 +186,8 @@ def run(
         add_ratios(results)
         title += f", median of {rounds} rounds"
     print_report(console, results, title)
-    for goal, met in (goals or (lambda _: []))(results):
+    checks = (goals or (lambda _: []))(results) + (round_goals or (lambda _: []))(runs)
+    for goal, met in checks:
         console.print(f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {goal}")
     settings = {
         "workload": workload,

@@ -11,6 +11,10 @@ Cases (labels are the docstrings of the strategy functions in ``benchmarks/harne
 
 Every case appends the same blocks, computes hashes with the legacy formula, and checks the
 chain afterwards. Run from the repository root: ``python -m benchmarks.append [--json-out FILE]``.
+
+``--telemetry`` also runs each of the layer's cases with telemetry on (key ``...+otel``, see
+``harness/_telemetry.py``) right after it with it off, in every round, and reports the
+ratio of their throughputs: the cost of telemetry, measured as an A/B in one run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,40 @@ from ._common import arguments, pick, run
 from .harness import CaseResult
 
 KEYS = ("sqlite3-lock", "greeum-5.3.0", "layer", "facade-transaction", "facade-append-block")
+LAYER_KEYS = ("layer", "facade-transaction", "facade-append-block")
+#: Throughput with telemetry on, at least this share of it off (``--telemetry``).
+TELEMETRY_SHARE = 0.97
+
+
+def with_telemetry(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """``keys`` with each of the layer's followed by its variant with telemetry on."""
+    return tuple(k for key in keys for k in (key, *((key + "+otel",) * (key in LAYER_KEYS))))
+
+
+def telemetry_goals(runs: list[list[CaseResult]]) -> list[tuple[str, bool]]:
+    """Throughput with telemetry on against off, per layer case and thread count: the
+    ratio within each round (the two cases ran one right after the other), and its median
+    over the rounds, which a slow spell of a shared machine moves less than the ratio of
+    the medians."""
+    checks = []
+    threads = sorted({r.threads for results in runs for r in results})
+    for count in threads:
+        for key in LAYER_KEYS:
+            pairs = [(pick(rs, key, count), pick(rs, key + "+otel", count)) for rs in runs]
+            ratios = sorted(on.throughput / off.throughput for off, on in pairs if off and on)
+            if not ratios:
+                continue
+            middle = len(ratios) // 2
+            median = ratios[middle] if len(ratios) % 2 else sum(ratios[middle - 1 : middle + 1]) / 2
+            each = ", ".join(f"{r:.3f}" for r in ratios)
+            checks.append(
+                (
+                    f"{key} @ {count}: telemetry on / off, median of {len(ratios)} rounds "
+                    f"{median:.3f} (each: {each}) (>= {TELEMETRY_SHARE})",
+                    median >= TELEMETRY_SHARE,
+                )
+            )
+    return checks
 
 
 def goals(results: list[CaseResult]) -> list[tuple[str, bool]]:
@@ -60,5 +98,15 @@ def goals(results: list[CaseResult]) -> list[tuple[str, bool]]:
 
 
 if __name__ == "__main__":
-    options = arguments(__doc__.splitlines()[0], threads=(1, 100), units=2000)
-    run("append", KEYS, options, "chain appends", goals)
+    options = arguments(__doc__.splitlines()[0], threads=(1, 100), units=2000, telemetry=True)
+    if options.telemetry:
+        run(
+            "append",
+            with_telemetry(KEYS),
+            options,
+            "chain appends, telemetry off and on",
+            goals,
+            round_goals=telemetry_goals,
+        )
+    else:
+        run("append", KEYS, options, "chain appends", goals)

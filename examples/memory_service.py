@@ -9,7 +9,10 @@ Run it from the root of a clone (``pip install -e '.[examples]'``)::
   appends a block and answers 201 with it;
 * ``GET /memories/search?q=garden+ana&limit=10`` finds blocks by keyword (any word);
 * ``GET /memories/{index}`` returns one block (404 when there is none);
-* ``GET /health`` answers once the database is open, with the chain's length.
+* ``GET /health`` answers once the database is open, with the chain's length;
+* ``GET /metrics``, with ``APP_TELEMETRY=true``: the layer's metrics in Prometheus's text
+  format (needs ``pip install 'hashchain-memory-db[telemetry]' opentelemetry-sdk
+  opentelemetry-exporter-prometheus``; see docs/guide/observability.md).
 
 Bad input is a 422 with the layer's message; a database kept busy past its deadline is a
 503. Every database call is awaited: appends join the group commit without a thread, and
@@ -24,12 +27,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import BlockRecord, errors
 from app.aio import AsyncBlockStore, AsyncDatabase
+from app.settings import parse_flag
 
 _FIELDS = ("keywords", "tags", "importance", "metadata", "embedding", "embedding_model")
 
@@ -88,13 +93,16 @@ def create_app(url: str | None = None) -> Starlette:
     async def busy(request: Request, exc: Exception) -> JSONResponse:
         return _error(503, str(exc))
 
+    routes = [
+        Route("/memories", add_memory, methods=["POST"]),
+        Route("/memories/search", search, methods=["GET"]),
+        Route("/memories/{index:int}", get_memory, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    if parse_flag(os.environ.get("APP_TELEMETRY", "")):
+        routes.append(Route("/metrics", _prometheus_endpoint(), methods=["GET"]))
     return Starlette(
-        routes=[
-            Route("/memories", add_memory, methods=["POST"]),
-            Route("/memories/search", search, methods=["GET"]),
-            Route("/memories/{index:int}", get_memory, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ],
+        routes=routes,
         exception_handlers={
             errors.InvalidInputError: invalid,
             errors.DatabaseBusyError: busy,
@@ -102,6 +110,37 @@ def create_app(url: str | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+_metrics_reader: Any = None
+
+
+def _prometheus_endpoint() -> Any:
+    """``GET /metrics``: what OpenTelemetry's Prometheus reader collects, in Prometheus's
+    text format. The reader goes on the global MeterProvider, set once per process (each
+    worker process of a server serves its own figures: see docs/guide/observability.md)."""
+    global _metrics_reader
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+    except ImportError as exc:
+        raise RuntimeError(
+            "APP_TELEMETRY=true: /metrics needs OpenTelemetry's SDK and Prometheus exporter: "
+            "pip install 'hashchain-memory-db[telemetry]' opentelemetry-sdk "
+            "opentelemetry-exporter-prometheus"
+        ) from exc
+    if _metrics_reader is None:
+        _metrics_reader = PrometheusMetricReader()  # registers with prometheus_client
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_metrics_reader]))
+
+    async def endpoint(request: Request) -> Response:
+        # Collecting reads every Database's figures: off the event loop.
+        body = await run_in_threadpool(generate_latest, REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint
 
 
 def _block(block: BlockRecord) -> dict[str, Any]:

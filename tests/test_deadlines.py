@@ -105,6 +105,11 @@ def test_waiting_for_a_shared_commit_that_a_later_unit_holds_open(db: Database) 
         error, waited = units[0].join(DEADLINE + MARGIN + 5)
         assert type(error) is errors.CommitTimeoutError, error
         assert "still holds it open" in str(error)
+        # It names the unit that holds the transaction open: where it began, and that it
+        # is idle in Python (waiting on ``leave`` in ``body``).
+        assert error.holder is not None and error.holder.thread_name == "second", error
+        assert error.holder.site is not None and error.holder.site.endswith("in second"), error
+        assert error.holder.doing is not None and "in body" in error.holder.doing, error
         assert DEADLINE - 0.01 <= waited < 2 * DEADLINE + MARGIN
     finally:
         leave.set()
@@ -158,6 +163,8 @@ def test_appends_waiting_behind_a_write_that_never_ends(
         error, waited = outcomes["queued"]
         assert type(error) is errors.DatabaseBusyError, error
         assert "it was not written" in str(error)
+        assert error.holder is not None, error  # the leader stuck in its write
+        assert error.holder.thread_name in carried, error
         assert DEADLINE - 0.01 <= waited < DEADLINE + MARGIN
         for carrier in appends[:-1]:
             # A bounded wait, not a check: the leader stays in its write until ``leave``.

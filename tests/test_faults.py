@@ -444,13 +444,14 @@ def test_truncated_file_is_refused_at_open_and_left_untouched(
     with open(path, "r+b") as handle:
         handle.truncate(len(original) // 2)
     content = path.read_bytes()
+    files = sorted(p.name for p in tmp_path.iterdir())  # the file, and its -turn record
 
     with pytest.raises(AppError) as failure:
         Database(url).dispose()
     assert type(failure.value) is CorruptDatabaseError
     assert "corrupt" in assert_one_line_error(run_cli("--url", url, "stress", "-n", "4"))
     assert path.read_bytes() == content
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 # -- 3. the pool runs dry --------------------------------------------------------------------

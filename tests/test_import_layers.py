@@ -41,6 +41,8 @@ FOUNDATION = {
     "app._hints",
     "app._url_checks",
     "app._process",
+    "app._telemetry",
+    "app._telemetry_instruments",
 }
 TOP = {"app", "app.__main__"}
 

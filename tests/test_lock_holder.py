@@ -156,8 +156,12 @@ def test_app_top_shows_the_holder_while_it_holds_and_nobody_after(
     else:
         assert reading["holder"]["backend"] is not None
     after = json.loads(run_cli("top", "--url", db.settings.url, "--json", "--count", "1").output)
-    assert after["holder"] is None
-    assert after["waiters"] == []
+    # On PostgreSQL the write lock is the database's: another process (a test run in another
+    # schema of the same database) may hold it now, never this one.
+    ours = [h for h in [after["holder"], *after["waiters"]] if h and h["pid"] == os.getpid()]
+    assert ours == []
+    if db.settings.is_sqlite:
+        assert after["holder"] is None and after["waiters"] == []
 
 
 def test_app_top_refuses_what_it_cannot_watch(tmp_path: Path) -> None:

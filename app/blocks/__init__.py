@@ -164,8 +164,17 @@ class BlockStore:
             last = after[-1]
             return list(plan_chain(items, last.block_index + 1, last.hash))
 
+        settings, telemetry = db.settings, db.core.telemetry
+        appended = None if telemetry is None else telemetry.appended
+        core = db.core  # not the Database: the batcher is one of its helpers
         return AppendBatcher(
-            write, db.settings.max_batch, db.settings.retry_deadline, db.url, plan=plan
+            write,
+            settings.max_batch,
+            settings.retry_deadline,
+            db.url,
+            plan=plan,
+            appended=appended,
+            holder=lambda: core.side.holder(),
         )
 
     # -- reading ----------------------------------------------------------------------------

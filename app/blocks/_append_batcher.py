@@ -83,6 +83,9 @@ class AppendBatcher(BatchWriter[Item, Result]):
             it before it starts the unit that writes them, outside every lock, so that the
             work is done while nobody waits for the write lock; ``write`` must check that
             the plan still holds.
+        appended: told how many items each commit wrote (telemetry), or None.
+        holder: who holds the write turn now, named in the errors of a wait that ends
+            (see :class:`~app.errors.LockHolder`), or None.
     """
 
     def __init__(
@@ -92,8 +95,12 @@ class AppendBatcher(BatchWriter[Item, Result]):
         deadline: float,
         database: str,
         plan: Callable[[list[Item], list[Result]], list[Result] | None] | None = None,
+        appended: Callable[[int], None] | None = None,
+        holder: Callable[[], errors.LockHolder | None] | None = None,
     ) -> None:
         self._write = write
+        self._holder = holder
+        self._appended = appended
         self._plan = plan
         self._max_batch = max_batch
         self._deadline = deadline
@@ -236,6 +243,7 @@ class AppendBatcher(BatchWriter[Item, Result]):
                     "busy; it was not written",
                     database=self._database,
                     waited=waited,
+                    holder=self._holder_now(),
                 )
         if waited >= 2 * self._deadline and not request.done:
             raise errors.CommitTimeoutError(
@@ -243,7 +251,15 @@ class AppendBatcher(BatchWriter[Item, Result]):
                 "it may still be committed: check the chain before appending it again",
                 database=self._database,
                 waited=waited,
+                holder=self._holder_now(),
             )
+
+    def _holder_now(self) -> errors.LockHolder | None:
+        try:
+            return None if self._holder is None else self._holder()
+        except Exception:  # naming the holder must never hide the error itself
+            log.debug("could not tell who holds the write turn", exc_info=True)
+            return None
 
     def _call_helper(self) -> None:
         """With the mutex held: have the helper thread lead, as a caller without a thread

@@ -39,6 +39,7 @@ class BatchWriter(Generic[Item, Result]):
     _queue: deque[Request[Item, Result]]
     _waking: int
     _untold: dict[Notify[Item, Result], list[Request[Item, Result]]]
+    _appended: Callable[[int], None] | None
 
     if TYPE_CHECKING:
 
@@ -119,9 +120,12 @@ class BatchWriter(Generic[Item, Result]):
         committed write (the batch's, or its own), or goes back to the queue. Whether a
         write was committed is read from its WriteOutcome, never from a return value, so an
         append committed just before an interruption is never written again."""
+        commits: list[int] = []  # appends per commit made for the batch (telemetry)
         with self._mutex:
             if not batch.settled:
                 written = batch.outcome.committed()
+                if written:
+                    commits.append(len(batch.items))
                 position = 0
                 for request in batch.requests:
                     count = len(request.items)
@@ -132,6 +136,7 @@ class BatchWriter(Generic[Item, Result]):
                             self._finish(request, results=results)
                         elif alone is not None and alone.committed():
                             self._finish(request, results=alone.value)
+                            commits.append(count)
                     position += count
                 back = [r for r in batch.requests if not r.done and r is not own][::-1]
                 batch.settled = True
@@ -144,6 +149,10 @@ class BatchWriter(Generic[Item, Result]):
                     self._untold.setdefault(request.notify, []).append(request)
                     request.notify = None
         self._wake_in_turn([r for r in batch.requests if r.done and r is not own])
+        appended = self._appended
+        if appended is not None:
+            for count in commits:
+                appended(count)
 
     def _deliver(self) -> None:
         """Tell the callers without a thread of every settled batch their outcome: one

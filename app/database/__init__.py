@@ -96,7 +96,7 @@ class Database:
         self.session = core.session
         reads = self._reads = ReadUnits(core, writes.exclusive_turn)
         self._checkpoints = Checkpoints(core, writes)
-        self._stats = DatabaseStats(core)
+        self._stats = DatabaseStats(core, self)
         # Bound once, for the methods that every unit, read or append of the layer calls
         # (many threads at once): each call then costs one call into its part, no lookups.
         self._unit = core.unit

@@ -9,6 +9,7 @@ themselves are ``_wal_bound``'s.
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 
 from app import errors
@@ -50,8 +51,11 @@ class Checkpoints:
         try:
             turn = writes.exclusive_turn() if take_turn else nullcontext()
             with turn, core.connect() as connection:
+                started = time.perf_counter()
                 # The mode comes from the fixed list above, never from the caller's text.
                 row = raw_execute(connection, f"PRAGMA wal_checkpoint({name.upper()})").fetchone()
+                if core.telemetry is not None:
+                    core.telemetry.checkpointed(name, time.perf_counter() - started)
         finally:
             core.leave(unit)
         return int(row[0]), int(row[1]), int(row[2])

@@ -9,7 +9,7 @@ public names); the Database delegates both methods to it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from app.database._stats import ReplicaStats, Stats
 from app.database._units import UnitCore
@@ -20,8 +20,11 @@ __all__ = ["DatabaseStats", "add_stats_contributor"]
 class DatabaseStats:
     """The stats and replica checks of the Database whose unit core is ``core``."""
 
-    def __init__(self, core: UnitCore) -> None:
+    def __init__(self, core: UnitCore, database: object = None) -> None:
         self.core = core
+        if core.telemetry is not None and database is not None:
+            # The observable instruments read stats() of the Database, held weakly.
+            core.telemetry.watch(cast(Any, database), core.counters)
 
     def check_replicas(self) -> tuple[ReplicaStats, ...]:
         """``Database.check_replicas``: every replica checked now (see there)."""
@@ -62,6 +65,7 @@ class DatabaseStats:
                 replicas=() if replicas is None else replicas.stats(),
                 primary_reads=0 if replicas is None else replicas.primary_reads,
                 vector_cache_bytes=cache_bytes,
+                conflicts=c.conflicts,
             )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from app import errors
+from app._telemetry import UnitRecord
 from app.database._sessions import READ_UNIT
 from app.database._units import Unit, UnitCore, rollback_quietly
 from app.engine._driver import UNIT_OPTION, UnitKind
@@ -68,6 +69,19 @@ class ReadUnits:
             yield session
             return
         core.sessions.before_unit(session)
+        telemetry = core.telemetry
+        if telemetry is None or not telemetry.tracing:  # a read records its span only
+            yield from self._outermost_read(session, allow_stale, None)
+        else:
+            record = telemetry.unit(UnitKind.READ.value)
+            yield from record.around(self._outermost_read(session, allow_stale, record))
+
+    def _outermost_read(
+        self, session: Session, allow_stale: bool, record: UnitRecord | None
+    ) -> Iterator[Session]:
+        """The outermost read unit (see :meth:`read`); ``record`` is told its statements
+        when telemetry is on."""
+        core = self.core
         unit = Unit(UnitKind.READ)
         where = _PRIMARY if core.replicas is None else self._on_replica(allow_stale)
         with self._read_scope(unit), where as replica:
@@ -77,8 +91,20 @@ class ReadUnits:
             try:
                 try:
                     session.begin()
-                    session.connection(execution_options={UNIT_OPTION: UnitKind.READ.value})
-                    yield session
+                    connection = session.connection(
+                        execution_options={UNIT_OPTION: UnitKind.READ.value}
+                    )
+                    if record is not None:
+                        record.count_statements(connection)
+                    try:
+                        yield session
+                    except BaseException:
+                        if record is not None:
+                            record.body_failed = True
+                        raise
+                    finally:
+                        if record is not None:
+                            record.statements_done()
                     if session.new or session.dirty or session.deleted:
                         raise errors.ReadOnlyUnitError(
                             "objects were added, changed or deleted inside a read unit; "
@@ -107,6 +133,17 @@ class ReadUnits:
             else:  # a read unit of the ORM Session
                 yield core.session().connection()
             return
+        telemetry = core.telemetry
+        if telemetry is None or not telemetry.tracing:  # a read records its span only
+            yield from self._snapshot(None)
+        else:
+            record = telemetry.unit(UnitKind.SNAPSHOT.value)
+            yield from record.around(self._snapshot(record))
+
+    def _snapshot(self, record: UnitRecord | None) -> Iterator[Connection]:
+        """The outermost read snapshot (see :meth:`reading`); ``record`` is told its
+        statements when telemetry is on."""
+        core = self.core
         unit = Unit(UnitKind.SNAPSHOT)
         where = _PRIMARY if core.replicas is None else self._on_replica(False)
         with (
@@ -118,7 +155,17 @@ class ReadUnits:
         ):
             unit.connection = connection
             with connection.begin():
-                yield connection
+                if record is None:
+                    yield connection
+                    return
+                record.count_statements(connection)
+                try:
+                    yield connection
+                except BaseException:
+                    record.body_failed = True
+                    raise
+                finally:
+                    record.statements_done()
 
     @contextmanager
     def _on_replica(self, allow_stale: bool) -> Iterator[Connection | None]:

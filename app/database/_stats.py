@@ -36,6 +36,8 @@ class Stats:
     ``replicas`` and ``primary_reads`` are filled when replicas are configured:
     ``primary_reads`` counts the reads that went to the primary instead of a replica.
     ``vector_cache_bytes`` is the memory this process holds for similarity searches.
+    ``conflicts`` counts write units aborted by another unit's failure or by the server
+    (:class:`~app.errors.UnitAbortedError`, :class:`~app.errors.ConflictError`).
     """
 
     units_committed: int
@@ -51,12 +53,13 @@ class Stats:
     primary_reads: int = 0
     #: Memory held by this process's cache of the database's embeddings (see similar()).
     vector_cache_bytes: int = 0
+    conflicts: int = 0
 
 
 class Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.committed = self.rolled_back = self.retries = self.waits = 0
+        self.committed = self.rolled_back = self.retries = self.conflicts = self.waits = 0
         self.wait_total = self.wait_max = 0.0
 
     def record_wait(self, seconds: float) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session
 
 from app import errors
+from app._telemetry import Telemetry
 from app.database._replicas import ReplicaSet
 from app.database._sessions import SessionGuard, renew_sessions, thread_scoped
 from app.database._stats import Counters
@@ -206,6 +207,8 @@ class UnitCore:
         local: the thread's unit (``local.unit``, a :class:`ThreadUnit`).
         side: this process's :class:`~app.writers._write_side.WriteSide` of the database.
         wal: the :class:`~app.writers._wal_bound.WalBound` of this process.
+        telemetry: the :class:`~app._telemetry.Telemetry` it records on, or None (the
+            ``telemetry`` setting is off).
 
     ``local``, ``side`` and ``wal`` are made again in a forked child (:meth:`after_fork`):
     read them from the core at each use, never keep them.
@@ -219,7 +222,9 @@ class UnitCore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.url = settings.safe_url()
-        self.engine = build_engine(settings)
+        self.key = self._lock_key()
+        self.telemetry = Telemetry(settings, self.key) if settings.telemetry else None
+        self.engine = build_engine(settings, self.telemetry)
         # Units in progress, so that close() can leave their connections to them and close
         # the pool when the last one ends.
         self._lifetime = threading.Lock()
@@ -230,7 +235,6 @@ class UnitCore:
         self.counters = Counters()
         # Read replicas (PostgreSQL): where read units go, and the positions they need.
         self.replicas = ReplicaSet(settings, self.engine) if settings.replicas else None
-        self.key = self._lock_key()
         self._start_process()
 
     def _lock_key(self) -> str:
@@ -245,7 +249,7 @@ class UnitCore:
         """What belongs to this process: made here, and made again in a forked child."""
         self.side: WriteSide = write_side(self.key, self.settings.retry_deadline)
         self.local = ThreadUnit()
-        self.wal = WalBound(self.settings, self.key)
+        self.wal = WalBound(self.settings, self.key, self.telemetry)
 
     def open_sessions(
         self, *, take_turn: Callable[[], None], release_turn: Callable[[], None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app import errors
+from app._telemetry import UnitRecord
 from app.database._units import Unit, UnitCore, refuse_unpatched_greenlet, savepoint
 from app.engine._driver import BUSY_OPTION, UNIT_OPTION, UnitKind
 from app.writers._shared_transaction import SharedTransaction, WriteOutcome
@@ -35,6 +37,10 @@ log = logging.getLogger("app.database")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _SessionTurn(threading.local):
+    taken: float | None = None
 
 
 class WriteUnits:
@@ -52,6 +58,8 @@ class WriteUnits:
         self._unit = core.unit
         self._enter = core.enter
         self._leave = core.leave
+        # With telemetry: when this thread's Session took the turn outside units.
+        self._session_turn = _SessionTurn()
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
@@ -105,16 +113,36 @@ class WriteUnits:
                 unit.depth -= 1
             return
         core.sessions.before_unit(session)
-        side = core.side
         self.check_may_wait_for_turn()
         if deadline is None:
             deadline = time.monotonic() + core.settings.retry_deadline
+        telemetry = core.telemetry
+        if telemetry is None:
+            yield from self._outermost(session, deadline, outcome, None)
+        else:
+            record = telemetry.unit(UnitKind.WRITE.value)
+            yield from record.around(self._outermost(session, deadline, outcome, record))
+
+    def _outermost(
+        self,
+        session: Session,
+        deadline: float,
+        outcome: WriteOutcome | None,
+        record: UnitRecord | None,
+    ) -> Iterator[Connection]:
+        """The outermost write unit (see :meth:`write_scope`); ``record`` is told its turn
+        and statements when telemetry is on."""
+        core = self.core
+        side = core.side
         unit = Unit(UnitKind.WRITE)
         failure: BaseException | None = None
         result: BaseException | None = None
         self._enter(unit)
         try:
-            self._record_wait(side.take_turn(deadline, core, core.url))
+            waited = side.take_turn(deadline, core, core.url)
+            if record is not None:
+                record.turn_taken(waited)
+            self._record_wait(waited)
             self._check_open()  # disposed while this unit waited
             shared = side.shared or self._begin(side, deadline)
             if outcome is not None:
@@ -122,6 +150,8 @@ class WriteUnits:
             unit.connection = shared.connection
             session.bind = shared.connection
             core.local.unit = unit
+            if record is not None:
+                record.count_statements(shared.connection)
             try:
                 with savepoint(unit, session, shared):
                     yield shared.connection
@@ -133,6 +163,9 @@ class WriteUnits:
                     # either way only a rollback of everything undoes it.
                     shared.spoiled = shared.spoiled or not shared.units or unit.unclean
                     core.counters.add("rolled_back")
+            if record is not None:
+                record.statements_done()
+                record.body_failed = failure is not None
             self._close_unit(unit, session)
             limit = core.settings.max_units_per_commit
             result = side.end_unit(core, shared, unit, failure, limit)
@@ -148,13 +181,16 @@ class WriteUnits:
                 self._end_write_scope(side, unit, session)
                 raise
             finally:
+                if record is not None:
+                    record.turn_released()
                 if unit.waiter is not None:
                     deadline = time.monotonic() + core.settings.retry_deadline
-                    result = unit.waiter.wait(deadline, core.url)
-        if failure is not None:
-            raise failure
-        if result is not None:
-            raise result
+                    result = unit.waiter.wait(deadline, core.url, side.holder)
+        error = failure if failure is not None else result
+        if error is not None:
+            if isinstance(error, errors.UnitAbortedError | errors.ConflictError):
+                core.counters.add("conflicts")
+            raise error
 
     def run_on_connection(
         self, body: Callable[[Connection], R], outcome: WriteOutcome | None = None
@@ -239,6 +275,10 @@ class WriteUnits:
         core.side.release_if_held()
         if core.replicas is not None:
             core.replicas.note_commit(None)
+        if core.telemetry is not None:
+            taken, self._session_turn.taken = self._session_turn.taken, None
+            if taken is not None:
+                core.telemetry.helds.add(time.monotonic() - taken)
 
     def check_writable(self) -> None:
         """``Database.check_writable``: ReadOnlyDatabaseError when opened read-only."""
@@ -267,12 +307,21 @@ class WriteUnits:
         self.check_writable()
         self.check_may_wait_for_turn()
         deadline = time.monotonic() + core.settings.retry_deadline
-        self._record_wait(core.side.take_turn(deadline, None, core.url))
+        waited = core.side.take_turn(deadline, None, core.url)
+        self._record_wait(waited)
+        if core.telemetry is not None:
+            core.telemetry.turn(waited, None)  # held: recorded by release_session_turn
+            self._session_turn.taken = time.monotonic()
 
     def _count_units(self, committed: bool, units: int) -> None:
-        self.core.counters.add("committed" if committed else "rolled_back", units)
+        core = self.core
+        core.counters.add("committed" if committed else "rolled_back", units)
+        if committed and core.telemetry is not None:
+            core.telemetry.shared_commit(units)
 
     def _record_wait(self, waited: float) -> None:
+        """Count a turn taken after ``waited`` seconds (telemetry records it apart, outside
+        the turn, see :class:`~app._telemetry.UnitRecord`)."""
         core = self.core
         core.counters.record_wait(waited)
         if waited > core.settings.slow_wait_threshold:
@@ -286,8 +335,12 @@ class WriteUnits:
         self.check_may_wait_for_turn()
         if deadline is None:
             deadline = time.monotonic() + core.settings.retry_deadline
+        waited: float | None = None
+        taken: float | None = None
         try:
-            self._record_wait(side.take_turn(deadline, None, core.url))
+            waited = side.take_turn(deadline, None, core.url)
+            taken = time.monotonic()
+            self._record_wait(waited)
             yield
         finally:
             try:
@@ -295,3 +348,5 @@ class WriteUnits:
             except BaseException:
                 side.release_if_held()
                 raise
+            if core.telemetry is not None and waited is not None and taken is not None:
+                core.telemetry.turn(waited, time.monotonic() - taken)

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from sqlalchemy.engine import Connection
 
 from app import errors
+from app._telemetry import STATEMENTS
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,17 @@ def record_info(conn: Connection) -> dict[Any, Any]:
     return conn.connection.info
 
 
+#: Set once a Database with telemetry is open in the process: statements sent straight to
+#: the driver are then counted on their connection too (see ``_telemetry.UnitRecord``).
+_counting = False
+
+
+def count_statements() -> None:
+    """Count the statements each connection runs, from now on (for telemetry's spans)."""
+    global _counting
+    _counting = True
+
+
 def raw_execute(connection: Connection, statement: str, parameters: Any = None) -> Any:
     """Run one statement on the driver's own connection and return the driver's cursor.
 
@@ -70,9 +82,14 @@ def raw_execute(connection: Connection, statement: str, parameters: Any = None) 
 def raw_execute_all(connection: Connection, statements: Iterable[tuple[str, Any]]) -> Any:
     """:func:`raw_execute` for several ``(statement, parameters)`` in order; returns the
     driver's cursor of the last one."""
-    dbapi_connection: Any = connection.connection.dbapi_connection
+    pooled = connection.connection
+    dbapi_connection: Any = pooled.dbapi_connection
     dbapi = connection.dialect.loaded_dbapi
     cursor = None
+    if _counting:
+        statements = tuple(statements)
+        info = pooled.info
+        info[STATEMENTS] = info.get(STATEMENTS, 0) + len(statements)
     try:
         if connection.dialect.name == "sqlite":
             for statement, parameters in statements:

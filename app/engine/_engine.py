@@ -18,15 +18,18 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool, StaticPool
 
 from app import errors
+from app._telemetry import Telemetry
 from app.engine._driver import UNIT_OPTION, UnitKind, reopen_if_read_only
 from app.engine._postgres_hooks import install_postgres_hooks
 from app.engine._sqlite_file import check_file_to_read, prepare_sqlite_file, read_only_url
 from app.engine._sqlite_hooks import install_sqlite_hooks
+from app.engine._telemetry_hooks import MeasuredQueuePool, install_telemetry_hooks
 from app.settings import Settings
 
 
-def build_engine(settings: Settings) -> Engine:
-    """Create the engine for ``settings``, with every hook installed.
+def build_engine(settings: Settings, telemetry: Telemetry | None = None) -> Engine:
+    """Create the engine for ``settings``, with every hook installed (and those that time
+    its connections for ``telemetry``, when given).
 
     Raises:
         ConfigurationError, ReadOnlyDatabaseError, NotADatabaseError: before anything is
@@ -39,7 +42,13 @@ def build_engine(settings: Settings) -> Engine:
         engine = _server_engine(settings)
         install_postgres_hooks(engine, settings)
     _install_common_hooks(engine, settings)
+    if telemetry is not None:
+        install_telemetry_hooks(engine, telemetry)
     return engine
+
+
+def _pool_class(settings: Settings) -> type[QueuePool]:
+    return MeasuredQueuePool if settings.telemetry else QueuePool
 
 
 def _sqlite_engine(settings: Settings) -> Engine:
@@ -75,7 +84,7 @@ def _sqlite_engine(settings: Settings) -> Engine:
         )
     return create_engine(
         url,
-        poolclass=QueuePool,
+        poolclass=_pool_class(settings),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
@@ -89,7 +98,7 @@ def _server_engine(settings: Settings) -> Engine:
     # the round trip when the connection's socket shows that the server has not closed it.
     return create_engine(
         settings.parsed_url,
-        poolclass=QueuePool,
+        poolclass=_pool_class(settings),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,

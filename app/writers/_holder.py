@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -19,10 +20,19 @@ from types import FrameType
 
 from app.errors import LockHolder
 
-#: Frames in these directories are the layer's (or the standard library's context
-#: managers): the call site is the first frame outside them.
+#: Frames in these directories are the layer's or the standard library's (a context
+#: manager, an Event's wait): the call site, and where a holder idles, is the first frame
+#: outside them (the application's own code, or a library it uses).
 _LAYER = str(Path(__file__).resolve().parents[1]) + "/"
-_SKIPPED = (_LAYER, str(Path(threading.__file__).resolve().parent) + "/contextlib.py")
+_STDLIB = str(Path(sysconfig.get_paths()["stdlib"]).resolve()) + "/"
+_SITE_PACKAGES = "-packages/"  # site-packages and dist-packages live under the stdlib too
+
+
+def _ours_or_stdlib(filename: str) -> bool:
+    if filename.startswith(_LAYER):
+        return True
+    return filename.startswith(_STDLIB) and _SITE_PACKAGES not in filename
+
 
 #: Python frames that mean "inside a statement": the driver call of SQLAlchemy's default
 #: dialect, the layer's own straight-to-the-driver calls, and psycopg's cursor.
@@ -77,7 +87,7 @@ def call_site(frame: FrameType | None) -> str | None:
     the layer's own (None when every frame is)."""
     while frame is not None:
         code = frame.f_code
-        if not code.co_filename.startswith(_SKIPPED):
+        if not _ours_or_stdlib(code.co_filename):
             return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
         frame = frame.f_back
     return None

@@ -57,7 +57,12 @@ class CommitWaiter:
         self.gate = threading.Lock()
         self.gate.acquire()  # bounded: a new lock, free: taking it never waits
 
-    def wait(self, deadline: float, database: str) -> BaseException | None:
+    def wait(
+        self,
+        deadline: float,
+        database: str,
+        holder: Callable[[], errors.LockHolder | None] | None = None,
+    ) -> BaseException | None:
         """Block until the transaction ends; return its error, or None once committed.
 
         An interruption (``KeyboardInterrupt``...) is delivered once the outcome is known,
@@ -65,7 +70,8 @@ class CommitWaiter:
 
         Raises:
             CommitTimeoutError: the transaction was still open at ``deadline`` (the unit
-                holding it runs long); its outcome is not known.
+                holding it runs long, named through ``holder`` when given); its outcome is
+                not known.
         """
         interrupted: BaseException | None = None
         started = time.monotonic()
@@ -87,6 +93,7 @@ class CommitWaiter:
                             "writing it again",
                             database=database,
                             waited=waited,
+                            holder=None if holder is None else holder(),
                         )
                 except errors.CommitTimeoutError:
                     raise

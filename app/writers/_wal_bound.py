@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from app import _process
+from app._telemetry import Telemetry
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,12 @@ class WalBound:
     Args:
         key: what names the database in this process (the file's real path): Databases
             with the same key share the bound's state.
+        telemetry: told how long each checkpoint took (``app.checkpoint.duration``).
     """
 
-    def __init__(self, settings: Settings, key: str) -> None:
+    def __init__(self, settings: Settings, key: str, telemetry: Telemetry | None = None) -> None:
         self._settings = settings
+        self._telemetry = telemetry
         path = settings.sqlite_path
         bounded = (
             settings.journal_mode == "wal"
@@ -176,6 +179,7 @@ class WalBound:
         # Other processes' readers that began before the WAL was copied: waited for a
         # little longer after each failure, never longer than a reader hold.
         wait_ms = min(_WAL_WAIT_MS << min(state.failures, 8), int(READER_HOLD_MAX * 1000))
+        started = time.perf_counter()
         self._readers_may_start.clear()
         try:
             self._snapshots.drain(READER_HOLD_MAX)
@@ -189,6 +193,9 @@ class WalBound:
             log.debug("checkpoint of %s failed", self._settings.safe_url(), exc_info=True)
         finally:
             self._readers_may_start.set()
+        if self._telemetry is not None:
+            # From the moment new snapshots waited: what the process's readers paid for it.
+            self._telemetry.checkpointed("truncate", time.perf_counter() - started)
         if busy:
             state.retry_at = now + min(_RETRY_FIRST * 2 ** min(state.failures, 8), _RETRY_MAX)
             state.failures += 1

@@ -6,6 +6,7 @@ import importlib.util
 
 from . import _counter, _orm, _peer, _raw
 from ._target import Strategy
+from ._telemetry import APPEND_RECORDED
 
 APPEND: dict[str, Strategy] = {
     s.key: s
@@ -32,6 +33,9 @@ COUNTER: dict[str, Strategy] = {
 
 STRATEGIES: dict[str, dict[str, Strategy]] = {"append": APPEND, "counter": COUNTER}
 
+#: Strategies run only when asked for (``benchmarks.append --telemetry``), by workload.
+EXTRA: dict[str, dict[str, Strategy]] = {"append": APPEND_RECORDED}
+
 #: The strategy each workload's figures are divided by ("x sqlite3" column).
 FLOOR: dict[str, str] = {"append": "sqlite3-lock"}
 
@@ -39,7 +43,7 @@ FLOOR: dict[str, str] = {"append": "sqlite3-lock"}
 def strategy(workload: str, key: str) -> Strategy:
     """Look a strategy up; ``KeyError`` names the known ones."""
     try:
-        return STRATEGIES[workload][key]
+        return STRATEGIES[workload].get(key) or EXTRA.get(workload, {})[key]
     except KeyError:
         known = ", ".join(STRATEGIES.get(workload, {}))
         raise KeyError(f"unknown {workload} strategy {key!r}; known: {known}") from None
