@@ -6,6 +6,7 @@ lock table)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from app import Database
+from app import BlockStore, Database
 from app.errors import DatabaseBusyError
 from app.writers._turn_record import SUFFIX
+from app.writers._wal_bound import READER_HOLD_MAX
 
 from .helpers import Background, increment_counter, make_counter_table, run_cli, wait_until
 
@@ -72,7 +75,7 @@ def test_the_turn_names_nobody_once_released(make_db: Callable[..., Database]) -
 
 CHILD = """
 import sys, time
-from app import Database
+from app import BlockStore, Database
 from sqlalchemy import text
 db = Database(sys.argv[1], auto_upgrade=True)
 with db.unit_of_work() as session:
@@ -187,3 +190,39 @@ def test_a_file_per_tenant_leaves_no_record_mapped(tmp_path: Path) -> None:
             assert mapped() >= 1
     assert mapped() == 0
     assert len(list(tmp_path.glob(f"*{SUFFIX}"))) == 300
+
+
+def test_a_reader_that_pins_the_wal_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read unit held past a reader's hold keeps the WAL from being emptied: the warning
+    names its thread, where the unit began and that it idles in Python."""
+    db = Database(f"sqlite:///{tmp_path / 'memory.db'}", journal_size_limit=1024 * 1024)
+    store = BlockStore(db)
+    store.append("first")
+    reading, leave = threading.Event(), threading.Event()
+
+    def long_read() -> None:
+        with db.read() as session:
+            session.execute(text("SELECT count(*) FROM blocks")).scalar_one()
+            reading.set()
+            assert leave.wait(60)
+
+    reader = Background(long_read, name="report-reader").start()
+    try:
+        assert reading.wait(10)
+        began = time.monotonic()
+        wait_until(lambda: time.monotonic() - began > READER_HOLD_MAX + 0.1, "a long read")
+        with caplog.at_level(logging.WARNING, logger="app.writers._wal_bound"):
+            for batch in range(40):  # about 6 MiB of WAL, past the 4 MiB floor
+                store.append_many([{"context": f"{batch} " + "x" * 4000}] * 40)
+                if any("pins it" in r.getMessage() for r in caplog.records):
+                    break
+    finally:
+        leave.set()
+        assert reader.outcome() is None
+        db.dispose()
+    warnings = [r.getMessage() for r in caplog.records if "pins it" in r.getMessage()]
+    assert warnings, "no warning named the reader"
+    assert "thread 'report-reader'" in warnings[0]
+    assert "in long_read" in warnings[0] and "idle in Python" in warnings[0]

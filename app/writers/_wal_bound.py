@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from app import _process
 from app._telemetry import Telemetry
 from app.settings import Settings
+from app.writers._holder import Turn
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,21 @@ READER_HOLD_MAX = 1.0
 
 
 class _Snapshots:
-    """The read snapshots of this process in progress, and when each began."""
+    """The read snapshots of this process in progress: when each began, in which thread,
+    and where its unit began (to name a reader that pins the WAL)."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._began: dict[object, float] = {}
+        self._began: dict[object, Turn] = {}
 
     def begin(self, token: object) -> None:
+        began = Turn()
         with self._changed:
-            self._began[token] = time.monotonic()
+            self._began[token] = began
+
+    def oldest(self) -> Turn | None:
+        with self._changed:
+            return min(self._began.values(), key=lambda turn: turn.since, default=None)
 
     def end(self, token: object) -> None:
         """Forget a snapshot (again is harmless)."""
@@ -76,7 +83,8 @@ class _Snapshots:
         with self._changed:
             while self._began:
                 now = time.monotonic()
-                if now >= deadline or now - min(self._began.values()) > limit:
+                oldest = min(turn.since for turn in self._began.values())
+                if now >= deadline or now - oldest > limit:
                     return False
                 self._changed.wait(deadline - now)
             return True
@@ -157,6 +165,20 @@ class WalBound:
                 self._snapshots.end(token)  # interrupted: once more, it is idempotent
                 raise
 
+    def _name_the_pinning_reader(self, failures: int) -> None:
+        """Warn who keeps the WAL from being emptied: this process's oldest read unit, held
+        longer than a reader may hold a checkpoint up (at the 1st, 2nd, 4th, 8th... failure
+        in a row, so a reader that stays does not flood the log)."""
+        oldest = self._snapshots.oldest()
+        if oldest is None or failures & (failures - 1):
+            return
+        log.warning(
+            "the WAL of %s cannot be emptied while a read unit pins it: %s; end read units "
+            "sooner (each one keeps the WAL from being reused until it ends)",
+            self._settings.safe_url(),
+            oldest.holder().describe(),
+        )
+
     def after_commit(self, connection: Connection) -> None:
         """Empty the WAL when it has grown past half of ``journal_size_limit``; called after
         a commit, in the writer's turn. Never raises: the units are committed already.
@@ -182,7 +204,8 @@ class WalBound:
         started = time.perf_counter()
         self._readers_may_start.clear()
         try:
-            self._snapshots.drain(READER_HOLD_MAX)
+            if not self._snapshots.drain(READER_HOLD_MAX):
+                self._name_the_pinning_reader(state.failures)
             raw: Any = connection.connection.dbapi_connection
             raw.execute(f"PRAGMA busy_timeout = {wait_ms}")
             try:
