@@ -72,7 +72,8 @@ class BlockStore:
         self.db = db
         self.short_term = ShortTermMemories(db)
         # The zone of timestamps written without an offset (time windows read them in it).
-        self._zone = _time_window.zone_of(db.settings.timezone)
+        #: For the layer's modules: the zone of timestamps written without an offset.
+        self.zone = _time_window.zone_of(db.settings.timezone)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -164,18 +165,10 @@ class BlockStore:
             last = after[-1]
             return list(plan_chain(items, last.block_index + 1, last.hash))
 
-        settings, telemetry = db.settings, db.core.telemetry
+        telemetry, side = db.core.telemetry, db.core.side  # a forked child makes its own
         appended = None if telemetry is None else telemetry.appended
-        core = db.core  # not the Database: the batcher is one of its helpers
-        return AppendBatcher(
-            write,
-            settings.max_batch,
-            settings.retry_deadline,
-            db.url,
-            plan=plan,
-            appended=appended,
-            holder=lambda: core.side.holder(),
-        )
+        limits = (db.settings.max_batch, db.settings.retry_deadline)
+        return AppendBatcher(write, *limits, db.url, plan, appended, side.holder)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -306,24 +299,15 @@ class BlockStore:
         offset is a time in ``Settings.timezone`` (the local zone by default). A stored
         timestamp that is not ISO-8601 is compared as text, as the old class did.
         """
-        return self._date_range(check_timestamp(start, "start"), check_timestamp(end, "end"), limit)
-
-    def _date_range(self, low: str, high: str | None, limit: Any) -> list[BlockRecord]:
-        """``date_range`` with checked bounds (the facade passes any text, as before: a
-        bound that is not ISO-8601 makes the whole window compare text)."""
-        count = check_limit(limit)
-        found = _block_search.time_window(self.db, self._zone, low, high, count)
-        if found is not None:
-            return found
-        return self._load(_block_queries.text_window_query(low, high, count))
+        low, high = check_timestamp(start, "start"), check_timestamp(end, "end")
+        return _block_search.time_window(self.db, self.zone, low, high, limit)
 
     def since(self, timestamp: str | datetime, *, limit: int = 100) -> list[BlockRecord]:
         """Blocks stamped at or after ``timestamp``, newest first (instants compared, as
         :meth:`date_range` does)."""
-        return self._since(check_timestamp(timestamp), limit)
-
-    def _since(self, low: str, limit: Any) -> list[BlockRecord]:
-        return self._date_range(low, None, limit)
+        return _block_search.time_window(
+            self.db, self.zone, check_timestamp(timestamp), None, limit
+        )
 
     def by_importance(
         self,

@@ -7,9 +7,8 @@ in progress that closing waits for), and parts built on that core: its write uni
 write turn (``_write_units.WriteUnits``), its read units and where reads run
 (``_read_units.ReadUnits``), checkpoints on demand (``_checkpoints``) and what ``stats()``
 reports (``_database_stats``). The methods here document the surface and hand each call to
-its part. How writers take turns and share a transaction is ``_write_side`` and
-``_shared_transaction``; what the thread's Session does outside units is ``_sessions``; the
-WAL bound is ``_wal_bound``.
+its part. Writers' turns and shared transactions are ``app.writers``'; what the thread's
+Session does outside units is ``_sessions``'.
 
 Layer 4, units and sessions. May import: the package root, ``app.engine``,
 ``app.writers``, ``app.schema``. Nothing here imports the block store, search or numpy;

@@ -18,6 +18,7 @@ from app.database import Database
 from app.legacy._conn import UseTracker
 from app.legacy._values import SORT_FIELDS, block_dict, fallback, is_blank_vector, is_negative, iso
 from app.models import LEGACY_TABLES, embeddings_table
+from app.search._block_search import time_window
 
 # Messages keep the logger of the manager they are about.
 log = logging.getLogger("app.legacy")
@@ -155,11 +156,9 @@ def by_date_range(
 ) -> list[dict[str, Any]]:
     """The work of the manager's ``search_blocks_by_date_range``."""
     with users:
-        records = blocks._date_range(
-            check_timestamp(iso(start_date), "start_date", legacy=True),
-            check_timestamp(iso(end_date), "end_date", legacy=True),
-            limit,
-        )
+        low = check_timestamp(iso(start_date), "start_date", legacy=True)
+        high = check_timestamp(iso(end_date), "end_date", legacy=True)
+        records = time_window(blocks.db, blocks.zone, low, high, limit)
     return [block_dict(r) for r in records]
 
 
@@ -171,7 +170,7 @@ def since(
         return []
     with users:
         low = check_timestamp(iso(since_timestamp), "since_timestamp", legacy=True)
-        return [block_dict(r) for r in blocks._since(low, limit)]
+        return [block_dict(r) for r in time_window(blocks.db, blocks.zone, low, None, limit)]
 
 
 def by_importance(

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from app import errors
 from app.chain import _time_window
 from app.chain._block_arguments import fusion_weights, similarity_arguments
+from app.chain._block_queries import text_window_query
 from app.chain._block_results import ScoredBlock, SearchHit
 from app.chain._block_sql import BlockRecord, load_records
 from app.chain._validate import check_limit, check_text, check_words
@@ -122,14 +123,18 @@ def vector_top_k(
 
 
 def time_window(
-    db: Database, zone: tzinfo | None, low: str, high: str | None, count: int
-) -> list[BlockRecord] | None:
-    """:meth:`~app.blocks.BlockStore.date_range`'s blocks through the timestamp index, or
-    None when a bound is not ISO-8601 (the window then compares text)."""
+    db: Database, zone: tzinfo | None, low: str, high: str | None, limit: Any
+) -> list[BlockRecord]:
+    """:meth:`~app.blocks.BlockStore.date_range`'s blocks, with checked bounds: through the
+    timestamp index, or compared as text when a bound is not ISO-8601 (the facade passes any
+    text, as the old class took it)."""
+    count = check_limit(limit)
     low_end = _time_window.bound(low, zone)
     high_end = None if high is None else _time_window.bound(high, zone)
-    if low_end is not None and (high is None or high_end is not None):
-        with db.reading() as connection:
+    with db.reading() as connection:
+        if low_end is not None and (high is None or high_end is not None):
             found = _time_window.window(connection, low_end, high_end, count, zone)
-            return load_records(connection, found)
-    return None
+        else:
+            query = text_window_query(low, high, count)
+            found = list(connection.execute(query).scalars())
+        return load_records(connection, found)
