@@ -199,3 +199,12 @@ def test_imports_point_down_the_layers() -> None:
         if _layer(target) > _layer(module)
     )
     assert not upward, "imports of a higher layer:\n" + "\n".join(upward)
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = sorted(
+        f"{path.relative_to(PACKAGE.parent)}: {lines}"
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text("utf-8").splitlines())) > 400
+    )
+    assert not long, long
