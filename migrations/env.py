@@ -29,14 +29,15 @@ _UNREFLECTED = "Skipped unsupported reflection of expression-based index ix_bloc
 
 def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Leave the layer's own tables and indexes out of autogenerate: the FTS5 tables of
-    revision 0003, their pending table, the trigram indexes, the timestamp index of 0004 and
-    the change notes of 0005 are made by those revisions' own DDL, not by the models."""
+    revision 0003, their pending table, the trigram indexes, the timestamp index of 0004,
+    the change notes of 0005 and the 1-/2-gram tables and indexes of 0006 are made by those
+    revisions' own DDL, not by the models."""
     if type_ == "table" and name is not None and name.startswith(_OWN_TABLE_STARTS):
         return False
     return not (type_ == "index" and name is not None and name.endswith(_OWN_INDEX_ENDINGS))
 
 
-_OWN_INDEX_ENDINGS = ("_trgm", "_instant")
+_OWN_INDEX_ENDINGS = ("_trgm", "_instant", "_grams")
 _OWN_TABLE_STARTS = ("search_", "embedding_changes")
 
 

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from benchmarks.harness import _search
 from benchmarks.harness._search_cli import bench_search
 
+from .search_reference import need_backend
+
 
 @pytest.mark.slow
 def test_a_small_run_reports_every_figure(tmp_path: Path) -> None:
@@ -102,3 +104,24 @@ def test_growth_is_timed_against_a_larger_file_in_one_run(tmp_path: Path) -> Non
     goals = [goal for goal, _ in _search.goals(result) if "in turn in this run" in goal]
     assert len(goals) == 2 and all("at 2,000 blocks is" in goal for goal in goals)
     assert "in turn on 200 and 2,000 blocks" in _search.summary(result)[0]
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_the_short_word_run_checks_every_word_and_prints_the_plans(
+    tmp_path: Path, backend: str
+) -> None:
+    """``--short-words``: Korean notes, every kind of word timed and checked against the
+    full scan, grown and timed again; on PostgreSQL the plans are printed."""
+    need_backend(backend)
+    out = tmp_path / "short.json"
+    arguments = ["--short-words", "--blocks", "300", "--queries", "2", "--grow-to", "400"]
+    arguments += ["--backends", backend, "--json-out", str(out), "--markdown"]
+    result = CliRunner().invoke(bench_search, arguments)
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(out.read_text())
+    assert run["identical"][0] == run["identical"][1] > 100
+    assert run["grown_blocks"] == 400 and len(run["grown"]) == len(run["kinds"]) == 11
+    assert f"| {backend} | ko2-absent | 0-0 |" in result.output
+    assert ("postgres plan for ko2-absent" in result.output) == (backend == "postgres")

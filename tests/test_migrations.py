@@ -68,7 +68,7 @@ def test_upgrade_from_nothing(db_url: str) -> None:
     db = Database(db_url, check_schema=False)
     assert schema.current_revision(db) is None
     schema.upgrade(db)
-    assert schema.current_revision(db) == schema.head_revision() == "0005"
+    assert schema.current_revision(db) == schema.head_revision() == "0006"
     assert set(LEGACY_TABLES) <= set(_tables(db))
     assert "ix_blocks_importance" in _indexes(db, "blocks")
     db.dispose()
@@ -112,7 +112,7 @@ def test_legacy_database_is_adopted_with_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "legacy.db"
     _legacy_database(path)
     db = Database(f"sqlite:///{path}")
-    assert schema.current_revision(db) == "0005"
+    assert schema.current_revision(db) == "0006"
     with db.read() as session:
         assert session.execute(text("SELECT count(*) FROM blocks")).scalar() == 3
         assert session.execute(text("SELECT count(*) FROM block_keywords")).scalar() == 3
@@ -208,7 +208,7 @@ def test_old_schema_is_refused_without_auto_upgrade(db_url: str) -> None:
         Database(db_url, auto_upgrade=False)
     migrating = Database(db_url, check_schema=False)
     schema.upgrade(migrating, "0001")
-    with pytest.raises(SchemaOutOfDateError, match="revision 0001 but this code expects 0005"):
+    with pytest.raises(SchemaOutOfDateError, match="revision 0001 but this code expects 0006"):
         Database(db_url, auto_upgrade=False)
     schema.upgrade(migrating)
     Database(db_url, auto_upgrade=False).dispose()
@@ -235,12 +235,12 @@ def test_alembic_command_line(db_url: str) -> None:
         return result.stdout + result.stderr
 
     alembic("upgrade", "head")
-    assert "0005 (head)" in alembic("current")
+    assert "0006 (head)" in alembic("current")
     alembic("downgrade", "0001")
     assert "0001" in alembic("current")
     alembic("upgrade", "head")
     db = Database(db_url, auto_upgrade=False)
-    assert schema.current_revision(db) == "0005"
+    assert schema.current_revision(db) == "0006"
     db.dispose()
 
 
@@ -256,6 +256,6 @@ def test_alembic_command_line_adopts_a_legacy_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     connection = sqlite3.connect(path)
-    assert connection.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+    assert connection.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
     assert connection.execute("SELECT count(*) FROM blocks").fetchone() == (2,)
     connection.close()

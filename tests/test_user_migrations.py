@@ -23,6 +23,7 @@ from app.operations.transfer import copy_database
 
 from .helpers import postgres_schema, require_backend, run_cli
 from .legacy_helpers import LEGACY_FIXTURE
+from .search_reference import scan_keywords
 
 ROOT = Path(__file__).resolve().parent.parent
 HOWTO = ROOT / "docs" / "guide" / "operations.md"
@@ -104,6 +105,19 @@ def searchable(url: str, word: str, count: int) -> int:
         return len(store.search_keywords([word], limit=1000))
 
 
+def short_words_exact(url: str, tag: str) -> None:
+    """Append Korean blocks and check that words of one and two characters (the 1-/2-gram
+    index of revision 0006) find what the full scan finds."""
+    with Database(url) as db:
+        store = BlockStore(db)
+        store.append_many(
+            {"context": f"{tag} 메모 {n}: 밥!", "keywords": ["반찬"]} for n in range(5)
+        )
+        for word in ("밥", "반", "메모", "찬", "밥!", "!", tag[:2]):
+            found = [b.block_index for b in store.search_keywords([word], limit=1000)]
+            assert found and found == scan_keywords(db, [word], 1000), word
+
+
 def test_a_user_migration_up_and_down_keeps_search_whole(clone: Path, url: str) -> None:
     up_and_down(clone, url, "auto")
 
@@ -125,6 +139,7 @@ def up_and_down(clone: Path, url: str, recreate: str) -> None:
             assert "note" in {c["name"] for c in inspect(connection).get_columns("blocks")}
         assert BlockStore(db).count() == 240
     assert searchable(url, "aftermigration", 20) == 20
+    short_words_exact(url, "이후")
     report = diagnose(url)
     assert report.ok, [str(c) for c in report.problems]
     assert any(c.name == "search indexes" and c.status == OK for c in report.checks)
@@ -136,9 +151,10 @@ def up_and_down(clone: Path, url: str, recreate: str) -> None:
     with Database(url) as db:
         assert schema.current_revision(db) == head
         store = BlockStore(db)
-        assert store.count() == 260 and store.verify_chain().ok
+        assert store.count() == 265 and store.verify_chain().ok
         assert len(store.search_keywords(["aftermigration"], limit=1000)) == 20
     assert searchable(url, "afterdowngrade", 20) == 20
+    short_words_exact(url, "되돌")
     assert diagnose(url).ok
 
 

@@ -16,11 +16,14 @@ connection of the layer) SQLite refuses virtual tables inside triggers. Instead,
 that any writer fires (this layer, another process, the legacy class) note each new or
 changed block in the plain table ``search_pending``; searches test those blocks by a scan
 and, once enough have gathered, move them into the index in one write (:func:`drain`).
-Words under three characters cannot use trigrams and are found by a scan.
+Words under three characters cannot use trigrams: revision 0006 adds two more FTS5 tables
+holding every 1- and 2-gram of each text, which the same drain fills (``_short_grams``).
 
 PostgreSQL: GIN indexes with ``pg_trgm`` on ``lower(context)`` and ``lower(keyword)``, kept
 by the server. The query asks ``lower(column) LIKE '%' || escaped(lower(word)) || '%'``,
-which the trigram index serves, and keeps the exact ``strpos`` test beside it.
+which the trigram index serves, and keeps the exact ``strpos`` test beside it. Revision
+0006 adds GIN indexes on the arrays of 1- and 2-grams of the same texts
+(``app_short_grams``), for words of one or two characters.
 
 This module keeps the index (whether it is ready, the blocks waiting for it, moving them in,
 putting it back, its status); the words' lookups through it are ``_keyword_search``'s.
@@ -38,7 +41,7 @@ from sqlalchemy.engine import Connection
 
 from app import _process, errors
 from app.engine._driver import raw_execute
-from app.schema import _search_schema
+from app.schema import _search_schema, _short_grams
 from app.schema._revisions import applied_revisions
 from app.settings import Settings
 
@@ -66,24 +69,43 @@ DRAIN_BATCH = 5000
 _LOWER: dict[str, bool] = {}
 
 
-def sqlite_index_ready(connection: Connection) -> bool:
-    """True when the FTS5 tables, the pending table and the triggers that fill it exist,
-    and ``lower()`` folds ASCII letters only (an ICU build of SQLite folds more, and could
-    match where trigrams do not). Without its triggers the index misses new blocks, so
-    searches scan until it is restored (see ``_search_schema``)."""
-    present = raw_execute(
-        connection,
-        "SELECT count(*) FROM sqlite_master WHERE (type = 'table' AND name IN "
-        "('search_context_fts', 'search_keyword_fts', 'search_pending')) OR (type = 'trigger' "
-        "AND name IN ('search_pending_block_insert', 'search_pending_block_update', "
-        "'search_pending_keyword_insert', 'search_pending_keyword_update'))",
-    ).fetchone()[0]
-    if present != 7:
-        return False
+_INDEX_OBJECTS = """
+    SELECT type, name FROM sqlite_master WHERE name IN (
+        'search_context_fts', 'search_keyword_fts', 'search_pending',
+        'search_context_grams', 'search_keyword_grams',
+        'search_pending_block_insert', 'search_pending_block_update',
+        'search_pending_keyword_insert', 'search_pending_keyword_update')"""
+_TRIGRAM_OBJECTS = {
+    *(("table", name) for name in (*_search_schema.FTS_TABLES, _search_schema.PENDING_TABLE)),
+    *(("trigger", name) for name in _search_schema.TRIGGERS),
+}
+_GRAM_OBJECTS = {("table", name) for name in _short_grams.TABLES}
+
+
+def sqlite_indexes(connection: Connection) -> tuple[bool, bool]:
+    """Whether the trigram index is ready, and whether the 1-/2-gram index (revision 0006)
+    is ready too, in one look at the schema.
+
+    The trigram index is ready when its FTS5 tables, the pending table and the triggers
+    that fill it exist, and ``lower()`` folds ASCII letters only (an ICU build of SQLite
+    folds more, and could match where trigrams or grams do not). Without its triggers the
+    index misses new blocks, so searches scan until it is restored (see
+    ``_search_schema``). The gram tables share its pending blocks and its conditions.
+    """
+    present = {tuple(row) for row in raw_execute(connection, _INDEX_OBJECTS)}
+    if not present >= _TRIGRAM_OBJECTS:
+        return False, False
     if "ascii_only" not in _LOWER:
         folded = raw_execute(connection, "SELECT lower('ÀÉÎõü')").fetchone()[0]
         _LOWER["ascii_only"] = folded == "ÀÉÎõü"
-    return _LOWER["ascii_only"]
+    if not _LOWER["ascii_only"]:
+        return False, False
+    return True, present >= _GRAM_OBJECTS
+
+
+def sqlite_index_ready(connection: Connection) -> bool:
+    """True when the trigram index can be trusted (see :func:`sqlite_indexes`)."""
+    return sqlite_indexes(connection)[0]
 
 
 def pending_count(connection: Connection, at_most: int | None = None) -> int:
@@ -121,7 +143,8 @@ _KEYWORDS_WITH_NUL = """
 
 
 def drain(connection: Connection, batch: int = DRAIN_BATCH) -> int:
-    """Move up to ``batch`` pending blocks into the FTS5 tables (inside a write unit).
+    """Move up to ``batch`` pending blocks into the FTS5 tables (inside a write unit): the
+    trigram tables, and the 1-/2-gram tables of revision 0006 where they exist.
 
     NUL ends a text for the trigram tokenizer (and SQLite's ``replace()`` cannot replace
     it), so the rare texts holding one (written by the legacy class; the layer refuses NUL)
@@ -156,6 +179,8 @@ def drain(connection: Connection, batch: int = DRAIN_BATCH) -> int:
             "INSERT INTO search_keyword_fts (rowid, keywords) VALUES (?, ?)",
             (index, "\n".join(held)),
         )
+    if sqlite_indexes(connection)[1]:
+        _short_grams.index_pending(connection, last[0])
     raw_execute(connection, "DELETE FROM search_pending WHERE block_index <= ?", last)
     return len(rows)
 
@@ -187,14 +212,21 @@ def reindex(connection: Connection) -> tuple[list[str], int]:
     """Restore what is missing of the search indexes and, on SQLite, index every block
     afresh in the keyword index (inside the caller's write transaction).
 
+    On PostgreSQL, whose indexes the server keeps, the block tables are analyzed instead:
+    the planner tells common words from rare ones by those statistics (autovacuum keeps
+    them, where it runs).
+
     Returns:
-        What was missing, and how many blocks were indexed (0 on PostgreSQL, whose indexes
-        the server keeps).
+        What was missing, and how many blocks were indexed (0 on PostgreSQL).
     """
     missing = _search_schema.restore_objects(connection, applied_revisions(connection))
     indexed = 0
-    if connection.dialect.name == "sqlite" and sqlite_index_ready(connection):
-        indexed = rebuild(connection)
+    if connection.dialect.name == "sqlite":
+        if sqlite_index_ready(connection):
+            indexed = rebuild(connection)
+    else:
+        raw_execute(connection, "ANALYZE blocks")
+        raw_execute(connection, "ANALYZE block_keywords")
     return missing, indexed
 
 
@@ -204,7 +236,10 @@ def rebuild(connection: Connection) -> int:
     Returns:
         How many blocks were indexed.
     """
-    for name in _search_schema.FTS_TABLES:
+    tables: tuple[str, ...] = _search_schema.FTS_TABLES
+    if sqlite_indexes(connection)[1]:
+        tables += _short_grams.TABLES
+    for name in tables:
         raw_execute(connection, f"INSERT INTO {name} ({name}) VALUES ('delete-all')")
     raw_execute(connection, "DELETE FROM search_pending")
     raw_execute(
@@ -269,15 +304,43 @@ def catch_up_quietly(db: IndexedDatabase) -> None:
 def status(connection: Connection) -> str:
     """One line on the keyword index of the connection's database (for ``app doctor``)."""
     if connection.dialect.name == "sqlite":
-        if not sqlite_index_ready(connection):
+        trigrams, grams = sqlite_indexes(connection)
+        if not trigrams:
             return "none (searches scan): schema before revision 0003, or no FTS5 trigram"
         waiting = pending_count(connection)
-        return f"FTS5 trigram, {waiting:,} blocks waiting to be indexed"
-    found = raw_execute(
+        short = "1-/2-gram tables for shorter words" if grams else "words under 3 characters scan"
+        return f"FTS5 trigram, {waiting:,} blocks waiting to be indexed; {short}"
+    found = {
+        row[0]
+        for row in raw_execute(
+            connection,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname "
+            "IN ('ix_blocks_context_trgm', 'ix_block_keywords_keyword_trgm', "
+            "'ix_blocks_context_grams', 'ix_block_keywords_keyword_grams')",
+        )
+    }
+    parts = []
+    if {"ix_blocks_context_trgm", "ix_block_keywords_keyword_trgm"} <= found:
+        parts.append("pg_trgm GIN indexes on lower(context) and lower(keyword)")
+    if {"ix_blocks_context_grams", "ix_block_keywords_keyword_grams"} <= found:
+        short = "GIN indexes of their 1-/2-grams (app_short_grams)"
+        parts.append(short + _pg_statistics(connection))
+    if not parts:
+        return "none (searches scan): schema before revision 0003, or pg_trgm not installed"
+    return "; ".join(parts)
+
+
+def _pg_statistics(connection: Connection) -> str:
+    """What is missing of the statistics the planner needs to tell common short words from
+    rare ones (ANALYZE gathers them for an expression index too)."""
+    analyzed = raw_execute(
         connection,
-        "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() "
-        "AND indexname IN ('ix_blocks_context_trgm', 'ix_block_keywords_keyword_trgm')",
+        "SELECT count(*) FROM pg_stats WHERE schemaname = current_schema() "
+        "AND tablename IN ('ix_blocks_context_grams', 'ix_block_keywords_keyword_grams')",
     ).fetchone()[0]
-    if found == 2:
-        return "pg_trgm GIN indexes on lower(context) and lower(keyword)"
-    return "none (searches scan): schema before revision 0003, or pg_trgm not installed"
+    if analyzed:
+        return ""
+    return (
+        " (not analyzed yet: common words may be read slowly until autovacuum, ANALYZE or "
+        "`app reindex` runs)"
+    )

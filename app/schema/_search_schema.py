@@ -1,10 +1,14 @@
 """What the layer keeps in a database beside the models' tables, and how to put it back.
 
-Two search indexes: the keyword index of revision 0003 and the timestamp index of 0004.
+The search indexes: the keyword index of revisions 0003 and 0006, the timestamp index of
+0004, and the change notes of 0005.
 
 Revision 0003 made the keyword index: on SQLite two FTS5 tables, the plain table
 ``search_pending`` and four triggers on ``blocks`` and ``block_keywords`` that note every
 new or changed block there (see ``_keyword_index``); on PostgreSQL two trigram indexes.
+Revision 0006 added its part for words of one and two characters: on SQLite two more FTS5
+tables, filled by the same drain (see ``_short_grams``); on PostgreSQL the function
+``app_short_grams`` and two GIN indexes on it.
 Revision 0004 indexes ``blocks`` by the instant of its timestamp (an expression index;
 on PostgreSQL through the function ``app_timestamp_key``). None of them is in the models,
 so a user's own migration can lose them without a word: Alembic's batch mode on SQLite
@@ -17,7 +21,7 @@ So the migration environment restores them after every migration, inside its tra
 checks (and, where it may write, restores) when a Database opens; ``app doctor`` reports
 :func:`problems` and ``app reindex`` rebuilds the index.
 The definitions below are the ones revision 0003 created (a revision is frozen history: it
-keeps its own copy).
+keeps its own copy); those of the later revisions are read from the revisions themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from app.engine._driver import raw_execute
 from app.schema._revisions import revision_module
+from app.schema._short_grams import TABLES as GRAM_TABLES
 
 FTS_TABLES = ("search_context_fts", "search_keyword_fts")
 PENDING_TABLE = "search_pending"
@@ -54,6 +59,11 @@ NOTES_TABLE = "embedding_changes"
 INSTANT_INDEX = "ix_blocks_instant"
 INSTANT_REVISION = "0004"
 
+#: Revision 0006's index of words of one and two characters.
+GRAMS_REVISION = "0006"
+PG_GRAM_INDEXES = ("ix_blocks_context_grams", "ix_block_keywords_keyword_grams")
+PG_GRAM_FUNCTION = "app_short_grams(text)"
+
 
 def problems(connection: Connection, applied: Collection[str]) -> list[str]:
     """What is missing of the search indexes the database should have ([] when whole).
@@ -65,6 +75,8 @@ def problems(connection: Connection, applied: Collection[str]) -> list[str]:
             or pg_trgm).
     """
     missing = _keyword_problems(connection)
+    if GRAMS_REVISION in applied:
+        missing += _gram_problems(connection)
     if INSTANT_REVISION in applied and INSTANT_INDEX not in _indexes(connection):
         missing.append(f"index {INSTANT_INDEX} is missing")
     if NOTES_REVISION in applied:
@@ -109,6 +121,26 @@ def _keyword_problems(connection: Connection) -> list[str]:
     return [f"index {name} is missing" for name in PG_INDEXES if name not in present]
 
 
+def _gram_problems(connection: Connection) -> list[str]:
+    """What is missing of revision 0006's part of the keyword index. On SQLite it exists
+    beside revision 0003's tables only (it shares their pending blocks)."""
+    if connection.dialect.name == "sqlite":
+        present = _sqlite_names(connection)
+        if not any(table in present for table in FTS_TABLES):
+            return []
+        return [f"table {name} is missing" for name in GRAM_TABLES if name not in present]
+    missing = [] if _pg_gram_function(connection) else [f"function {PG_GRAM_FUNCTION} is missing"]
+    present = _indexes(connection)
+    return missing + [f"index {name} is missing" for name in PG_GRAM_INDEXES if name not in present]
+
+
+def _pg_gram_function(connection: Connection) -> bool:
+    found = raw_execute(
+        connection, "SELECT to_regprocedure(%s) IS NOT NULL", (PG_GRAM_FUNCTION,)
+    ).fetchone()
+    return bool(found[0])
+
+
 def restore_objects(connection: Connection, applied: Collection[str]) -> list[str]:
     """Create what :func:`problems` finds missing, inside the caller's write transaction
     (the index's contents are ``_keyword_index.restore``'s job).
@@ -150,6 +182,13 @@ def restore_objects(connection: Connection, applied: Collection[str]) -> list[st
                     f'CREATE INDEX {name} ON {table} USING gin (lower({column}) "{schema}".'
                     "gin_trgm_ops)",
                 )
+    # Last: on SQLite beside 0003's tables; on PostgreSQL after the trigram indexes, whose
+    # pending-list limit it sets again.
+    if GRAMS_REVISION in applied and any(
+        "_grams" in problem or "_trgm" in problem or PG_GRAM_FUNCTION in problem
+        for problem in missing
+    ):
+        _restore_grams(connection)
     return missing
 
 
@@ -196,6 +235,29 @@ def _restore_note_triggers(connection: Connection) -> None:
         if statement.startswith("CREATE FUNCTION"):
             raw_execute(connection, _or_replace(statement))
         elif statement.startswith("CREATE TRIGGER") and statement.split()[2] in wanted:
+            raw_execute(connection, statement)
+
+
+def _restore_grams(connection: Connection) -> None:
+    """Run revision 0006's statements for what is missing (its function made again, its
+    pending-list limit set again on trigram indexes just restored). Rebuilt GIN indexes
+    get fresh statistics: without them the planner takes every word for a rare one."""
+    present = _sqlite_names(connection) if connection.dialect.name == "sqlite" else set()
+    indexes = _indexes(connection)
+    made = False
+    for statement in _revision_statements(GRAMS_REVISION, connection):
+        words = statement.split()
+        if statement.startswith("CREATE VIRTUAL TABLE") and words[3] not in present:
+            raw_execute(connection, statement)
+        elif statement.lstrip().startswith("CREATE FUNCTION"):
+            raw_execute(connection, _or_replace(statement))
+        elif statement.startswith("CREATE INDEX") and words[2] not in indexes:
+            raw_execute(connection, statement)
+            made = True
+        elif statement.startswith("ALTER INDEX"):
+            raw_execute(connection, statement)
+    if made:
+        for statement in revision_module(GRAMS_REVISION).POSTGRES_ANALYZE:
             raw_execute(connection, statement)
 
 
