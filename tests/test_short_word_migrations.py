@@ -171,3 +171,35 @@ def test_a_dropped_gram_index_and_function_are_reported_and_restored() -> None:
         with Database(url) as db:
             assert _gram_objects(db) == GRAM_OBJECTS["postgres"] and _statistics(db) == {500}
             assert [b.block_index for b in BlockStore(db).search_keywords(["밥"])] == [0]
+
+
+def _reltuples(db: Database) -> dict[str, float]:
+    """pg_class.reltuples of the block tables (-1: never analyzed)."""
+    with db.read() as session:
+        rows = session.execute(
+            text(
+                "SELECT relname, reltuples FROM pg_class WHERE relname IN ('blocks', "
+                "'block_keywords') AND relnamespace = current_schema()::regnamespace"
+            )
+        )
+        return {row[0]: row[1] for row in rows}
+
+
+@pytest.mark.postgres
+def test_empty_tables_are_not_analyzed_and_filled_ones_are() -> None:
+    """Statistics of an empty table tell the planner it stays empty, and a connection's
+    prepared statements then keep plans that read the whole table (appends found the
+    chain's head by a sequential scan, at a quarter of their speed): the revision analyzes
+    the tables that hold rows only."""
+    need_backend("postgres")
+    with postgres_schema("short_") as url:
+        migrating = Database(url, check_schema=False)
+        schema.upgrade(migrating, "0005")
+        BlockStore(migrating).append("첫 메모")  # blocks filled, block_keywords empty
+        schema.upgrade(migrating)
+        assert _reltuples(migrating) == {"blocks": 1, "block_keywords": -1}
+        migrating.dispose()
+    with postgres_schema("short_") as url, Database(url, auto_upgrade=True) as db:
+        assert _reltuples(db) == {"blocks": -1, "block_keywords": -1}
+        assert run_cli("--url", url, "reindex").exit_code == 0  # analyzes filled ones
+        assert _reltuples(db) == {"blocks": -1, "block_keywords": -1}

@@ -225,8 +225,7 @@ def reindex(connection: Connection) -> tuple[list[str], int]:
         if sqlite_index_ready(connection):
             indexed = rebuild(connection)
     else:
-        raw_execute(connection, "ANALYZE blocks")
-        raw_execute(connection, "ANALYZE block_keywords")
+        _search_schema.analyze_filled(connection)
     return missing, indexed
 
 

@@ -257,7 +257,15 @@ def _restore_grams(connection: Connection) -> None:
         elif statement.startswith("ALTER INDEX"):
             raw_execute(connection, statement)
     if made:
-        for statement in revision_module(GRAMS_REVISION).POSTGRES_ANALYZE:
+        analyze_filled(connection)
+
+
+def analyze_filled(connection: Connection) -> None:
+    """ANALYZE the block tables that hold rows (PostgreSQL): the planner's statistics of the
+    indexed expressions. An empty table is left alone (see revision 0006's notes)."""
+    revision = revision_module(GRAMS_REVISION)
+    for table, statement in revision.POSTGRES_ANALYZE.items():
+        if raw_execute(connection, revision.FILLED.format(table=table)).fetchone()[0]:
             raw_execute(connection, statement)
 
 
