@@ -63,6 +63,8 @@ class BatchWriter(Generic[Item, Result]):
         statement and cut the batch short (overlapping the two is slower). So wait until the
         last of them has been woken, never longer than ``_GATHER_LIMIT``.
         """
+        if not self._waking:
+            return  # nobody is being woken (read without the mutex: a hint, not a promise)
         with self._mutex:
             self._all_woken.wait_for(lambda: not self._waking, _GATHER_LIMIT)
 
@@ -157,6 +159,10 @@ class BatchWriter(Generic[Item, Result]):
     def _deliver(self) -> None:
         """Tell the callers without a thread of every settled batch their outcome: one
         call per callback (per event loop). Safe to repeat; never raises."""
+        if not self._untold:
+            # Nothing settled for them (read without the mutex: what this thread settled
+            # it sees; what another thread settles, that thread delivers).
+            return
         with self._mutex:
             untold, self._untold = self._untold, {}
         for notify, requests in untold.items():

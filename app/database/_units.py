@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, scoped_session
 
@@ -355,10 +355,12 @@ class UnitCore:
             )
         return unit
 
-    def connect(self) -> Connection:
-        """A connection of the primary's pool; PoolExhaustedError when none came free."""
+    def connect(self, engine: Engine | None = None) -> Connection:
+        """A connection of the primary's pool (through ``engine``, a copy of the primary's
+        engine with execution options, when given); PoolExhaustedError when none came
+        free."""
         try:
-            return self.engine.connect()
+            return (engine or self.engine).connect()
         except PoolTimeout as exc:
             raise self.pool_exhausted() from exc
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -60,6 +60,10 @@ class WriteUnits:
         self._leave = core.leave
         # With telemetry: when this thread's Session took the turn outside units.
         self._session_turn = _SessionTurn()
+        # The engine whose connections serve write units: the Database's, with the unit's
+        # option set once (it shares the engine's pool and hooks), instead of a copy of the
+        # options made on each unit's connection.
+        self._write_engine = core.engine.execution_options(**{UNIT_OPTION: UnitKind.WRITE.value})
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
@@ -252,12 +256,13 @@ class WriteUnits:
 
     def _begin(self, side: WriteSide, deadline: float) -> SharedTransaction:
         core = self.core
-        options: dict[str, Any] = {UNIT_OPTION: UnitKind.WRITE.value}
         remaining = deadline - time.monotonic()
         if remaining < core.settings.busy_timeout:
             # Wait for another process's write lock no longer than the deadline allows.
-            options[BUSY_OPTION] = max(1, int(remaining * 1000))
-        connection = core.connect().execution_options(**options)
+            busy = {BUSY_OPTION: max(1, int(remaining * 1000))}
+            connection = core.connect(self._write_engine).execution_options(**busy)
+        else:
+            connection = core.connect(self._write_engine)
         after_commit = core.wal.after_commit if core.replicas is None else self._after_commit
         return side.begin(connection, core, after_commit, self._count_units)
 

@@ -34,6 +34,11 @@ def _ours_or_stdlib(filename: str) -> bool:
     return filename.startswith(_STDLIB) and _SITE_PACKAGES not in filename
 
 
+# _ours_or_stdlib by file name: every turn taken walks a dozen frames, mostly the same
+# files each time. Bounded by the number of source files of the process.
+_OURS_OR_STDLIB: dict[str, bool] = {}
+
+
 #: Python frames that mean "inside a statement": the driver call of SQLAlchemy's default
 #: dialect, the layer's own straight-to-the-driver calls, and psycopg's cursor.
 _IN_STATEMENT = {
@@ -63,6 +68,11 @@ class Turn:
         self.wall_since = time.time()
         self.site = call_site(sys._getframe(1))
 
+    def taken(self) -> None:
+        """The turn was taken now (a Turn may be made before waiting for it)."""
+        self.since = time.monotonic()
+        self.wall_since = time.time()
+
     def holder(self) -> LockHolder:
         """What this hold looks like now (the thread's current frame read once)."""
         return LockHolder(
@@ -85,10 +95,15 @@ def _task_name() -> str | None:
 def call_site(frame: FrameType | None) -> str | None:
     """``file:line in function`` of the first frame, from ``frame`` outwards, that is not
     the layer's own (None when every frame is)."""
+    known = _OURS_OR_STDLIB
     while frame is not None:
         code = frame.f_code
-        if not _ours_or_stdlib(code.co_filename):
-            return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+        filename = code.co_filename
+        ours = known.get(filename)
+        if ours is None:
+            ours = known[filename] = _ours_or_stdlib(filename)
+        if not ours:
+            return f"{filename}:{frame.f_lineno} in {code.co_name}"
         frame = frame.f_back
     return None
 

@@ -20,6 +20,7 @@ had met it on its own.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -205,6 +206,8 @@ class SharedTransaction:
             # (KeyboardInterrupt, SystemExit): its transaction is gone with it.
             return False
         raw: Any = self.connection.connection.dbapi_connection
+        if type(raw) is sqlite3.Connection:  # asked for by every unit: the common case first
+            return raw.in_transaction
         status = getattr(getattr(raw, "info", None), "transaction_status", None)
         if status is not None:  # psycopg: INTRANS is 2; INERROR (3) means aborted
             return int(status) == 2 or (aborted_counts and int(status) == 3)

@@ -37,7 +37,12 @@ _MAGIC = b"appturn1"
 # commits; then three UTF-8 texts of fixed room: thread name, task, call site.
 _HEAD = struct.Struct("<8sQiQdQ")
 _TEXTS = (64, 64, 256)
+# The three texts, each a length and its room's bytes, written in one call.
+_TEXT_ROWS = struct.Struct("<" + "".join(f"H{room - 2}s" for room in _TEXTS))
 _HOLDER_SIZE = 512
+# Encoded texts kept for the holders seen last (a turn is taken per write unit, mostly by
+# the same threads from the same call sites); emptied when it grows past this many.
+_ENCODED_MAX = 256
 # One slot per process: pid, writers queued, turn waits, their total seconds, commits,
 # when it was written (wall clock).
 _SLOT = struct.Struct("<iiQdQd")
@@ -71,6 +76,8 @@ class TurnRecord:
         self._waits = 0
         self._wait_total = 0.0
         self._commits = 0
+        self._queued = 0  # writers queued, as last written to this process's slot
+        self._encoded: dict[tuple[str, str | None, str | None], tuple[object, ...]] = {}
 
     def _mapped(self, create: bool) -> mmap.mmap | None:
         if self._map is not None or self._failed:
@@ -100,17 +107,20 @@ class TurnRecord:
 
     def hold(self, thread_id: int, thread_name: str, task: str | None, site: str | None) -> None:
         """This process's thread ``thread_id`` holds the write lock from now."""
-        m = self._mapped(create=True)
+        m = self._map
         if m is None:
-            return
-        sequence = _HEAD.unpack_from(m, 0)[1]
-        commits = _HEAD.unpack_from(m, 0)[5]
+            m = self._mapped(create=True)
+            if m is None:
+                return
+        _magic, sequence, _pid, _thread, _since, commits = _HEAD.unpack_from(m, 0)
         _HEAD.pack_into(m, 0, _MAGIC, sequence | 1, 0, 0, 0.0, commits)  # odd: writing
-        offset = _HEAD.size
-        for text, room in zip((thread_name, task or "", site or ""), _TEXTS, strict=True):
-            data = text.encode("utf-8", "replace")[: room - 2]
-            struct.pack_into(f"<H{room - 2}s", m, offset, len(data), data)
-            offset += room
+        key = (thread_name, task, site)
+        texts = self._encoded.get(key)
+        if texts is None:
+            if len(self._encoded) >= _ENCODED_MAX:
+                self._encoded.clear()
+            texts = self._encoded[key] = _encode_texts(thread_name, task or "", site or "")
+        _TEXT_ROWS.pack_into(m, _HEAD.size, *texts)
         _HEAD.pack_into(
             m, 0, _MAGIC, (sequence | 1) + 1, os.getpid(), thread_id, time.time(), commits
         )
@@ -178,16 +188,19 @@ class TurnRecord:
         self._publish(queued)
 
     def _publish(self, queued: int | None) -> None:
-        m = self._mapped(create=True)
+        m = self._map
         if m is None:
-            return
+            m = self._mapped(create=True)
+            if m is None:
+                return
         with self._lock:
             slot = self._claim(m)
             if slot < 0:
                 return
             offset = _HOLDER_SIZE + slot * _SLOT.size
             if queued is None:
-                queued = _SLOT.unpack_from(m, offset)[1]
+                queued = self._queued
+            self._queued = queued
             _SLOT.pack_into(
                 m,
                 offset,
@@ -209,6 +222,7 @@ class TurnRecord:
             if owner == pid or owner == 0 or not _alive(owner):
                 _SLOT.pack_into(m, _HOLDER_SIZE + slot * _SLOT.size, pid, 0, 0, 0.0, 0, time.time())
                 self._slot = slot
+                self._queued = 0
                 return slot
         return -1
 
@@ -228,6 +242,15 @@ class TurnRecord:
         if self._map is not None:
             self._map.close()
             self._map = None
+
+
+def _encode_texts(thread_name: str, task: str, site: str) -> tuple[object, ...]:
+    """The arguments of ``_TEXT_ROWS`` for the holder's texts, each cut to its room."""
+    values: list[object] = []
+    for text, room in zip((thread_name, task, site), _TEXTS, strict=True):
+        data = text.encode("utf-8", "replace")[: room - 2]
+        values += (len(data), data)
+    return tuple(values)
 
 
 def _alive(pid: int) -> bool:

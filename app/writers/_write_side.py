@@ -128,6 +128,9 @@ class WriteSide:
             raise errors.TransactionStateError(
                 f"this thread already holds the write turn of {database}; finish its unit first"
             )
+        # Who takes the turn, and from where, is known before the wait: worked out now, so
+        # that the thread holding the turn next does not spend its turn on it.
+        turn = Turn()
         started = time.monotonic()
         try:
             got = self.turn.acquire(deadline - started, joins)
@@ -152,7 +155,8 @@ class WriteSide:
                 waited=waited,
                 holder=self.holder(),
             )
-        self.holding = turn = Turn()
+        turn.taken()
+        self.holding = turn
         record = self.record
         if record is not None:
             record.note_wait(waited, self.turn.queued())
