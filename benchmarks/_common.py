@@ -34,7 +34,10 @@ from .harness import (
     write_json,
 )
 
-Goals = Callable[[list[CaseResult]], list[tuple[str, bool]]]
+#: A goal's line and whether it is met; None: a figure reported beside the goals.
+Check = tuple[str, bool | None]
+Goals = Callable[[list[CaseResult]], list[Check]]
+RoundGoals = Callable[[list[list[CaseResult]]], list[Check]]
 
 
 def _thread_counts(value: str) -> tuple[int, ...]:
@@ -64,10 +67,11 @@ def arguments(
     units: int = DEFAULT_UNITS,
     choose: bool = False,
     telemetry: bool = False,
+    rounds: int = 1,
     argv: Sequence[str] | None = None,
 ) -> argparse.Namespace:
     """Parse the options every benchmark takes (``choose``: also --workload/--strategy;
-    ``telemetry``: also --telemetry)."""
+    ``telemetry``: also --telemetry; ``rounds``: the default of --rounds)."""
     parser = argparse.ArgumentParser(description=description)
     if telemetry:
         parser.add_argument(
@@ -113,9 +117,9 @@ def arguments(
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=rounds,
         help="run every case this many times, alternating the order, and report the median "
-        "of each figure (default 1)",
+        f"of each figure (default {rounds})",
     )
     parser.add_argument("--json-out", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and p99 (matplotlib)")
@@ -144,19 +148,24 @@ def run(
     options: argparse.Namespace,
     title: str,
     goals: Goals | None = None,
-    round_goals: Callable[[list[list[CaseResult]]], list[tuple[str, bool]]] | None = None,
+    round_goals: RoundGoals | None = None,
+    once: Sequence[str] = (),
 ) -> list[CaseResult]:
-    """Run ``keys`` at each thread count, print the table (and the goals: ``goals`` of the
-    medians, ``round_goals`` of every round's results), write JSON and the chart when
-    asked."""
+    """Run ``keys`` at each thread count, and ``once`` at one thread, print the table (and
+    the goals: ``goals`` of the medians, ``round_goals`` of every round's results), write
+    JSON and the chart when asked."""
     threads = tuple(options.threads)
-    cases = default_cases(
-        keys,
-        workload=workload,
-        threads=threads,
-        units=options.units,
-        max_seconds=options.max_seconds,
-    )
+    cases = [
+        case
+        for names, counts in ((once, (1,)), (keys, threads))
+        for case in default_cases(
+            names,
+            workload=workload,
+            threads=counts,
+            units=options.units,
+            max_seconds=options.max_seconds,
+        )
+    ]
     console = Console(highlight=False, stderr=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = max(console.width, 120)  # piped: the table needs 120 columns
@@ -188,7 +197,10 @@ def run(
     print_report(console, results, title)
     checks = (goals or (lambda _: []))(results) + (round_goals or (lambda _: []))(runs)
     for goal, met in checks:
-        console.print(f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {goal}")
+        if met is None:
+            console.print(f"[dim]measured[/] {goal}")
+        else:
+            console.print(f"[{'green' if met else 'red'}]{'met' if met else 'not met'}[/] {goal}")
     settings = {
         "workload": workload,
         "threads": list(threads),

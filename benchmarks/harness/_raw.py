@@ -165,3 +165,60 @@ class _Pooled(Target):
 def sqlite3_pool(path: str) -> Target:
     """sqlite3: a queue.Queue pool of 5 connections, BEGIN IMMEDIATE, busy_timeout"""
     return _Pooled(path)
+
+
+#: Appends per transaction of the ceiling.
+CEILING_BATCH = 1000
+
+
+class _Ceiling(Target):
+    """Appends written ``CEILING_BATCH`` to a transaction on one connection, the head kept
+    in memory between them: what bare sqlite3 can do with the layer's schema, triggers and
+    rows when nothing is shared. Meant for one thread; the lock only keeps it correct
+    when more call it (the harness's tests run every strategy at several threads)."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = connect(path, autocommit=True, check_same_thread=False)
+        self.lock = threading.Lock()
+        self.head: tuple[int, str] | None = None
+        self.pending = 0  # appends in the open transaction
+
+    def unit(self, block: BenchBlock) -> None:
+        with self.lock:
+            conn = self.conn
+            if not self.pending:
+                conn.execute("BEGIN IMMEDIATE")
+                self.head = conn.execute(HEAD_SQL).fetchone()
+            try:
+                data = legacy_block(block, self.head)
+                insert_block(conn, data)
+            except BaseException:
+                self.pending = 0
+                conn.execute("ROLLBACK")  # the appends of this transaction are lost:
+                raise  # the chain check reports them (a ceiling has no retries)
+            self.head = (data["block_index"], data["hash"])
+            self.pending += 1
+            if self.pending >= CEILING_BATCH:
+                self._commit()
+
+    def _commit(self) -> None:
+        if self.pending:
+            self.pending = 0
+            self.conn.execute("COMMIT")
+
+    def thread_done(self) -> None:
+        # Each thread's last appends are committed before it counts as finished, so the
+        # commit of the last partial transaction is inside the measured time.
+        with self.lock:
+            self._commit()
+
+    def close(self) -> None:
+        with self.lock:
+            self._commit()
+        self.conn.close()
+
+
+def sqlite3_ceiling(path: str) -> Target:
+    """sqlite3 ceiling: one connection, 1,000 appends per BEGIN IMMEDIATE transaction, the
+    head kept in memory (the layer's schema and triggers; run at one thread)"""
+    return _Ceiling(path)

@@ -12,6 +12,7 @@ APPEND: dict[str, Strategy] = {
     s.key: s
     for s in (
         Strategy("sqlite3-lock", "append", _raw.sqlite3_lock),
+        Strategy("sqlite3-ceiling", "append", _raw.sqlite3_ceiling),
         Strategy("sqlite3-thread-local", "append", _raw.sqlite3_thread_local),
         Strategy("sqlite3-pool", "append", _raw.sqlite3_pool),
         Strategy("sqlalchemy-default", "append", _orm.sqlalchemy_default),
