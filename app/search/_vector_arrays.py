@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from app.search import _vector_scores
+from app.search._quantized import QuantRows
 from app.search._vector_scores import Array
 
 NO_HASH = np.uint64(0)
@@ -72,6 +73,9 @@ class View:
     log_name: int = 0  # which change log ``seen`` counts in (see _vector_changes)
     excluded: Array = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     overlay: View | None = None
+    # The compact tier's rows (``_vector_quant``): then ``segments`` is empty and the
+    # arrays above are the copy's columns.
+    quant: QuantRows | None = None
 
     @property
     def head(self) -> int | None:

@@ -13,10 +13,16 @@ and the cache is rebuilt. An embedding rewritten in place, deleted, or inserted 
 last index is noted by the database (revision 0005), and the cache searches such blocks
 apart, from their current values (``_vector_changes``).
 
+A store whose float32 rows would pass ``_vector_quant.QUANTIZE_ABOVE`` is held instead as
+a compact int8 copy (``_vector_quant``; beside a SQLite file, in a file its processes
+share) that picks candidates whose stored values are then scored exactly: the same
+results, a quarter of the memory.
+
 Memory is bounded by the ``vector_cache_limit`` setting: a cache that would grow past it is
 dropped and queries stream the embeddings from the database, as before (exact as well).
 
-The arrays themselves, and the rows decoded into them, are ``_vector_arrays``'s.
+The float32 arrays, and the rows decoded into them, are ``_vector_arrays``'s; a state of
+either tier is searched by ``_vector_search``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -36,9 +43,19 @@ from app.chain._block_sql import index_value
 from app.database import Database, add_stats_contributor
 from app.engine._driver import raw_execute
 from app.models import blocks_table, embeddings_table
-from app.search import _vector_changes, _vector_scores
-from app.search._vector_arrays import NO_HASH, Build, OverLimit, View, append_rows, hash_digest
+from app.search import _quantized, _vector_changes, _vector_quant, _vector_scores
+from app.search._quantized_file import Corrupt, QuantStore, sidecar_path
+from app.search._vector_arrays import (
+    NO_HASH,
+    Build,
+    OverLimit,
+    View,
+    append_rows,
+    hash_digest,
+    row_bytes,
+)
 from app.search._vector_scores import Array
+from app.search._vector_search import search_view
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +63,13 @@ log = logging.getLogger(__name__)
 class VectorCache:
     """The embeddings of one Database, in this process (see the module notes)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, path: str | None = None) -> None:
         self.limit = limit
+        # Where the compact tier's file goes (None: in memory; see _vector_quant).
+        self.path = path
         self._lock = threading.Lock()
         self._build: Build | None = None
+        self._quant: QuantStore | None = None
         self._overlay: Build | None = None
         self._view: View | None = None
         # The last index of the snapshot that found the embeddings too big for the limit.
@@ -57,8 +77,8 @@ class VectorCache:
 
     @property
     def nbytes(self) -> int:
-        build, overlay = self._build, self._overlay
-        return (0 if build is None else build.nbytes) + (0 if overlay is None else overlay.nbytes)
+        build, quant, overlay = self._build, self._quant, self._overlay
+        return sum(0 if part is None else part.nbytes for part in (build, quant, overlay))
 
     @property
     def rows(self) -> int:
@@ -93,11 +113,11 @@ class VectorCache:
         if view is None:
             return _vector_scores.stream_top_k(connection, query, k, floor, model)
         count = view.rows_through(last)
-        ranked = _search_view(connection, view, count, query, k, floor, model, view.excluded)
+        ranked = search_view(connection, view, count, query, k, floor, model, view.excluded)
         overlay = view.overlay
         if overlay is None or overlay.count == 0:
             return ranked
-        apart = _search_view(connection, overlay, overlay.count, query, k, floor, model)
+        apart = search_view(connection, overlay, overlay.count, query, k, floor, model)
         return _vector_changes.merge(connection, [ranked, apart], query, k, model)
 
     def _usable_view(
@@ -120,6 +140,7 @@ class VectorCache:
             return None  # the cache holds changes this snapshot must not see
         if self._over_limit_at is not None and last >= self._over_limit_at:
             return None
+        started = time.monotonic()
         if not self._lock.acquire(timeout=max(0.0, wait)):
             log.info("the vector cache stayed busy for %.1fs: this query streams", wait)
             return None
@@ -130,15 +151,20 @@ class VectorCache:
             if view is not None and _older(view, log_state):
                 return None
             try:
-                self._refresh(connection, last, digest, log_state)
-            except OverLimit:
-                self._build = self._overlay = self._view = None
+                self._refresh(
+                    connection, last, digest, log_state, wait - time.monotonic() + started
+                )
+            except (OverLimit, Corrupt):  # Corrupt: too many models for the copy's file
+                self._build = self._quant = self._overlay = self._view = None
                 self._over_limit_at = last
                 log.info(
                     "the embeddings need more than vector_cache_limit (%d bytes): "
                     "similarity searches stream them",
                     self.limit,
                 )
+                return None
+            except _vector_quant.Busy:
+                log.info("another process kept the vector copy busy: this query streams")
                 return None
             self._over_limit_at = None
             return self._view
@@ -151,6 +177,7 @@ class VectorCache:
         last: int,
         digest: np.uint64,
         log_state: tuple[int, int] | None,
+        wait: float,
     ) -> None:
         """Bring the cache to the snapshot: its arrays to the ``last`` index (extended, or
         rebuilt), then the change notes up to the snapshot's applied (``log_state``: the
@@ -159,38 +186,87 @@ class VectorCache:
         name, seq = log_state or (0, 0)
         # Another change log (made again by a migration): its numbers are not those applied.
         other_log = before is not None and log_state is not None and before.log_name != name
-        if before is None or other_log:
-            rebuilt = self._bring_arrays_to(connection, last, rebuild=True)
-        elif not _holds(before, last, digest):
-            rebuilt = self._bring_arrays_to(connection, last)
+        kept = np.empty(0, dtype=np.int64) if before is None else before.excluded
+        # The note the arrays' rows are current as of (None: read in this snapshot).
+        base: int | None = None if before is None else before.seen
+        if before is not None and not other_log and _holds(before, last, digest):
+            # Only change notes to apply, to the arrays as they are.
+            quant = self._quant
+            arrays = self._build.view() if quant is None else _vector_quant.view_of(quant)  # type: ignore[union-attr]
+        elif self._compact(connection, last):
+            arrays, mode = self._bring_quant(connection, last, digest, log_state, wait, other_log)
+            if mode != "extended":
+                kept = np.empty(0, dtype=np.int64)
+                base = None if mode == "rebuilt" else self._quant.base_seq  # type: ignore[union-attr]
         else:
-            rebuilt = False
-        build = self._build
-        assert build is not None
-        arrays = build.view()
-        if log_state is None or rebuilt or before is None:
+            rebuilt = self._bring_arrays_to(connection, last, rebuild=before is None or other_log)
+            base = None if rebuilt else base
+            arrays = self._build.view()  # type: ignore[union-attr]
+        if log_state is None or base is None:
             # Rows read in this snapshot are current: every change noted so far is in them.
             self._overlay = None
-            self._view = dataclasses.replace(arrays, seen=seq, log_name=name)
+            self._view = dataclasses.replace(arrays, seen=seq, log_name=name, overlay=None)
             return
-        changed = _vector_changes.changed_since(connection, before.seen)
-        if changed is None or len(changed.union(before.excluded.tolist())) > (
-            _vector_changes.overlay_limit(build.count)
+        changed = _vector_changes.changed_since(connection, base)
+        count = arrays.count
+        if changed is None or len(changed.union(kept.tolist())) > (
+            _vector_changes.overlay_limit(count)
         ):
-            self._bring_arrays_to(connection, last, rebuild=True)
+            if self._quant is not None:
+                arrays, _ = self._bring_quant(connection, last, digest, log_state, wait, True)
+            else:
+                self._bring_arrays_to(connection, last, rebuild=True)
+                arrays = self._build.view()  # type: ignore[union-attr]
             self._overlay = None
-            rebuilt_view = self._build.view()  # type: ignore[union-attr]
-            self._view = dataclasses.replace(rebuilt_view, seen=seq, log_name=name)
+            self._view = dataclasses.replace(arrays, seen=seq, log_name=name, overlay=None)
             return
-        excluded = np.array(sorted(changed.union(before.excluded.tolist())), dtype=np.int64)
+        excluded = np.array(sorted(changed.union(kept.tolist())), dtype=np.int64)
         overlay = Build()
         rows = _vector_changes.rows_of(connection, excluded, last)
         if rows:
-            append_rows(overlay, rows, max(0, self.limit - build.nbytes))
+            held = self._quant.nbytes if self._quant is not None else self._build.nbytes  # type: ignore[union-attr]
+            append_rows(overlay, rows, max(0, self.limit - held))
         self._overlay = overlay
         self._view = dataclasses.replace(
             arrays, seen=seq, log_name=name, excluded=excluded, overlay=overlay.view()
         )
+
+    def _compact(self, connection: Connection, last: int) -> bool:
+        """True when the compact tier serves the snapshot: it does already, or the float32
+        rows (as many as its last index allows) would pass ``QUANTIZE_ABOVE``."""
+        if self._quant is not None:
+            return True
+        size = connection.execute(
+            select(embeddings_table.c.embedding_dim, func.length(embeddings_table.c.embedding))
+            .where(embeddings_table.c.block_index == last)
+        ).first()
+        dimension = 0 if size is None else int(size[0] or (size[1] or 0) // 4)
+        return (last + 1) * row_bytes(dimension) > _vector_quant.QUANTIZE_ABOVE
+
+    def _bring_quant(
+        self,
+        connection: Connection,
+        last: int,
+        digest: np.uint64,
+        log_state: tuple[int, int] | None,
+        wait: float,
+        force: bool,
+    ) -> tuple[View, str]:
+        self._build = None  # the float32 rows give way to the compact ones
+        try:
+            store, mode = _vector_quant.bring(
+                self._quant, connection, last, digest, self.path, self.limit, log_state, wait, force
+            )
+        except OSError as exc:
+            if self.path is None:
+                raise
+            log.info("no vector copy file at %s (%s): kept in memory", self.path, exc)
+            self.path = None
+            store, mode = _vector_quant.bring(
+                None, connection, last, digest, None, self.limit, log_state, wait, True
+            )
+        self._quant = store
+        return _vector_quant.view_of(store), mode
 
     def _bring_arrays_to(self, connection: Connection, last: int, *, rebuild: bool = False) -> bool:
         """Bring the arrays to the snapshot's ``last`` index: extend them when their own
@@ -263,62 +339,6 @@ def _holds(view: View, last: int, digest: np.uint64) -> bool:
     return position >= 0 and int(view.index[position]) == last and view.digest[position] == digest
 
 
-def _search_view(
-    connection: Connection,
-    view: View,
-    count: int,
-    query: Array,
-    k: int,
-    floor: float | None,
-    model: str | None,
-    excluded: Array | None = None,
-) -> list[tuple[int, float | None]]:
-    """Exact top-k of the view's first ``count`` rows, leaving out the blocks ``excluded``
-    (ascending: those the overlay holds)."""
-    dimension = query.size
-    code: int | None = None
-    if model is not None:
-        code = view.models.index(model) if model in view.models else -1
-    if count == 0:
-        return []
-    if set(view.segments) != {dimension}:
-        # Any embedding of another size in this snapshot (and model) makes the query
-        # invalid, as it does for the full scan.
-        other = view.dimension[:count] != dimension
-        if code is not None:
-            other &= view.model[:count] == code
-        if excluded is not None:
-            gone = _vector_changes.left_out(view.index[:count], excluded)
-            if gone is not None:
-                other &= ~gone
-        if other.any():
-            at = int(np.argmax(other))
-            stored_model = view.models[int(view.model[at])]
-            raise _vector_scores.mismatch(
-                dimension, int(view.index[at]), int(view.dimension[at]), stored_model
-            )
-    found = view.segments.get(dimension)
-    if found is None or k == 0:
-        return []
-    segment, filled, zeros = found
-    last = view.index[count - 1]
-    rows = (
-        filled
-        if segment.index[filled - 1] <= last
-        else int(np.searchsorted(segment.index[:filled], last, "right"))
-    )
-    ruled_out = ~segment.usable[:rows] if zeros else None
-    if code is not None:
-        other_model = segment.model[:rows] != code
-        ruled_out = other_model if ruled_out is None else ruled_out | other_model
-    if excluded is not None:
-        gone = _vector_changes.left_out(segment.index[:rows], excluded)
-        if gone is not None:
-            ruled_out = gone if ruled_out is None else ruled_out | gone
-    unit, indices = segment.unit[:rows], segment.index[:rows]
-    return _vector_scores.unit_top_k(connection, unit, indices, ruled_out, query, k, floor, model)
-
-
 # -- one cache per database per process -------------------------------------------------------
 
 # Every Database of the process on one database (with one limit) shares a cache: what it
@@ -339,7 +359,9 @@ def cache_for(db: Database) -> VectorCache:
         if cache is None:
             cache = _SHARED.get(key)
             if cache is None:
-                cache = _SHARED[key] = VectorCache(key[1])
+                path = db.settings.sqlite_path
+                sidecar = None if path is None else sidecar_path(path)
+                cache = _SHARED[key] = VectorCache(key[1], sidecar)
             _CACHES[db] = cache  # held while the Database lives
         _RECENT[key] = cache
         _RECENT.move_to_end(key)
@@ -365,6 +387,7 @@ def _forget_after_fork() -> None:
     _CACHES.clear()
     _SHARED.clear()
     _RECENT.clear()
+    _quantized.reset_after_fork()
 
 
 _process.on_fork("vector caches", after_in_child=_forget_after_fork)
