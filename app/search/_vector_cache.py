@@ -237,8 +237,9 @@ class VectorCache:
         if self._quant is not None:
             return True
         size = connection.execute(
-            select(embeddings_table.c.embedding_dim, func.length(embeddings_table.c.embedding))
-            .where(embeddings_table.c.block_index == last)
+            select(
+                embeddings_table.c.embedding_dim, func.length(embeddings_table.c.embedding)
+            ).where(embeddings_table.c.block_index == last)
         ).first()
         dimension = 0 if size is None else int(size[0] or (size[1] or 0) // 4)
         return (last + 1) * row_bytes(dimension) > _vector_quant.QUANTIZE_ABOVE
