@@ -197,6 +197,16 @@ def test_round_trip_of_every_field(store: BlockStore) -> None:
     assert store.get(99) is None
 
 
+def test_a_record_prints_its_embedding_as_a_count(store: BlockStore) -> None:
+    """Printed results show the blocks: an embedding is shown by its size, not its floats."""
+    with_vector = store.append("벡터 note", embedding=np.full(384, 0.123456, dtype=np.float32))
+    shown = repr(store.get(with_vector.block_index))
+    assert "embedding=<384 floats>" in shown and "0.123456" not in shown
+    assert "context='벡터 note'" in shown and shown.startswith("BlockRecord(block_index=")
+    bare = store.append("bare")
+    assert "embedding=None, embedding_model=None)" in repr(bare)
+
+
 def _fill(store: BlockStore, count: int = 10) -> list[Any]:
     start = datetime(2026, 3, 1)
     return [

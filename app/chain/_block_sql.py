@@ -38,6 +38,16 @@ class BlockRecord(NamedTuple):
     embedding: tuple[float, ...] | None = None
     embedding_model: str | None = None
 
+    def __repr__(self) -> str:
+        # An embedding is hundreds of floats: printed search results should show the blocks,
+        # not screens of numbers (``.embedding`` holds them).
+        shown = (
+            f"<{len(value)} floats>" if name == "embedding" and value is not None else repr(value)
+            for name, value in zip(self._fields, self, strict=True)
+        )
+        values = ", ".join(f"{name}={text}" for name, text in zip(self._fields, shown, strict=True))
+        return f"BlockRecord({values})"
+
 
 HEAD_SQL = "SELECT block_index, hash FROM blocks ORDER BY block_index DESC LIMIT 1"
 # Readers call these often: plain SQL skips building and caching a Core statement per call.
