@@ -41,11 +41,11 @@ class BlockRecord(NamedTuple):
     def __repr__(self) -> str:
         # An embedding is hundreds of floats: printed search results should show the blocks,
         # not screens of numbers (``.embedding`` holds them).
-        shown = (
-            f"<{len(value)} floats>" if name == "embedding" and value is not None else repr(value)
+        vector = "None" if self.embedding is None else f"<{len(self.embedding)} floats>"
+        values = ", ".join(
+            f"{name}={vector if name == 'embedding' else repr(value)}"
             for name, value in zip(self._fields, self, strict=True)
         )
-        values = ", ".join(f"{name}={text}" for name, text in zip(self._fields, shown, strict=True))
         return f"BlockRecord({values})"
 
 
