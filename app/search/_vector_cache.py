@@ -293,15 +293,7 @@ class VectorCache:
             counted = select(func.count()).where(index <= index_value(last))
             build.expected = int(connection.execute(counted).scalar_one())
         assert build is not None
-        stmt = (
-            select(*_vector_scores.EMBEDDING_COLUMNS, blocks_table.c.hash)
-            .outerjoin(blocks_table, blocks_table.c.block_index == index)
-            .where(index <= index_value(last))
-            .order_by(index)
-        )
-        if start is not None:
-            stmt = stmt.where(index > index_value(start))
-        for chunk in _vector_scores.stream_rows(connection, stmt):
+        for chunk in _vector_scores.rows_between(connection, start, last):
             append_rows(build, chunk, self.limit)
         self._view = build.view()
         return start is None

@@ -134,19 +134,6 @@ def _matches(
     return position >= 0 and int(index[position]) == last and digests[position] == digest
 
 
-def _rows_after(connection: Connection, start: int | None, last: int) -> Any:
-    index = embeddings_table.c.block_index
-    stmt = (
-        select(*_vector_scores.EMBEDDING_COLUMNS, blocks_table.c.hash)
-        .outerjoin(blocks_table, blocks_table.c.block_index == index)
-        .where(index <= index_value(last))
-        .order_by(index)
-    )
-    if start is not None:
-        stmt = stmt.where(index > index_value(start))
-    return _vector_scores.stream_rows(connection, stmt)
-
-
 def _build(
     connection: Connection,
     path: str | None,
@@ -160,7 +147,7 @@ def _build(
     name, seq = log_state or (0, 0)
     store: QuantStore | None = None
     try:
-        for chunk in _rows_after(connection, None, last):
+        for chunk in _vector_scores.rows_between(connection, None, last):
             decoded = _decode(chunk)
             if store is None:
                 dimension = _newest_size(connection, last) or _dominant(decoded[1])
@@ -193,7 +180,7 @@ def _extend(
         return store
     grown = store
     try:
-        for chunk in _rows_after(connection, head, last):
+        for chunk in _vector_scores.rows_between(connection, head, last):
             grown = _append(grown, chunk, _decode(chunk), limit, path)
         if grown is not store and path is not None:
             grown.publish(path)

@@ -27,8 +27,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 
 from app import errors
+from app.chain._block_sql import index_value
 from app.engine._driver import raw_execute
-from app.models import embeddings_table
+from app.models import blocks_table, embeddings_table
 
 Array = np.ndarray[Any, Any]
 #: Rows read from the database at a time.
@@ -101,6 +102,21 @@ EMBEDDING_COLUMNS = (
 def stream_rows(connection: Connection, query: Select[Any]) -> Any:
     """Rows of ``query`` fetched in chunks (a server-side cursor on PostgreSQL)."""
     return connection.execute(query.execution_options(yield_per=CHUNK)).partitions()
+
+
+def rows_between(connection: Connection, start: int | None, last: int) -> Any:
+    """The embeddings of blocks ``start`` (exclusive; None: from the first) to ``last``, in
+    block order, with each block's hash, in chunks (what the caches are filled from)."""
+    index = embeddings_table.c.block_index
+    stmt = (
+        select(*EMBEDDING_COLUMNS, blocks_table.c.hash)
+        .outerjoin(blocks_table, blocks_table.c.block_index == index)
+        .where(index <= index_value(last))
+        .order_by(index)
+    )
+    if start is not None:
+        stmt = stmt.where(index > index_value(start))
+    return stream_rows(connection, stmt)
 
 
 def stream_top_k(
